@@ -1,0 +1,57 @@
+# The README's two commands: `make book` and `make test`. Both create the
+# environment in .venv/ when it is missing (or older than the dependency list).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Deterministic, quiet runs: no progress bars under tests, no GUI backend.
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: all env book test lint unit nbval notebooks benchmarks clean distclean
+
+all: test
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	@touch $@
+
+## make book: the static book in _build/html (warnings are errors).
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --warningiserror --keep-going
+
+## make test: ruff, the book build, then pytest (unit tests + nbval over every notebook).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory book
+	TQDM_DISABLE=1 KDLIB_REQUIRE_BOOK=1 $(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+unit: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/python -m pytest tests
+
+nbval: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/python -m pytest notebooks
+
+## make notebooks: re-execute every notebook in place, refreshing its stored outputs.
+notebooks: $(STAMP)
+	TQDM_DISABLE=1 $(BIN)/python -m jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.timeout=1800 notebooks/*.ipynb
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/bench_losses.py
+	$(BIN)/python benchmarks/engine_vs_naive.py --quick
+
+clean:
+	rm -rf _build .pytest_cache .ruff_cache
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,13 @@
+"""kdlib: knowledge distillation with the Rényi divergence.
+
+The companion library of the thesis "Neural Networks and Knowledge Distillation"
+(M. Grätzer, Charles University). The divergences and the distillation loss are
+importable from the top level; the experiment machinery lives in the submodules
+:mod:`kdlib.data`, :mod:`kdlib.models`, :mod:`kdlib.engine`, :mod:`kdlib.results`
+and :mod:`kdlib.experiments`.
+"""
+
+from kdlib.divergences import softmax_t
+
+__all__ = ["softmax_t"]
+__version__ = "0.1.0"
