@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: all env book test lint unit nbval notebooks benchmarks clean distclean
+.PHONY: all env lock book test lint unit nbval notebooks benchmarks clean distclean
 
 all: test
 
@@ -21,6 +21,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
 	@touch $@
+
+## make lock: re-resolve pyproject.toml's pins in a scratch venv and rewrite constraints.txt.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade "pip>=24"
+	.lock-venv/bin/python -m pip install --quiet -e ".[book,test]"
+	{ head -n 3 constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^kdlib'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 ## make book: the static book in _build/html (warnings are errors).
 book: $(STAMP)
