@@ -7,7 +7,21 @@ importable from the top level; the experiment machinery lives in the submodules
 and :mod:`kdlib.experiments`.
 """
 
-from kdlib.divergences import softmax_t
+from kdlib.divergences import (
+    kl_divergence,
+    renyi_divergence,
+    renyi_divergence_logits,
+    renyi_gradient,
+    softmax_t,
+)
+from kdlib.losses import DistillationLoss
 
-__all__ = ["softmax_t"]
+__all__ = [
+    "softmax_t",
+    "kl_divergence",
+    "renyi_divergence",
+    "renyi_divergence_logits",
+    "renyi_gradient",
+    "DistillationLoss",
+]
 __version__ = "0.1.0"

@@ -29,6 +29,231 @@ def check_finite_tensor(x: torch.Tensor, name: str) -> None:
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (classes on the last), got a scalar")
     if x.shape[-1] == 0:
-        raise ValueError(f"{name} must have at least one class on its last dimension, got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"{name} must have at least one class on its last dimension, got shape {tuple(x.shape)}"
+        )
+    if not all_finite(x):
         raise ValueError(f"{name} must contain only finite values (no NaN or +-inf)")
+
+
+# ---------------------------------------------------------------------------
+# Helpers of the divergences and the distillation loss (issue 3).
+# ---------------------------------------------------------------------------
+
+Number = int | float
+
+#: Tolerance on ``|sum(row) - 1|`` accepted by the probability-input divergences, by dtype.
+ROW_SUM_TOLERANCE: dict[torch.dtype, float] = {
+    torch.float64: 1e-6,
+    torch.float32: 1e-4,
+    torch.float16: 1e-2,
+    torch.bfloat16: 1e-2,
+}
+
+
+def row_sum_tolerance(dtype: torch.dtype) -> float:
+    """The accepted ``|sum(row) - 1|`` for probability rows of ``dtype`` (see :data:`ROW_SUM_TOLERANCE`)."""
+    return ROW_SUM_TOLERANCE.get(dtype, 1e-4)
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    """``True`` when every entry of ``x`` is finite (one fused min/max reduction, one host sync)."""
+    if x.numel() == 0:
+        return True
+    if not (x.is_floating_point() or x.is_complex()):
+        return True
+    lo, hi = torch.aminmax(x.detach())  # NaN propagates through both, +-inf shows in one of them
+    return bool(torch.isfinite(torch.stack((lo, hi))).all())
+
+
+def check_logits(x: object, name: str) -> torch.Tensor:
+    """Check a logits tensor: a floating tensor with at least one class on its last dimension, all finite."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (..., n), got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension (classes on the last), got a scalar")
+    if x.shape[-1] == 0:
+        raise ValueError(
+            f"{name} must have at least one class on its last dimension, got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}"
+        )
+    if not all_finite(x):
+        raise ValueError(
+            f"{name} must contain only finite values (no NaN or +-inf), allowed range (-inf, inf)"
+        )
+    return x
+
+
+def check_row_shapes(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> torch.Size:
+    """The broadcast row shape of two ``(..., n)`` tensors; raise if ``n`` differs or rows do not match."""
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same number of classes on the last dimension, "
+            f"got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    try:
+        return torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+    except RuntimeError:
+        raise ValueError(
+            f"the leading (batch) dimensions of {name_a} and {name_b} must be broadcastable, "
+            f"got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        ) from None
+
+
+def check_probabilities(p: object, name: str, *, validate: bool = True) -> torch.Tensor:
+    """Check a tensor of probability rows ``(..., n)``: finite, ``>= 0``, each row summing to 1.
+
+    The accepted deviation of a row sum from 1 is :func:`row_sum_tolerance` of the dtype
+    (1e-6 for float64, 1e-4 for float32, 1e-2 for float16/bfloat16).
+    """
+    if not isinstance(p, torch.Tensor):
+        raise ValueError(
+            f"{name} must be a torch.Tensor of probabilities, shape (..., n), got {type(p).__name__}"
+        )
+    if p.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension (classes on the last), got a scalar")
+    if p.shape[-1] == 0:
+        raise ValueError(
+            f"{name} must have at least one class on its last dimension, got shape {tuple(p.shape)}"
+        )
+    if not p.is_floating_point():
+        raise ValueError(f"{name} must have a floating dtype, got {p.dtype}")
+    if not validate or p.numel() == 0:
+        return p
+    x = p.detach()
+    lo, hi = torch.aminmax(x)
+    if not bool(torch.isfinite(torch.stack((lo, hi))).all()):
+        raise ValueError(
+            f"{name} must contain only finite probabilities (no NaN or +-inf), allowed range [0, 1]"
+        )
+    if float(lo) < 0.0:
+        raise ValueError(
+            f"{name} must be non-negative (probabilities, allowed range [0, 1]), got min {float(lo):.3g}"
+        )
+    tol = row_sum_tolerance(p.dtype)
+    dev = float((x.to(torch.float64).sum(-1) - 1.0).abs().max())
+    if dev > tol:
+        raise ValueError(
+            f"each row of {name} must sum to 1 (tolerance {tol:g} for {p.dtype}), "
+            f"got a row sum off by {dev:.3g}"
+        )
+    return p
+
+
+def check_order(
+    alpha: object, row_shape: torch.Size | None = None, *, name: str = "alpha", validate: bool = True
+):
+    """Check a Rényi order: a number in ``[0, inf]`` (``math.inf`` allowed), or a tensor of them.
+
+    Returns a ``float`` for a number (or a one-element tensor without gradient is NOT converted;
+    tensors stay tensors). A tensor must be broadcastable to ``row_shape`` (the logits' shape without
+    the class dimension), have a floating dtype and must not require grad.
+    """
+    if isinstance(alpha, torch.Tensor):
+        if not alpha.is_floating_point():
+            raise ValueError(f"{name} as a tensor must have a floating dtype, got {alpha.dtype}")
+        if alpha.requires_grad:
+            raise ValueError(
+                f"{name} must not require grad (the order is a hyperparameter, not differentiated)"
+            )
+        if row_shape is not None:
+            _check_broadcast_to(alpha, row_shape, name)
+        if validate and alpha.numel():
+            a = alpha.detach()
+            if bool(torch.isnan(a).any()) or float(a.min()) < 0.0:
+                raise ValueError(
+                    f"{name} must be in [0, inf] (math.inf allowed), got a tensor with NaN or < 0"
+                )
+        return alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, Number):
+        try:
+            import numpy as np
+
+            if isinstance(alpha, np.floating | np.integer):
+                alpha = float(alpha)
+            else:
+                raise TypeError
+        except TypeError:
+            raise ValueError(
+                f"{name} must be a number in [0, inf] (math.inf allowed) or a tensor, "
+                f"got {type(alpha).__name__}"
+            ) from None
+    value = float(alpha)
+    if math.isnan(value) or value < 0.0:
+        raise ValueError(f"{name} must be in [0, inf] (math.inf allowed), got {alpha!r}")
+    return value
+
+
+def check_temperature_arg(T: object, row_shape: torch.Size, *, name: str = "T", validate: bool = True):
+    """Check a temperature: a finite number ``> 0`` (returned as float) or a tensor of them.
+
+    A tensor must have a floating dtype and be broadcastable to ``row_shape`` (e.g. shape ``(S, 1)``
+    for logits of shape ``(S, B, n)``: one temperature per stacked student).
+    """
+    if isinstance(T, torch.Tensor):
+        if not T.is_floating_point():
+            raise ValueError(f"{name} as a tensor must have a floating dtype, got {T.dtype}")
+        _check_broadcast_to(T, row_shape, name)
+        if validate and T.numel():
+            lo, hi = torch.aminmax(T.detach())
+            if not (bool(torch.isfinite(torch.stack((lo, hi))).all()) and float(lo) > 0.0):
+                raise ValueError(
+                    f"{name} must be finite and > 0 (allowed range (0, inf)), got a tensor outside it"
+                )
+        return T
+    return check_temperature(T, name)
+
+
+def check_beta(beta: object, *, name: str = "beta", validate: bool = True):
+    """Check the mixing weight ``beta`` in ``[0, 1]`` (a number, or a floating tensor without grad)."""
+    if isinstance(beta, torch.Tensor):
+        if not beta.is_floating_point():
+            raise ValueError(f"{name} as a tensor must have a floating dtype, got {beta.dtype}")
+        if validate and beta.numel():
+            lo, hi = torch.aminmax(beta.detach())
+            if bool(torch.isnan(torch.stack((lo, hi))).any()) or float(lo) < 0.0 or float(hi) > 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got a tensor outside it")
+        return beta
+    try:
+        value = float(beta)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {beta!r}") from None
+    if not (0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be in [0, 1], got {beta!r}")
+    return value
+
+
+def check_targets(
+    targets: object, row_shape: torch.Size, n_classes: int, *, validate: bool = True
+) -> torch.Tensor:
+    """Check class-index targets: an integer tensor broadcastable to ``row_shape``, values in ``[0, n)``."""
+    if not isinstance(targets, torch.Tensor):
+        raise ValueError(f"targets must be a torch.Tensor of class indices, got {type(targets).__name__}")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise ValueError(
+            f"targets must be an integer tensor of class indices in [0, {n_classes}), got {targets.dtype}"
+        )
+    _check_broadcast_to(targets, row_shape, "targets")
+    if validate and targets.numel():
+        lo, hi = torch.aminmax(targets)
+        if int(lo) < 0 or int(hi) >= n_classes:
+            raise ValueError(
+                f"targets must be class indices in [0, {n_classes}) (allowed range [0, {n_classes - 1}]), "
+                f"got values in [{int(lo)}, {int(hi)}]"
+            )
+    return targets
+
+
+def _check_broadcast_to(x: torch.Tensor, row_shape: torch.Size, name: str) -> None:
+    try:
+        ok = torch.broadcast_shapes(x.shape, row_shape) == torch.Size(row_shape)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{name} must be a number or a tensor broadcastable to the row shape {tuple(row_shape)} "
+            f"(the logits' shape without the class dimension), got shape {tuple(x.shape)}"
+        )

@@ -1,15 +1,70 @@
-"""Temperature softmax, KL divergence and Rényi divergence (thesis eq 1.3, 1.4, 1.16).
+r"""Temperature softmax, KL divergence and Rényi divergence (thesis eq 1.3, 1.4, 1.16).
 
 All functions take torch tensors with the classes on the last dimension and any
 number of leading batch dimensions; divergences are returned in nats, one value
 per row.
+
+Numerical design
+----------------
+Every divergence is evaluated from log-probabilities. Write :math:`r_i = \log p_i - \log q_i`
+and :math:`\varepsilon = \alpha - 1`. Eq (1.16) is
+
+.. math:: D_\alpha(P\|Q) = \frac{1}{\alpha-1}\log\sum_i p_i^\alpha q_i^{1-\alpha}
+          = \frac{1}{\varepsilon}\log \mathbb{E}_P\big[e^{\varepsilon r}\big]
+          = \frac{1}{\alpha-1}\log \mathbb{E}_Q\big[e^{\alpha r}\big].
+
+Three evaluations are used, chosen per row:
+
+* **log-sum-exp** of :math:`\alpha\log p + (1-\alpha)\log q` (scaled by :math:`\max(\alpha, 1)`
+  so that no intermediate overflows, even for :math:`\alpha = 10^{300}`). Accurate when
+  :math:`\alpha` is away from 0 and 1.
+* **centred around P** for :math:`|\alpha - 1| < 1/4`: with :math:`c = \mathbb{E}_P r = D_{KL}`
+  and :math:`u = \varepsilon (r - c)`,
+  :math:`D_\alpha = c + \log\big(1 + \sum_i p_i (e^{u_i} - 1 - u_i)\big)/\varepsilon`.
+  Every summand is :math:`\ge 0`, so nothing cancels, and the limit :math:`\alpha \to 1`
+  (eq 1.28–1.31) is reached continuously:
+  :math:`D_\alpha = D_{KL} + \tfrac{\varepsilon}{2}\operatorname{Var}_P r + O(\varepsilon^2)`.
+* **centred around Q** for :math:`\alpha < 1/4`, the same with :math:`Q` as base and
+  :math:`\alpha` as coefficient, so that :math:`D_\alpha \approx \alpha\, D_{KL}(Q\|P)` stays
+  accurate in relative terms as :math:`\alpha \to 0`.
+
+A centred evaluation that would overflow falls back to log-sum-exp (which is then accurate,
+because the result is no longer small). The orders 0, 1 and :math:`\infty` use their closed
+forms (eq 1.27, 1.31, 1.33).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from kdlib._validation import check_finite_tensor, check_temperature
+from kdlib._validation import (
+    check_finite_tensor,
+    check_logits,
+    check_order,
+    check_probabilities,
+    check_row_shapes,
+    check_temperature,
+    check_temperature_arg,
+)
+
+__all__ = [
+    "softmax_t",
+    "kl_divergence",
+    "renyi_divergence",
+    "renyi_divergence_logits",
+    "renyi_gradient",
+]
+
+#: Half-width of the windows around alpha = 1 and alpha = 0 where the centred evaluations are used.
+_NEAR = 0.25
+#: |u| below which e^u - 1 - u is evaluated by its Taylor series.
+_SMALL_U = 0.1
+#: u above which e^u - 1 - u is evaluated as e^(log b + u) - b (1 + u) to avoid overflow.
+_BIG_U = 30.0
+#: Taylor coefficients of (e^u - 1 - u) / u^2 = sum_k u^k / (k + 2)!; 9 terms give < 1e-17 at |u| = 0.1.
+_PHI2 = [1.0 / math.factorial(k + 2) for k in range(9)]
 
 
 def softmax_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
@@ -32,3 +87,589 @@ def softmax_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     T = check_temperature(T)
     check_finite_tensor(logits, "logits")
     return torch.softmax(logits / T, dim=-1)
+
+
+# ---------------------------------------------------------------------------
+# Numerical kernels (no autograd inside; the autograd Functions below call them).
+# ---------------------------------------------------------------------------
+
+
+def _compute_dtype(*xs: object) -> torch.dtype:
+    """float64 if any tensor argument is float64, else float32 (16-bit inputs are computed in float32)."""
+    for x in xs:
+        if isinstance(x, torch.Tensor) and x.dtype == torch.float64:
+            return torch.float64
+    return torch.float32
+
+
+def _weighted_excess(lb: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``sum_i b_i (e^{u_i} - 1 - u_i)`` over the last dim (keepdim), with ``b = exp(lb)``.
+
+    Accurate to a few ulps for every ``u`` (series for small ``|u|``) and free of overflow for
+    large ``u`` unless the sum itself overflows (then ``inf``). Entries with ``lb = -inf`` must
+    carry a finite ``u`` (the caller puts 0 there); they contribute 0.
+    """
+    b = torch.exp(lb)
+    small = u.abs() < _SMALL_U
+    us = torch.where(small, u, torch.zeros_like(u))
+    poly = torch.full_like(us, _PHI2[-1])
+    for c in reversed(_PHI2[:-1]):
+        poly = torch.addcmul(torch.full_like(us, c), poly, us)
+    h_small = us * us * poly
+    um = u.clamp(max=_BIG_U)
+    h_mid = torch.expm1(um) - um
+    term = b * torch.where(small, h_small, h_mid)
+    big = u > _BIG_U
+    term_big = torch.exp(lb + torch.where(big, u, torch.zeros_like(u))) - b * (1.0 + u)
+    term = torch.where(big, term_big, term)
+    return term.sum(-1, keepdim=True)
+
+
+def _lse_parts(lp: torch.Tensor, lq: torch.Tensor, alpha, mask: torch.Tensor | None = None):
+    """Log-sum-exp evaluation of sum p^a q^(1-a) for a finite order (scalar or (..., 1) tensor).
+
+    With ``k = max(a, 1)`` and ``v = (a log p + (1 - a) log q) / k``, returns ``(m, L, k, w)`` where
+    ``m = max v``, ``L = log sum exp(k (v - m))`` and ``w = exp(k (v - m) - L)`` is the tilted
+    distribution; then ``log sum p^a q^(1-a) = k m + L``. Entries outside ``mask`` are left out.
+    """
+    if isinstance(alpha, torch.Tensor):
+        k = alpha.clamp(min=1.0)
+        a1 = alpha.clamp(max=1.0)
+        a2 = (1.0 - alpha) / k
+        v = a1 * lp + a2 * lq
+    else:
+        k = max(alpha, 1.0)
+        a1 = min(alpha, 1.0)
+        a2 = (1.0 - alpha) / k
+        v = torch.add(lp * a1, lq, alpha=a2) if a1 != 1.0 else torch.add(lp, lq, alpha=a2)
+    if mask is not None:
+        v = torch.where(mask, v, torch.full_like(v, -math.inf))
+    m = v.amax(-1, keepdim=True)
+    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp((v - m_safe) * k)
+    Z = e.sum(-1, keepdim=True)
+    L = torch.log(Z)
+    w = torch.where(Z > 0, e / Z, torch.zeros_like(e))
+    return m_safe, L, k, w
+
+
+def _phi1(y: torch.Tensor) -> torch.Tensor:
+    """``(e^y - 1) / y`` with the value 1 at ``y = 0``."""
+    nz = y != 0
+    ys = torch.where(nz, y, torch.ones_like(y))
+    return torch.where(nz, torch.expm1(ys) / ys, torch.ones_like(y))
+
+
+def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha):
+    """D_alpha between two full-support distributions given by finite log-probabilities.
+
+    ``alpha`` is a Python float in [0, inf] or a tensor of shape ``(..., 1)`` (broadcastable to
+    the rows) with entries in [0, inf]. Returns ``(D, w, r)`` with ``D`` of shape ``(..., 1)``,
+    ``w`` the tilted distribution ``w ∝ p^alpha q^(1-alpha)`` (one-hot at the arg-max of r for
+    alpha = inf) and ``r = log p - log q``.
+    """
+    r = lp - lq
+    if not isinstance(alpha, torch.Tensor):
+        if alpha == 1.0:
+            p = torch.exp(lp)
+            D = (p * r).sum(-1, keepdim=True)
+            return D, p.expand_as(r), r
+        if math.isinf(alpha):
+            D, idx = r.max(-1, keepdim=True)
+            w = torch.zeros_like(r).scatter_(-1, idx, 1.0)
+            return D, w, r
+        if alpha == 0.0:
+            # Softmax distributions have full support, so Q(supp P) = 1 and D_0 = -log 1 = 0 (eq 1.27).
+            return torch.zeros_like(r[..., :1]), torch.exp(lq).expand_as(r), r
+        m, L, k, w = _lse_parts(lp, lq, alpha)
+        eps = alpha - 1.0
+        D = m * (k / eps) + L / eps
+        if abs(eps) < _NEAR:
+            D = _centred_P(lp, r, eps, D)
+        elif alpha < _NEAR:
+            D = _centred_Q(lq, r, alpha, D)
+        return D, w, r
+
+    # Tensor of orders: every evaluation, selected per row.
+    a = alpha
+    is_inf = torch.isinf(a)
+    af = torch.where(is_inf, torch.full_like(a, 2.0), a)
+    eps = af - 1.0
+    is_one = eps == 0
+    eps_safe = torch.where(is_one, torch.ones_like(eps), eps)
+    m, L, k, w = _lse_parts(lp, lq, af)
+    D_lse = m * (k / eps_safe) + L / eps_safe
+    p = torch.exp(lp)
+    kl = (p * r).sum(-1, keepdim=True)
+    D_inf, idx = r.max(-1, keepdim=True)
+    near1 = eps.abs() < _NEAR
+    near0 = af < _NEAR
+    D = D_lse
+    D = torch.where(near0, _centred_Q(lq, r, torch.where(near0, af, torch.zeros_like(af)), D_lse), D)
+    D = torch.where(
+        near1, _centred_P(lp, r, torch.where(near1, eps_safe, torch.ones_like(eps)), D_lse, kl), D
+    )
+    D = torch.where(is_one, kl, D)
+    D = torch.where(is_inf, D_inf, D)
+    onehot = torch.zeros_like(r).scatter_(-1, idx, 1.0)
+    w = torch.where(is_inf, onehot, w)
+    return D, w, r
+
+
+def _centred_P(lp, r, eps, fallback, kl=None):
+    """D_alpha = KL + log1p(sum p (e^u - 1 - u)) / eps with u = eps (r - KL); fallback where it overflows."""
+    if kl is None:
+        kl = (torch.exp(lp) * r).sum(-1, keepdim=True)
+    u = eps * (r - kl)
+    H = _weighted_excess(lp, u)
+    D = kl + torch.log1p(H) / eps
+    return torch.where(torch.isfinite(D), D, fallback)
+
+
+def _centred_Q(lq, r, alpha, fallback):
+    """D_alpha = (alpha c + log1p(sum q (e^u - 1 - u))) / (alpha - 1), c = E_Q r, u = alpha (r - c)."""
+    c = (torch.exp(lq) * r).sum(-1, keepdim=True)
+    u = alpha * (r - c)
+    H = _weighted_excess(lq, u)
+    D = (alpha * c + torch.log1p(H)) / (alpha - 1.0)
+    return torch.where(torch.isfinite(D), D, fallback)
+
+
+def _teacher_grad_unit(lp, r, w, D, alpha):
+    """dD/d(teacher logits / T) (i.e. times T): alpha (w - p) / (alpha - 1), stable near alpha = 1."""
+    p = torch.exp(lp)
+    if not isinstance(alpha, torch.Tensor):
+        if alpha == 0.0:
+            return torch.zeros_like(r)
+        if math.isinf(alpha):
+            return w - p
+        if alpha == 1.0:
+            return p * (r - D)
+        eps = alpha - 1.0
+        y = eps * (r - D)
+        near = y.abs() < 0.5
+        return alpha * torch.where(
+            near, p * (r - D) * _phi1(torch.where(near, y, torch.zeros_like(y))), (w - p) / eps
+        )
+    is_inf = torch.isinf(alpha)
+    af = torch.where(is_inf, torch.full_like(alpha, 2.0), alpha)
+    eps = af - 1.0
+    eps_safe = torch.where(eps == 0, torch.ones_like(eps), eps)
+    y = eps * (r - D)
+    near = y.abs() < 0.5
+    g = af * torch.where(
+        near, p * (r - D) * _phi1(torch.where(near, y, torch.zeros_like(y))), (w - p) / eps_safe
+    )
+    return torch.where(is_inf, w - p, g)
+
+
+class _RenyiLogits(torch.autograd.Function):
+    """D_alpha(softmax(t/T) || softmax(s/T)) per row, with the analytic backward (q - w)/T."""
+
+    @staticmethod
+    def forward(ctx, t, s, alpha, T):  # type: ignore[override]
+        cd = _compute_dtype(t, s, T)
+        tt = t.to(cd)
+        ss = s.to(cd)
+        if isinstance(T, torch.Tensor):
+            Tc = T.to(cd).unsqueeze(-1)
+            lp = torch.log_softmax(tt / Tc, dim=-1)
+            lq = torch.log_softmax(ss / Tc, dim=-1)
+        else:
+            Tc = T
+            if T == 1.0:
+                lp = torch.log_softmax(tt, dim=-1)
+                lq = torch.log_softmax(ss, dim=-1)
+            else:
+                lp = torch.log_softmax(tt / T, dim=-1)
+                lq = torch.log_softmax(ss / T, dim=-1)
+        a = alpha.to(cd).unsqueeze(-1) if isinstance(alpha, torch.Tensor) else alpha
+        D, w, r = _renyi_logprobs(lp, lq, a)
+        D = D.clamp_min(0.0)
+        ctx.alpha = a
+        ctx.Tc = Tc
+        ctx.T_is_tensor = isinstance(T, torch.Tensor)
+        ctx.shapes = (t.shape, s.shape, T.shape if isinstance(T, torch.Tensor) else None)
+        ctx.dtypes = (t.dtype, s.dtype, T.dtype if isinstance(T, torch.Tensor) else None)
+        ctx.save_for_backward(lp, lq, w, D, tt, ss)
+        out_dtype = torch.promote_types(t.dtype, s.dtype)
+        return D.squeeze(-1).to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        lp, lq, w, D, tt, ss = ctx.saved_tensors
+        g = grad_out.to(lp.dtype).unsqueeze(-1)
+        Tc = ctx.Tc
+        t_shape, s_shape, T_shape = ctx.shapes
+        t_dtype, s_dtype, T_dtype = ctx.dtypes
+        need_t, need_s, _, need_T = ctx.needs_input_grad
+        grad_t = grad_s = grad_T = None
+        gs = (torch.exp(lq) - w) / Tc
+        gt = None
+        if need_t or need_T:
+            gt = _teacher_grad_unit(lp, lp - lq, w, D, ctx.alpha) / Tc
+        if need_s:
+            grad_s = (g * gs).sum_to_size(s_shape).to(s_dtype)
+        if need_t:
+            grad_t = (g * gt).sum_to_size(t_shape).to(t_dtype)
+        if need_T:
+            dT = -((gs * ss).sum(-1, keepdim=True) + (gt * tt).sum(-1, keepdim=True)) / Tc
+            grad_T = (g * dT).squeeze(-1).sum_to_size(T_shape).to(T_dtype)
+        return grad_t, grad_s, None, grad_T
+
+
+# ---------------------------------------------------------------------------
+# Probability inputs (float64 internally, zeros allowed).
+# ---------------------------------------------------------------------------
+
+
+def _renyi_probs_core(p: torch.Tensor, q: torch.Tensor, alpha: float):
+    """D_alpha for probability rows with zeros allowed (float64). Returns D (..., 1) and backward info."""
+    supp = p > 0
+    qpos = q > 0
+    both = supp & qpos
+    viol = (supp & ~qpos).any(-1, keepdim=True)  # P is not absolutely continuous w.r.t. Q
+    lp = torch.log(p)
+    lq = torch.log(q)
+    zero = torch.zeros_like(p)
+    r = torch.where(both, lp - lq, zero)
+    inf = torch.full_like(p[..., :1], math.inf)
+    info: dict[str, torch.Tensor] = {"supp": supp, "both": both, "r": r}
+    if alpha == 0.0:
+        Qs = torch.where(supp, q, zero).sum(-1, keepdim=True)
+        Qc = torch.where(supp, zero, q).sum(-1, keepdim=True)
+        D = torch.where(Qs >= 0.5, -torch.log1p(-Qc), -torch.log(Qs))
+        info["Qs"] = Qs
+        return D, info
+    if alpha == 1.0:
+        kl = torch.where(both, p * r, zero).sum(-1, keepdim=True)
+        return torch.where(viol, inf, kl), info
+    if math.isinf(alpha):
+        rr = torch.where(
+            both, r, torch.where(supp, torch.full_like(p, math.inf), torch.full_like(p, -math.inf))
+        )
+        D, idx = rr.max(-1, keepdim=True)
+        info["idx"] = idx
+        return D, info
+    eps = alpha - 1.0
+    ninf = torch.full_like(p, -math.inf)
+    lpm = torch.where(both, lp, ninf)
+    lqm = torch.where(both, lq, ninf)
+    m, L, k, w = _lse_parts(torch.where(both, lp, zero), torch.where(both, lq, zero), alpha, both)
+    D = m * (k / eps) + L / eps  # -inf sum (disjoint supports) gives +inf for alpha < 1
+    if abs(eps) < _NEAR:
+        kl = torch.where(both, p * r, zero).sum(-1, keepdim=True)
+        u = torch.where(both, eps * (r - kl), zero)
+        H = _weighted_excess(lpm, u)
+        Dc = kl + torch.log1p(H) / eps
+        D = torch.where(~viol & torch.isfinite(Dc), Dc, D)
+    elif alpha < _NEAR:
+        q_in_p = ~(qpos & ~supp).any(-1, keepdim=True)
+        c = torch.where(both, q * r, zero).sum(-1, keepdim=True)
+        u = torch.where(both, alpha * (r - c), zero)
+        H = _weighted_excess(lqm, u)
+        Dc = (alpha * c + torch.log1p(H)) / eps
+        D = torch.where(q_in_p & torch.isfinite(Dc), Dc, D)
+    if alpha > 1.0:
+        D = torch.where(viol, inf, D)
+    info["w"] = w
+    return D, info
+
+
+class _RenyiProbs(torch.autograd.Function):
+    """D_alpha(P || Q) for probability rows; float64 inside; analytic backward."""
+
+    @staticmethod
+    def forward(ctx, p, q, alpha):  # type: ignore[override]
+        p64 = p.detach().to(torch.float64)
+        q64 = q.detach().to(torch.float64)
+        p64 = p64 / p64.sum(-1, keepdim=True)  # remove rounding drift of the row sums
+        q64 = q64 / q64.sum(-1, keepdim=True)
+        p64, q64 = torch.broadcast_tensors(p64, q64)
+        D, info = _renyi_probs_core(p64, q64, alpha)
+        D = D.clamp_min(0.0)
+        ctx.alpha = alpha
+        ctx.info = info
+        ctx.shapes = (p.shape, q.shape)
+        ctx.dtypes = (p.dtype, q.dtype)
+        ctx.save_for_backward(p64, q64, D)
+        return D.squeeze(-1).to(torch.promote_types(p.dtype, q.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        p, q, D = ctx.saved_tensors
+        info = ctx.info
+        alpha = ctx.alpha
+        supp, both, r = info["supp"], info["both"], info["r"]
+        zero = torch.zeros_like(p)
+        if alpha == 0.0:
+            gp = zero
+            gq = -torch.where(supp, torch.ones_like(p), zero) / info["Qs"]
+        elif alpha == 1.0:
+            # d/dp [p log(p/q)] = log(p/q) + 1 (-inf at p = 0 < q); d/dq = -p/q.
+            gp = torch.where(both, r + 1.0, torch.where(q > 0, torch.full_like(p, -math.inf), zero))
+            gq = -torch.where(both, p / torch.where(both, q, torch.ones_like(q)), zero)
+        elif math.isinf(alpha):
+            onehot = torch.zeros_like(p).scatter_(-1, info["idx"], 1.0)
+            safe_p = torch.where(onehot > 0, p, torch.ones_like(p))
+            safe_q = torch.where(onehot > 0, q, torch.ones_like(q))
+            gp = onehot / safe_p
+            gq = -onehot / safe_q
+        else:
+            eps = alpha - 1.0
+            # w/p = exp(eps (r - D)) on the common support, 0 elsewhere (0/0 := 0 and p^a q^(1-a) = 0).
+            y = torch.where(both, eps * (r - D), zero)
+            # d/dp, shifted by a per-row constant so that it is continuous at alpha = 1 (see docstring):
+            # alpha (w/p - 1) / eps = alpha (r - D) phi1(y) on the common support.
+            near = y.abs() < 0.5
+            g_both = alpha * torch.where(
+                near, (r - D) * _phi1(torch.where(near, y, zero)), torch.expm1(y) / eps
+            )
+            g_off = torch.full_like(p, -alpha / eps)
+            if alpha < 1.0:  # d/dp p^alpha = +inf at p = 0 when q > 0
+                g_off = torch.where(~supp & (q > 0), torch.full_like(p, math.inf), g_off)
+            gp = torch.where(both, g_both, g_off)
+            # d/dq = -w/q = -exp(alpha r - eps D); -inf at q = 0 < p for alpha < 1; 0 where p = 0.
+            gq = -torch.where(both, torch.exp(alpha * r - eps * D), zero)
+            if alpha < 1.0:
+                gq = torch.where(supp & ~(q > 0), torch.full_like(q, -math.inf), gq)
+        finite = torch.isfinite(D)
+        g = torch.where(finite, grad_out.to(torch.float64).unsqueeze(-1), torch.zeros_like(D))
+        gp = torch.where(finite, g * gp, zero)
+        gq = torch.where(finite, g * gq, zero)
+        p_shape, q_shape = ctx.shapes
+        p_dtype, q_dtype = ctx.dtypes
+        grad_p = gp.sum_to_size(p_shape).to(p_dtype) if ctx.needs_input_grad[0] else None
+        grad_q = gq.sum_to_size(q_shape).to(q_dtype) if ctx.needs_input_grad[1] else None
+        return grad_p, grad_q, None
+
+
+# ---------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------
+
+
+def kl_divergence(p: torch.Tensor, q: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+    r"""Kullback–Leibler divergence :math:`D_{KL}(P\|Q)` of each row, thesis eq (1.4).
+
+    .. math:: D_{KL}(P\|Q) = \sum_{i=1}^n p_i \log\frac{p_i}{q_i},
+              \qquad 0\log\tfrac{0}{q} = 0,\quad p\log\tfrac{p}{0} = +\infty \ (p > 0).
+
+    Equal to :func:`renyi_divergence` with ``alpha = 1`` (eq 1.31).
+
+    Args:
+        p: probabilities :math:`P`, shape ``(..., n)``; rows non-negative and summing to 1.
+        q: probabilities :math:`Q`, shape ``(..., n)``; the leading dimensions of ``p`` and ``q``
+            broadcast against each other.
+        validate: check the arguments (one host sync per check). Pass ``False`` only in hot loops
+            whose inputs are known to be valid.
+
+    Returns:
+        Tensor of shape ``broadcast(p.shape[:-1], q.shape[:-1])``, in nats, ``>= 0``, ``+inf`` where
+        some :math:`p_i > 0 = q_i`. The dtype is the promoted dtype of ``p`` and ``q``; the value is
+        computed in float64 after renormalising each row to sum exactly to 1 (the rows are accepted
+        within the tolerance of :func:`kdlib._validation.row_sum_tolerance`: 1e-6 for float64,
+        1e-4 for float32, 1e-2 for float16 and bfloat16).
+
+    Gradients:
+        Analytic: :math:`\partial/\partial p_i = \log(p_i/q_i) + 1` and
+        :math:`\partial/\partial q_i = -p_i/q_i` (0 where :math:`p_i = 0`). Rows with an infinite
+        divergence get a zero gradient. For training from logits use :func:`renyi_divergence_logits`.
+
+    Raises:
+        ValueError: if ``p`` or ``q`` is not a floating tensor with at least one class, holds NaN,
+            ``+-inf`` or negative entries, has a row whose sum differs from 1 by more than the
+            tolerance, or if the shapes do not match (different ``n`` or non-broadcastable rows).
+    """
+    return _renyi_probs_entry(p, q, 1.0, validate)
+
+
+def renyi_divergence(
+    p: torch.Tensor, q: torch.Tensor, alpha: float, *, validate: bool = True
+) -> torch.Tensor:
+    r"""Rényi divergence :math:`D_\alpha(P\|Q)` of order ``alpha`` of each row, thesis eq (1.16).
+
+    .. math:: D_\alpha(P\|Q) = \frac{1}{\alpha - 1}\log\sum_{i=1}^n p_i^\alpha q_i^{1-\alpha},
+              \qquad \tfrac{0}{0} = 0,\ \tfrac{x}{0} = \infty\ (x > 0),
+
+    extended by continuity to the orders (eq 1.21–1.23)
+
+    * ``alpha = 0``: :math:`D_0 = -\log \sum_i q_i\,\mathbb{1}\{p_i > 0\}` (eq 1.27),
+    * ``alpha = 1``: :math:`D_1 = D_{KL}(P\|Q)` (eq 1.31), see :func:`kl_divergence`,
+    * ``alpha = math.inf``: :math:`D_\infty = \max_{i:\,p_i>0} \log(p_i/q_i)` (eq 1.33).
+
+    Support conventions, for every order: entries with :math:`p_i = 0` contribute nothing.
+    An entry with :math:`p_i > 0 = q_i` makes the divergence ``+inf`` for :math:`\alpha \ge 1`,
+    but contributes 0 to the sum for :math:`\alpha < 1` (the divergence stays finite unless the
+    supports are disjoint, where it is ``+inf``; for ``alpha = 0`` it is ``+inf`` exactly when
+    :math:`Q(\operatorname{supp} P) = 0`).
+
+    The evaluation is continuous in ``alpha`` everywhere on :math:`[0, \infty]`, including across
+    ``alpha = 1`` (see the module docstring): near ``alpha = 1`` the result is
+    :math:`D_{KL} + \tfrac{\alpha-1}{2}\operatorname{Var}_P[\log(p/q)] + O((\alpha-1)^2)` with no
+    cancellation.
+
+    Args:
+        p: probabilities :math:`P`, shape ``(..., n)``; rows non-negative and summing to 1.
+        q: probabilities :math:`Q`, shape ``(..., n)``, leading dimensions broadcastable with ``p``.
+        alpha: the order, a number in :math:`[0, \infty]` (``math.inf`` allowed).
+        validate: check the arguments (host syncs); ``False`` skips the checks of ``p`` and ``q``.
+
+    Returns:
+        Tensor of shape ``broadcast(p.shape[:-1], q.shape[:-1])``, in nats, ``>= 0`` (possibly
+        ``+inf``), of the promoted dtype of ``p`` and ``q``, computed in float64 after renormalising
+        each row (row-sum tolerance: 1e-6 float64, 1e-4 float32, 1e-2 float16/bfloat16).
+
+    Gradients:
+        Analytic, with :math:`w \propto p^\alpha q^{1-\alpha}`: :math:`\partial/\partial q_i = -w_i/q_i`
+        and :math:`\partial/\partial p_i = \frac{\alpha}{\alpha-1}(w_i/p_i - 1)`. The latter differs
+        from the derivative of the formula by the per-row constant :math:`\alpha/(\alpha-1)`, which
+        does not change any derivative along the simplex (directions with zero row sum) and makes it
+        continuous at ``alpha = 1``, where it is :math:`\log(p_i/q_i) - D_{KL}`. Infinite
+        derivatives at zero entries are returned as ``+-inf``; rows with an infinite divergence get
+        a zero gradient.
+
+    Raises:
+        ValueError: if ``alpha`` is negative or NaN or not a number; if ``p`` or ``q`` is not a
+            floating tensor, holds NaN, ``+-inf`` or negative entries, has a row off 1 by more than
+            the tolerance, or if the shapes do not match.
+    """
+    a = check_order(alpha)
+    if isinstance(a, torch.Tensor):
+        raise ValueError(
+            "alpha must be a number in [0, inf] for renyi_divergence (tensors: renyi_divergence_logits)"
+        )
+    return _renyi_probs_entry(p, q, a, validate)
+
+
+def _renyi_probs_entry(p, q, alpha: float, validate: bool) -> torch.Tensor:
+    check_probabilities(p, "p", validate=validate)
+    check_probabilities(q, "q", validate=validate)
+    check_row_shapes(p, q, "p", "q")
+    return _RenyiProbs.apply(p, q, alpha)
+
+
+def renyi_divergence_logits(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    alpha: float | torch.Tensor,
+    T: float | torch.Tensor = 1.0,
+    *,
+    validate: bool = True,
+) -> torch.Tensor:
+    r"""Rényi divergence of the student's tempered softmax from the teacher's, per row.
+
+    .. math:: D_\alpha\big(\operatorname{softmax}(v/T)\,\big\|\,\operatorname{softmax}(z/T)\big),
+
+    with teacher logits :math:`v`, student logits :math:`z` (eq 1.3 and 1.16), evaluated entirely
+    from ``log_softmax`` so that no probability underflows: finite and accurate for logits up to
+    :math:`\pm 10^4` and temperatures from 0.05 to 1000. This is the soft term of Rényi
+    distillation (eq 1.11 with :math:`D_{KL}` replaced by :math:`D_\alpha`).
+
+    Softmax distributions have full support, so every order gives a finite value; in particular
+    :math:`D_0 \equiv 0` (eq 1.27 with :math:`Q(\operatorname{supp}P) = 1`) and
+    :math:`D_\infty = \max_i (\log p_i - \log q_i)` over all classes (eq 1.33).
+
+    Args:
+        teacher_logits: :math:`v`, shape ``(..., n)``, finite. Usually detached; gradients flow to it
+            if it requires grad.
+        student_logits: :math:`z`, shape ``(..., n)``, finite. The leading dimensions of the two
+            logits broadcast (e.g. a teacher of shape ``(B, n)`` against stacked students ``(S, B, n)``).
+        alpha: the order. A number in :math:`[0, \infty]` (``math.inf`` allowed), or a floating
+            tensor broadcastable to the row shape ``broadcast(teacher.shape[:-1], student.shape[:-1])``
+            (e.g. shape ``(S, 1)``: one order per stacked student), entries in :math:`[0, \infty]`
+            (``inf`` allowed), not requiring grad.
+        T: temperature. A finite number ``> 0``, or a floating tensor broadcastable to the row shape
+            with finite entries ``> 0`` (e.g. shape ``(S, 1)``). A tensor ``T`` that requires grad
+            receives its gradient.
+        validate: check the arguments. The checks cost one fused min/max reduction and one host
+            sync per tensor argument; pass ``False`` in hot training loops whose inputs are known to
+            be finite (invalid input then yields NaN instead of an error).
+
+    Returns:
+        Tensor of the row shape, in nats, ``>= 0`` and finite. Its dtype is the promoted dtype of the
+        two logits; float16 and bfloat16 inputs are computed in float32 (float64 if either logits or
+        ``T`` is float64) and the result is rounded to the input dtype.
+
+    Gradients:
+        Analytic (no autograd graph through the evaluation): with respect to the student logits
+        :math:`(q - w)/T`, :math:`w \propto p^\alpha q^{1-\alpha}` (see :func:`renyi_gradient`),
+        including ``alpha = inf`` (the subgradient of the first arg-max of :math:`\log p - \log q`)
+        and ``alpha = 0`` (zero); with respect to the teacher logits
+        :math:`\frac{\alpha}{\alpha-1}(w - p)/T` (:math:`p(\log p - \log q - D_{KL})/T` at
+        ``alpha = 1``, evaluated without cancellation near it).
+
+    Raises:
+        ValueError: if a logits argument is not a floating tensor of shape ``(..., n)`` with ``n >= 1``
+            or holds NaN or ``+-inf``; if the two logits differ in ``n`` or their leading dimensions
+            do not broadcast; if ``alpha`` is NaN or negative (or a tensor that does not broadcast to
+            the rows or requires grad); if ``T`` is not finite and ``> 0`` (or a tensor that does not
+            broadcast to the rows).
+    """
+    alpha, T = _check_logits_args(teacher_logits, student_logits, alpha, T, validate)
+    return _RenyiLogits.apply(teacher_logits, student_logits, alpha, T)
+
+
+def _check_logits_args(teacher_logits, student_logits, alpha, T, validate):
+    if validate:
+        check_logits(teacher_logits, "teacher_logits")
+        check_logits(student_logits, "student_logits")
+    else:
+        for x, name in ((teacher_logits, "teacher_logits"), (student_logits, "student_logits")):
+            if not isinstance(x, torch.Tensor) or x.dim() == 0:
+                raise ValueError(f"{name} must be a torch.Tensor of shape (..., n)")
+    rows = check_row_shapes(teacher_logits, student_logits, "teacher_logits", "student_logits")
+    alpha = check_order(alpha, rows, validate=validate)
+    T = check_temperature_arg(T, rows, validate=validate)
+    return alpha, T
+
+
+def renyi_gradient(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    alpha: float | torch.Tensor,
+    T: float | torch.Tensor = 1.0,
+    *,
+    validate: bool = True,
+) -> torch.Tensor:
+    r"""Analytic gradient of :func:`renyi_divergence_logits` with respect to the student logits.
+
+    .. math:: \frac{\partial D_\alpha(P^T\|Q^T)}{\partial z_j} = \frac{1}{T}\,(q_j - w_j),
+              \qquad w_j = \frac{p_j^\alpha q_j^{1-\alpha}}{\sum_k p_k^\alpha q_k^{1-\alpha}},
+
+    where :math:`P^T = \operatorname{softmax}(v/T)` (teacher) and :math:`Q^T = \operatorname{softmax}(z/T)`
+    (student). The tilted distribution :math:`w` is computed in log space. Special orders:
+    ``alpha = 1`` gives :math:`(q - p)/T`, the KL gradient of eq (1.8); ``alpha = 0`` gives 0
+    (:math:`w = q`, :math:`D_0 \equiv 0` for softmax distributions); ``alpha = math.inf`` gives
+    :math:`(q - e_{i^*})/T` with :math:`i^*` the first arg-max of :math:`\log p_i - \log q_i`
+    (a subgradient of eq 1.33). For large ``T`` and zero-mean logits the gradient tends to
+    :math:`\alpha(z - v)/(nT^2)` (the Rényi analogue of eq 1.15).
+
+    Args:
+        teacher_logits: :math:`v`, shape ``(..., n)``, finite.
+        student_logits: :math:`z`, shape ``(..., n)``, finite; leading dimensions broadcast with
+            the teacher's.
+        alpha: the order, as in :func:`renyi_divergence_logits` (number or tensor, ``[0, inf]``).
+        T: temperature, as in :func:`renyi_divergence_logits` (number or tensor, finite ``> 0``).
+        validate: check the arguments (host syncs); see :func:`renyi_divergence_logits`.
+
+    Returns:
+        Tensor of shape ``broadcast(teacher.shape, student.shape)``, the gradient of each row's
+        divergence (not summed over rows), in nats per unit logit, dtype as in
+        :func:`renyi_divergence_logits`. Each row sums to 0.
+
+    Raises:
+        ValueError: as :func:`renyi_divergence_logits`.
+    """
+    alpha, T = _check_logits_args(teacher_logits, student_logits, alpha, T, validate)
+    cd = _compute_dtype(teacher_logits, student_logits, T)
+    with torch.no_grad():
+        tt = teacher_logits.detach().to(cd)
+        ss = student_logits.detach().to(cd)
+        Tc = T.detach().to(cd).unsqueeze(-1) if isinstance(T, torch.Tensor) else T
+        lp = torch.log_softmax(tt / Tc, dim=-1)
+        lq = torch.log_softmax(ss / Tc, dim=-1)
+        a = alpha.to(cd).unsqueeze(-1) if isinstance(alpha, torch.Tensor) else alpha
+        _, w, _ = _renyi_logprobs(lp, lq, a)
+        grad = (torch.exp(lq) - w) / Tc
+    return grad.to(torch.promote_types(teacher_logits.dtype, student_logits.dtype))

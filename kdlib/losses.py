@@ -1,0 +1,238 @@
+r"""The distillation loss of the thesis (eq 1.9–1.13) with the Rényi divergence in place of KL.
+
+.. math:: \mathcal{L} = (1-\beta)\,\mathrm{CE}\big(\operatorname{softmax}(z), y\big)
+          + \beta\,T^2\,D_\alpha\big(\operatorname{softmax}(v/T)\,\big\|\,\operatorname{softmax}(z/T)\big)
+
+with student logits :math:`z`, teacher logits :math:`v`, labels :math:`y`. At ``alpha = 1`` this is
+Hinton's loss (eq 1.13 with 1.9 and 1.11).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdlib._validation import (
+    check_beta,
+    check_logits,
+    check_order,
+    check_row_shapes,
+    check_targets,
+    check_temperature_arg,
+)
+from kdlib.divergences import _RenyiLogits
+
+__all__ = ["DistillationLoss", "LossComponents"]
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+class LossComponents(NamedTuple):
+    """The parts of :class:`DistillationLoss`, each reduced as the loss is.
+
+    Attributes:
+        total: :math:`(1-\\beta)\\,\\mathrm{ce} + \\beta\\,\\mathrm{soft}`, the value ``forward`` returns.
+        ce: the cross-entropy of the student (at ``T = 1``) with the labels, in nats.
+        soft: :math:`T^2 D_\\alpha(\\text{teacher}_T \\| \\text{student}_T)` in nats (divided by
+            :math:`\\alpha` when ``normalize_by_alpha``), not yet weighted by :math:`\\beta`.
+    """
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    soft: torch.Tensor
+
+
+class DistillationLoss(nn.Module):
+    r"""Rényi knowledge-distillation loss: cross-entropy mixed with a tempered Rényi divergence.
+
+    For each row (sample) :math:`b` with student logits :math:`z_b`, teacher logits :math:`v_b` and
+    label :math:`y_b`,
+
+    .. math:: \ell_b = (1-\beta)\,\bigl(-\log \operatorname{softmax}(z_b)_{y_b}\bigr)
+              + \beta\,\frac{T^2}{c_\alpha}\,D_\alpha\bigl(\operatorname{softmax}(v_b/T)\,\big\|\,
+              \operatorname{softmax}(z_b/T)\bigr),
+
+    with :math:`c_\alpha = \alpha` if ``normalize_by_alpha`` else 1, and the loss is the mean of
+    :math:`\ell_b` over all rows (``reduction="mean"``, the default; ``"sum"`` and ``"none"`` as in
+    :mod:`torch.nn`). The cross-entropy term is eq (1.9)–(1.10) with the labels :math:`y_b` as one-hot
+    vectors, the soft term is eq (1.11)–(1.12) with :math:`D_{KL}` replaced by :math:`D_\alpha`
+    (eq 1.16), mixed as in eq (1.13).
+
+    Relation to the thesis: eq (1.9)–(1.13) *sum* over the :math:`N` samples; this module *averages*
+    each term over the rows it is given. The minimiser is the same and the gradient is divided by
+    the batch size, which only rescales the learning rate (as ``reduction="batchmean"`` does in
+    :func:`torch.nn.functional.kl_div`). At ``alpha = 1`` (and ``normalize_by_alpha=False``) the loss
+    equals Hinton's loss
+
+    .. code-block:: python
+
+        (1 - beta) * F.cross_entropy(z, y) + beta * T**2 * F.kl_div(
+            F.log_softmax(z / T, -1), F.softmax(v / T, -1), reduction="batchmean")
+
+    up to rounding. The factor :math:`T^2` keeps the soft term's gradient of the same size as the
+    hard term's as :math:`T` grows (eq 1.14–1.15): for zero-mean logits and large :math:`T` the
+    gradient of :math:`T^2 D_\alpha` with respect to :math:`z` tends to :math:`\alpha(z - v)/n`.
+
+    ``normalize_by_alpha``: the limit above shows that the order :math:`\alpha` acts as a
+    multiplier of the learning rate of the soft term. Dividing the soft term by :math:`\alpha`
+    puts all orders on an equal footing in that limit (gradient :math:`(z - v)/n`). It is not
+    defined for :math:`\alpha = 0` (:math:`D_0 \equiv 0` for softmax distributions, 0/0) or
+    :math:`\alpha = \infty` (the soft term would vanish), so these orders raise ``ValueError``
+    when it is set.
+
+    Args:
+        alpha: Rényi order in :math:`[0, \infty]` (``math.inf`` allowed), or a tensor broadcastable to
+            the row shape (e.g. ``(S, 1)`` for stacked students ``(S, B, n)``); 1 gives KL.
+        T: temperature, a finite number ``> 0`` or a tensor of them broadcastable to the row shape.
+        beta: weight :math:`\beta \in [0, 1]` of the soft term (a number, or a tensor broadcastable to
+            the row shape).
+        normalize_by_alpha: divide the soft term by :math:`\alpha` (see above).
+        reduction: ``"mean"`` (over all rows), ``"sum"`` or ``"none"`` (one value per row).
+        validate: check every call's arguments (a few cheap reductions and host syncs). Set
+            ``False`` in hot loops whose inputs are known to be valid.
+
+    Tensor hyperparameters are registered as buffers, so :meth:`~torch.nn.Module.to` moves them.
+
+    Shapes:
+        - ``student_logits``: ``(..., n)``, finite.
+        - ``teacher_logits``: ``(..., n)``, finite, leading dimensions broadcastable with the
+          student's (e.g. ``(B, n)`` against stacked students ``(S, B, n)``). Detach it yourself if
+          the teacher must not be trained; gradients flow to it otherwise.
+        - ``targets``: integer class indices in ``[0, n)``, broadcastable to the row shape
+          ``broadcast(student.shape[:-1], teacher.shape[:-1])`` (e.g. ``(B,)``).
+        - output: a scalar for ``"mean"``/``"sum"``, the row shape for ``"none"``; in nats; dtype of
+          the student logits (16-bit inputs are computed in float32).
+
+    Raises:
+        ValueError: at construction, if ``alpha`` is NaN or negative, ``T`` is not finite and ``> 0``,
+            ``beta`` is outside ``[0, 1]``, ``reduction`` is unknown, or ``normalize_by_alpha`` is set
+            with an order 0 or ``inf``; at call time, if a logits tensor holds NaN or ``+-inf`` or is
+            not floating, the shapes do not match, or ``targets`` is not an integer tensor of the row
+            shape with values in ``[0, n)``.
+    """
+
+    def __init__(
+        self,
+        alpha: float | torch.Tensor = 1.0,
+        T: float | torch.Tensor = 4.0,
+        beta: float | torch.Tensor = 0.9,
+        *,
+        normalize_by_alpha: bool = False,
+        reduction: str = "mean",
+        validate: bool = True,
+    ) -> None:
+        super().__init__()
+        alpha = check_order(alpha)
+        if isinstance(T, torch.Tensor):
+            check_temperature_arg(T, T.shape)
+        else:
+            T = check_temperature_arg(T, torch.Size())
+        beta = check_beta(beta)
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if normalize_by_alpha:
+            if isinstance(alpha, torch.Tensor):
+                bad = bool(((alpha == 0) | torch.isinf(alpha)).any())
+            else:
+                bad = alpha == 0.0 or math.isinf(alpha)
+            if bad:
+                raise ValueError(
+                    "alpha must be in (0, inf) when normalize_by_alpha=True (the soft term is divided by "
+                    f"alpha; orders 0 and inf are undefined there), got {alpha!r}"
+                )
+        for name, value in (("alpha", alpha), ("T", T), ("beta", beta)):
+            if isinstance(value, torch.Tensor):
+                self.register_buffer(name, value.detach().clone())
+            else:
+                setattr(self, name, value)
+        self.normalize_by_alpha = bool(normalize_by_alpha)
+        self.reduction = reduction
+        self.validate = bool(validate)
+
+    def extra_repr(self) -> str:
+        def fmt(x):
+            return f"tensor{tuple(x.shape)}" if isinstance(x, torch.Tensor) else f"{x:g}"
+
+        return (
+            f"alpha={fmt(self.alpha)}, T={fmt(self.T)}, beta={fmt(self.beta)}, "
+            f"normalize_by_alpha={self.normalize_by_alpha}, reduction={self.reduction!r}"
+        )
+
+    def components(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor
+    ) -> LossComponents:
+        """The loss and its two parts, ``(total, ce, soft)``, each reduced as ``reduction`` says.
+
+        Useful for logging; ``total`` is what :meth:`forward` returns and carries the gradient.
+        See the class docstring for shapes and errors.
+        """
+        s, t = student_logits, teacher_logits
+        if self.validate:
+            check_logits(s, "student_logits")
+            check_logits(t, "teacher_logits")
+        elif not (isinstance(s, torch.Tensor) and isinstance(t, torch.Tensor) and s.dim() and t.dim()):
+            raise ValueError("student_logits and teacher_logits must be tensors of shape (..., n)")
+        rows = check_row_shapes(s, t, "student_logits", "teacher_logits")
+        n = s.shape[-1]
+        check_targets(targets, rows, n, validate=self.validate)
+        alpha, T, beta = self.alpha, self.T, self.beta
+        for name, value in (("alpha", alpha), ("T", T), ("beta", beta)):
+            if isinstance(value, torch.Tensor):
+                try:
+                    ok = torch.broadcast_shapes(value.shape, rows) == rows
+                except RuntimeError:
+                    ok = False
+                if not ok:
+                    raise ValueError(
+                        f"{name} (a tensor of shape {tuple(value.shape)}) must broadcast to the row shape "
+                        f"{tuple(rows)} of the logits"
+                    )
+
+        # Hard term: cross-entropy of the student at T = 1 (eq 1.9-1.10), one value per row.
+        s_ce = s if s.dtype in (torch.float32, torch.float64) else s.float()
+        y = targets.expand(rows) if targets.shape != rows else targets
+        s_rows = s_ce.expand(*rows, n) if s_ce.shape[:-1] != rows else s_ce
+        ce = F.cross_entropy(s_rows.reshape(-1, n), y.reshape(-1), reduction="none").reshape(rows)
+
+        # Soft term: T^2 D_alpha(teacher_T || student_T) (eq 1.11-1.12 with D_alpha), one value per row.
+        soft = _RenyiLogits.apply(t, s, alpha, T).to(ce.dtype)
+        if isinstance(T, torch.Tensor):
+            soft = soft * T.to(ce.dtype) ** 2
+        else:
+            soft = soft * (T * T)
+        if self.normalize_by_alpha:
+            soft = soft / (alpha.to(ce.dtype) if isinstance(alpha, torch.Tensor) else alpha)
+
+        if isinstance(beta, torch.Tensor):
+            b = beta.to(ce.dtype)
+            total = (1.0 - b) * ce + b * soft
+        else:
+            total = (1.0 - beta) * ce + beta * soft
+        out_dtype = s.dtype
+        return LossComponents(*(self._reduce(x).to(out_dtype) for x in (total, ce, soft)))
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """``(1 - beta) CE(student, targets) + beta T^2 D_alpha(teacher_T || student_T)``, reduced.
+
+        Args:
+            student_logits: ``(..., n)`` student logits :math:`z`.
+            teacher_logits: ``(..., n)`` teacher logits :math:`v` (leading dims broadcast).
+            targets: integer labels in ``[0, n)`` broadcastable to the row shape.
+
+        Returns:
+            The loss in nats (scalar for ``"mean"``/``"sum"``, per row for ``"none"``).
+        """
+        return self.components(student_logits, teacher_logits, targets).total
+
+    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reduction == "mean":
+            return x.mean()
+        if self.reduction == "sum":
+            return x.sum()
+        return x
