@@ -383,21 +383,21 @@ class _RenyiProbs(torch.autograd.Function):
     def forward(ctx, p, q, alpha):  # type: ignore[override]
         p64 = p.detach().to(torch.float64)
         q64 = q.detach().to(torch.float64)
-        p64 = p64 / p64.sum(-1, keepdim=True)  # remove rounding drift of the row sums
-        q64 = q64 / q64.sum(-1, keepdim=True)
-        p64, q64 = torch.broadcast_tensors(p64, q64)
+        sp = p64.sum(-1, keepdim=True)
+        sq = q64.sum(-1, keepdim=True)
+        p64, q64 = torch.broadcast_tensors(p64 / sp, q64 / sq)  # remove rounding drift of the row sums
         D, info = _renyi_probs_core(p64, q64, alpha)
         D = D.clamp_min(0.0)
         ctx.alpha = alpha
         ctx.info = info
         ctx.shapes = (p.shape, q.shape)
         ctx.dtypes = (p.dtype, q.dtype)
-        ctx.save_for_backward(p64, q64, D)
+        ctx.save_for_backward(p64, q64, D, sp, sq)
         return D.squeeze(-1).to(torch.promote_types(p.dtype, q.dtype))
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        p, q, D = ctx.saved_tensors
+        p, q, D, sp, sq = ctx.saved_tensors
         info = ctx.info
         alpha = ctx.alpha
         supp, both, r = info["supp"], info["both"], info["r"]
@@ -433,6 +433,16 @@ class _RenyiProbs(torch.autograd.Function):
             gq = -torch.where(both, torch.exp(alpha * r - eps * D), zero)
             if alpha < 1.0:
                 gq = torch.where(supp & ~(q > 0), torch.full_like(q, -math.inf), gq)
+        # Chain rule through the renormalisation p -> p / sum(p): subtract the p-weighted mean of the
+        # derivative and divide by the row sum (entries with p = 0, possibly infinite, carry no weight).
+        gp = (
+            torch.where(torch.isfinite(gp), gp - torch.where(p > 0, p * gp, zero).sum(-1, keepdim=True), gp)
+            / sp
+        )
+        gq = (
+            torch.where(torch.isfinite(gq), gq - torch.where(q > 0, q * gq, zero).sum(-1, keepdim=True), gq)
+            / sq
+        )
         finite = torch.isfinite(D)
         g = torch.where(finite, grad_out.to(torch.float64).unsqueeze(-1), torch.zeros_like(D))
         gp = torch.where(finite, g * gp, zero)
@@ -472,9 +482,12 @@ def kl_divergence(p: torch.Tensor, q: torch.Tensor, *, validate: bool = True) ->
         1e-4 for float32, 1e-2 for float16 and bfloat16).
 
     Gradients:
-        Analytic: :math:`\partial/\partial p_i = \log(p_i/q_i) + 1` and
-        :math:`\partial/\partial q_i = -p_i/q_i` (0 where :math:`p_i = 0`). Rows with an infinite
-        divergence get a zero gradient. For training from logits use :func:`renyi_divergence_logits`.
+        Analytic, of the function as computed, which renormalises each row (so the value does not
+        change when a row is scaled and :math:`\sum_i p_i\,\partial D/\partial p_i = 0`): on the
+        simplex :math:`\partial/\partial p_i = \log(p_i/q_i) - D_{KL}` and
+        :math:`\partial/\partial q_i = 1 - p_i/q_i`. Infinite derivatives at zero entries are
+        returned as ``+-inf``; rows with an infinite divergence get a zero gradient. For training
+        from logits use :func:`renyi_divergence_logits`.
 
     Raises:
         ValueError: if ``p`` or ``q`` is not a floating tensor with at least one class, holds NaN,
@@ -521,13 +534,13 @@ def renyi_divergence(
         each row (row-sum tolerance: 1e-6 float64, 1e-4 float32, 1e-2 float16/bfloat16).
 
     Gradients:
-        Analytic, with :math:`w \propto p^\alpha q^{1-\alpha}`: :math:`\partial/\partial q_i = -w_i/q_i`
-        and :math:`\partial/\partial p_i = \frac{\alpha}{\alpha-1}(w_i/p_i - 1)`. The latter differs
-        from the derivative of the formula by the per-row constant :math:`\alpha/(\alpha-1)`, which
-        does not change any derivative along the simplex (directions with zero row sum) and makes it
-        continuous at ``alpha = 1``, where it is :math:`\log(p_i/q_i) - D_{KL}`. Infinite
-        derivatives at zero entries are returned as ``+-inf``; rows with an infinite divergence get
-        a zero gradient.
+        Analytic, of the function as computed, which renormalises each row (so
+        :math:`\sum_i p_i\,\partial D/\partial p_i = \sum_i q_i\,\partial D/\partial q_i = 0`). On the
+        simplex, with the tilted distribution :math:`w \propto p^\alpha q^{1-\alpha}`:
+        :math:`\partial/\partial p_i = \frac{\alpha}{\alpha-1}(w_i/p_i - 1)` and
+        :math:`\partial/\partial q_i = 1 - w_i/q_i`, continuous across ``alpha = 1`` (where they are
+        the KL derivatives) and evaluated there without cancellation. Infinite derivatives at zero
+        entries are returned as ``+-inf``; rows with an infinite divergence get a zero gradient.
 
     Raises:
         ValueError: if ``alpha`` is negative or NaN or not a number; if ``p`` or ``q`` is not a
