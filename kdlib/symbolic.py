@@ -11,9 +11,10 @@ pieces both need, so that each notebook states only the derivation itself:
 - :func:`expand_sums` -- linearity of a finite ``Sum`` (split a sum of terms, pull
   out factors that do not depend on the summation index), which ``sympy.simplify``
   does not always do by itself;
-- :func:`substitute_taylor_coefficients` -- replace the derivatives at 0 of an
-  undefined function by those of a ``Sum``: the way a series in ``1/T`` is taken for
-  a general number of classes (``sympy.series`` cannot expand a ``Sum`` directly);
+- :func:`sum_series` (built on :func:`substitute_taylor_coefficients`) -- the power
+  series of an expression that contains ``Sum``\ s of symbolic length: the way a series
+  in ``1/T`` is taken for a general number of classes (``sympy.series`` cannot expand
+  a ``Sum`` directly);
 - :func:`assume_in_range` -- pick the branch ``j <= n`` of the ``Piecewise`` that
   differentiating a ``Sum`` with respect to one of its entries produces.
 
@@ -37,6 +38,7 @@ __all__ = [
     "renyi_sum",
     "softmax",
     "substitute_taylor_coefficients",
+    "sum_series",
     "tilted",
 ]
 
@@ -216,8 +218,46 @@ def substitute_taylor_coefficients(
 
     out = sp.sympify(expr).replace(lambda e: isinstance(e, sp.Subs), _repl)
     for func, series_of in table.items():
-        out = out.subs(func(0), series_of.subs(x, 0).doit())
+        out = out.xreplace({func(0): series_of.subs(x, 0).doit()})
     return out
+
+
+def sum_series(expr: sp.Expr, x: sp.Symbol, order: int) -> sp.Expr:
+    r"""Power series of ``expr`` in ``x`` about 0 (up to, excluding, ``x**order``); ``expr`` may hold sums.
+
+    Every outermost ``Sum`` in ``expr`` that depends on ``x`` is replaced by an undefined
+    function of ``x``; ``sympy.series`` expands the result, and
+    :func:`substitute_taylor_coefficients` puts the sums' own derivatives at 0 back
+    (for example ``Sum(exp(x*z[k]), (k, 1, n))`` contributes ``n``, ``Sum(z[k], (k, 1, n))``,
+    ``Sum(z[k]**2, (k, 1, n))``, ...). This is exact: a finite sum is differentiated term
+    by term.
+
+    Args:
+        expr: a sympy expression, analytic in ``x`` at 0.
+        x: the expansion variable.
+        order: the first power of ``x`` left out (as ``n`` in ``sympy.series``), at least 1.
+
+    Returns:
+        The polynomial part of the series (no ``O`` term), with sums of symbolic length
+        in its coefficients.
+
+    Raises:
+        ValueError: if ``order`` is not an integer >= 1.
+    """
+    if int(order) != order or order < 1:
+        raise ValueError(f"order must be an integer >= 1, got {order!r}")
+    expr = sp.sympify(expr)
+    sums = [s for s in expr.atoms(sp.Sum) if s.has(x)]
+    outermost = [s for s in sums if not any(s != t and t.has(s) for t in sums)]
+    outermost.sort(key=sp.default_sort_key)
+    table = {}
+    replacements = {}
+    for number, s in enumerate(outermost):
+        func = sp.Function(f"S_{number}")
+        table[func] = s
+        replacements[s] = func(x)
+    series = sp.series(expr.xreplace(replacements), x, 0, int(order)).removeO()
+    return substitute_taylor_coefficients(series, x, table)
 
 
 def assume_in_range(expr: sp.Expr, index: sp.Symbol, upper: sp.Expr) -> sp.Expr:

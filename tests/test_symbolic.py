@@ -98,6 +98,28 @@ def test_substitute_taylor_coefficients_matches_series_for_explicit_n():
     assert sp.simplify(sp.expand(general.subs(n, 3).doit() - explicit)) == 0
 
 
+def test_sum_series_matches_series_for_explicit_n():
+    eps = sp.Symbol("epsilon", positive=True)
+    n = sp.Symbol("n", integer=True, positive=True)
+    k = sp.Symbol("k", integer=True, positive=True)
+    z, v = sp.IndexedBase("z", real=True), sp.IndexedBase("v", real=True)
+    # KL divergence of softmax(eps v) from softmax(eps z), written with sums of symbolic length
+    Sv = sp.Sum(sp.exp(eps * v[k]), (k, 1, n))
+    Sz = sp.Sum(sp.exp(eps * z[k]), (k, 1, n))
+    kl_n = eps * sp.Sum(sp.exp(eps * v[k]) * (v[k] - z[k]), (k, 1, n)) / Sv - sp.log(Sv) + sp.log(Sz)
+    general = ks.sum_series(kl_n, eps, 3)
+    assert not general.has(sp.Function("S_0"))
+    # independent route: Taylor coefficients of the explicit three-class KL, by differentiation at 0
+    sv3 = sum(sp.exp(eps * v[i]) for i in (1, 2, 3))
+    sz3 = sum(sp.exp(eps * z[i]) for i in (1, 2, 3))
+    kl3 = sum(sp.exp(eps * v[i]) / sv3 * (eps * (v[i] - z[i]) - sp.log(sv3) + sp.log(sz3)) for i in (1, 2, 3))
+    explicit = sum(sp.diff(kl3, eps, m).subs(eps, 0) / sp.factorial(m) * eps**m for m in range(3))
+    assert sp.expand(general.subs(n, 3).doit() - explicit) == 0
+    assert sp.expand(general.coeff(eps, 2).subs(n, 3).doit()) != 0
+    with pytest.raises(ValueError, match="order must be an integer >= 1"):
+        ks.sum_series(kl_n, eps, 0)
+
+
 def test_substitute_taylor_coefficients_rejects_other_points():
     x = sp.Symbol("x")
     F = sp.Function("F")
