@@ -156,7 +156,7 @@ def tilted(p: Sequence[sp.Expr], q: Sequence[sp.Expr], alpha: sp.Expr) -> list[s
     return [t / total for t in terms]
 
 
-def expand_sums(expr: sp.Expr) -> sp.Expr:
+def expand_sums(expr: sp.Expr, index: sp.Symbol | None = None) -> sp.Expr:
     r"""Apply the linearity of every finite ``Sum`` in ``expr``.
 
     Each ``Sum(f, (k, a, b))`` is replaced by :math:`\sum_t c_t \cdot` ``Sum(g_t, (k, a, b))``
@@ -164,6 +164,12 @@ def expand_sums(expr: sp.Expr) -> sp.Expr:
     ``k``; a term with nothing left to sum becomes :math:`c_t (b - a + 1)`. Nested
     sums are expanded from the inside out. Only single-index sums are split; others
     are left as they are.
+
+    Args:
+        expr: a sympy expression.
+        index: if given, every split sum is written with this summation index, so that
+            sums that differ only in the name of their dummy index become identical
+            (and cancel). Not applied to a sum whose summand already holds ``index``.
 
     Returns:
         An expression equal to ``expr`` in which the sums are as small as possible, so
@@ -177,7 +183,12 @@ def expand_sums(expr: sp.Expr) -> sp.Expr:
         out = sp.Integer(0)
         for term in sp.Add.make_args(sp.expand(s.function)):
             coeff, rest = term.as_independent(var, as_Add=False)
-            out += coeff * (hi - lo + 1) if rest == 1 else coeff * sp.Sum(rest, (var, lo, hi))
+            if rest == 1:
+                out += coeff * (hi - lo + 1)
+            elif index is not None and index != var and not rest.has(index):
+                out += coeff * sp.Sum(rest.xreplace({var: index}), (index, lo, hi))
+            else:
+                out += coeff * sp.Sum(rest, (var, lo, hi))
         return out
 
     return sp.sympify(expr).replace(lambda e: isinstance(e, sp.Sum), _split)

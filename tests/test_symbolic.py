@@ -82,6 +82,11 @@ def test_expand_sums_agrees_with_explicit_sum():
         assert inner.function != 1
     explicit = sum(((a * x[i] + y[i]) ** 2 + 3 for i in range(1, 5)), sp.Integer(0))
     assert sp.expand(expanded.subs(n, 4).doit() - explicit) == 0
+    # sums that differ only in the dummy index cancel once both use the same one
+    j = sp.Symbol("j", integer=True, positive=True)
+    difference = sp.Sum(x[j] + 1, (j, 1, n)) - sp.Sum(x[k], (k, 1, n))
+    assert ks.expand_sums(difference) != n
+    assert ks.expand_sums(difference, index=k) == n
 
 
 def test_substitute_taylor_coefficients_matches_series_for_explicit_n():
