@@ -1,0 +1,242 @@
+"""Teacher and student architectures, and a stack of S MLP students trained as one model.
+
+* :class:`MLP` with :func:`hinton_teacher` (784-1200-1200-10, dropout) and
+  :func:`hinton_student` (784-800-800-10), the networks of Hinton et al.'s MNIST
+  experiment (Hinton et al., 2015); widths are free, down to tiny students with
+  30 hidden units.
+* :class:`SmallCNN`: two conv blocks and a linear head, for 1×8×8, 1×28×28 or 3×32×32 inputs.
+* :func:`resnet18_cifar`: torchvision's ResNet-18 with a 3×3 stride-1 stem and no
+  max-pool, the usual adaptation to 32×32 CIFAR-10 images; a teacher.
+* :class:`StackedMLP`: S MLP students of one shape whose weights are ``(S, in, out)``
+  tensors, evaluated with batched matrix products; student ``s`` is initialised from its
+  own seed exactly as :func:`init_mlp_params` would initialise it alone.
+
+:func:`build_model` makes a model from a JSON-ready spec (the form stored in result records).
+All models map inputs ``(B, C, H, W)`` to logits ``(B, num_classes)``; :class:`StackedMLP`
+returns ``(S, B, num_classes)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODEL_KINDS = ("mlp", "cnn", "resnet18")
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network on flattened inputs.
+
+    Args:
+        in_features: number of inputs (784 for 28×28 images).
+        hidden: widths of the hidden layers, e.g. ``(1200, 1200)``; each ``>= 1``.
+        num_classes: number of outputs (logits).
+        dropout: dropout probability after every hidden ReLU, in ``[0, 1)``.
+        input_dropout: dropout probability on the inputs, in ``[0, 1)``.
+
+    Raises:
+        ValueError: on a non-positive width or a dropout probability outside ``[0, 1)``.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int = 10,
+                 dropout: float = 0.0, input_dropout: float = 0.0) -> None:
+        super().__init__()
+        sizes = _check_sizes(in_features, hidden, num_classes)
+        for name, p in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+        layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout > 0:
+            layers.append(nn.Dropout(input_dropout))
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(fan_in, fan_out))
+            if i < len(sizes) - 2:
+                layers.append(nn.ReLU())
+                if dropout > 0:
+                    layers.append(nn.Dropout(dropout))
+        self.net = nn.Sequential(*layers)
+        self.sizes = sizes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` of inputs ``(B, ...)`` with ``in_features`` values each."""
+        return self.net(x)
+
+    def linears(self) -> list[nn.Linear]:
+        """The linear layers, input to output."""
+        return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    def load_params(self, params: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> MLP:
+        """Copy ``[(W (in, out), b (out,)), ...]`` (the :func:`init_mlp_params` layout) into the layers."""
+        with torch.no_grad():
+            for lin, (w, b) in zip(self.linears(), params, strict=True):
+                lin.weight.copy_(w.T)
+                lin.bias.copy_(b)
+        return self
+
+
+def hinton_teacher(in_features: int = 784, num_classes: int = 10, hidden: int = 1200,
+                   dropout: float = 0.5, input_dropout: float = 0.2) -> MLP:
+    """Hinton et al.'s MNIST teacher: two hidden layers of 1200 ReLUs with dropout.
+
+    Dropout 0.5 on hidden units and 0.2 on inputs follows Hinton et al. (2012); their
+    max-norm weight constraint and input jitter are not used here.
+    """
+    return MLP(in_features, (hidden, hidden), num_classes, dropout=dropout, input_dropout=input_dropout)
+
+
+def hinton_student(in_features: int = 784, num_classes: int = 10, hidden: int = 800) -> MLP:
+    """Hinton et al.'s MNIST student: two hidden layers of 800 ReLUs, no regularisation."""
+    return MLP(in_features, (hidden, hidden), num_classes)
+
+
+class SmallCNN(nn.Module):
+    """Conv(3×3, w)-ReLU-MaxPool, Conv(3×3, 2w)-ReLU-MaxPool, global average pool, Linear.
+
+    Args:
+        in_channels: 1 for (Fashion-)MNIST and digits, 3 for CIFAR-10.
+        num_classes: number of outputs.
+        width: channels of the first block (``>= 1``).
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        if in_channels < 1 or num_classes < 2 or width < 1:
+            raise ValueError(f"in_channels >= 1, num_classes >= 2 and width >= 1 required, got "
+                             f"{in_channels}, {num_classes}, {width}")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)`` with ``H, W >= 4``."""
+        return self.head(self.features(x))
+
+
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet-18 adapted to 32×32 inputs (3×3 stride-1 stem, no max-pool).
+
+    About 11.2 M parameters; a teacher for CIFAR-10.
+    """
+    from torchvision.models import resnet18
+
+    model = resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def build_model(spec: dict[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """Model from a spec such as ``{"kind": "mlp", "hidden": [1200, 1200], "dropout": 0.5}``.
+
+    Keys by kind: ``mlp``: ``hidden``, ``dropout``, ``input_dropout``; ``cnn``: ``width``;
+    ``resnet18``: none.
+
+    Raises:
+        ValueError: unknown ``kind`` or unknown keys.
+    """
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    allowed = {"mlp": {"hidden", "dropout", "input_dropout"}, "cnn": {"width"}, "resnet18": set()}
+    if kind not in allowed:
+        raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
+    if set(spec) - allowed[kind]:
+        raise ValueError(f"unknown keys for a {kind} model: {sorted(set(spec) - allowed[kind])}")
+    if kind == "mlp":
+        return MLP(math.prod(input_shape), tuple(spec.get("hidden", (800, 800))), num_classes,
+                   dropout=spec.get("dropout", 0.0), input_dropout=spec.get("input_dropout", 0.0))
+    if kind == "cnn":
+        return SmallCNN(input_shape[0], num_classes, width=spec.get("width", 32))
+    return resnet18_cifar(num_classes, in_channels=input_shape[0])
+
+
+def _check_sizes(in_features: int, hidden: Sequence[int], num_classes: int) -> list[int]:
+    sizes = [int(in_features), *(int(h) for h in hidden), int(num_classes)]
+    if any(s < 1 for s in sizes) or num_classes < 2:
+        raise ValueError(f"layer widths must be >= 1 (num_classes >= 2), got {sizes}")
+    return sizes
+
+
+def init_mlp_params(sizes: Sequence[int], seed: int, dtype: torch.dtype = torch.float32
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Initial weights of one MLP, drawn from a ``torch.Generator`` seeded with ``seed``.
+
+    Layer ``i`` maps ``sizes[i]`` inputs to ``sizes[i+1]`` outputs; its weight ``W`` has shape
+    ``(in, out)`` and, like its bias, is uniform on ``[-1/sqrt(in), 1/sqrt(in)]`` (the
+    distribution of PyTorch's default ``nn.Linear`` initialisation). Draws are made in
+    float64 on the CPU in layer order (W then b), so they do not depend on the device.
+
+    Returns:
+        list of ``(W, b)`` pairs in ``dtype`` on the CPU.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        bound = 1.0 / math.sqrt(fan_in)
+        w = (torch.rand(fan_in, fan_out, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        b = (torch.rand(fan_out, generator=gen, dtype=torch.float64) * 2 - 1) * bound
+        params.append((w.to(dtype), b.to(dtype)))
+    return params
+
+
+class StackedMLP(nn.Module):
+    """S independent ReLU MLP students of one shape, evaluated together.
+
+    Layer ``i`` holds ``weights[i]``: ``(S, in, out)`` and ``biases[i]``: ``(S, 1, out)``.
+    The first layer multiplies the shared input batch by all S weight matrices at once
+    (``torch.matmul`` broadcasting), the others use ``torch.baddbmm``. Students do not
+    interact: the loss of student ``s`` depends only on slice ``s``, so with a loss that is
+    a sum over students each student receives exactly its own gradient.
+
+    Args:
+        in_features: inputs per example (inputs are flattened).
+        hidden: hidden widths, e.g. ``(800, 800)`` or ``(30, 30)``.
+        num_classes: outputs.
+        seeds: one initialisation seed per student (``S = len(seeds)``); student ``s`` starts
+            from ``init_mlp_params(sizes, seeds[s])``.
+        dtype: parameter dtype.
+
+    Raises:
+        ValueError: on empty ``seeds`` or non-positive widths.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int, seeds: Sequence[int],
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if len(seeds) == 0:
+            raise ValueError("seeds must name at least one student")
+        self.sizes = _check_sizes(in_features, hidden, num_classes)
+        self.seeds = [int(s) for s in seeds]
+        per_student = [init_mlp_params(self.sizes, s, dtype) for s in self.seeds]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([p[i][0] for p in per_student])) for i in range(len(self.sizes) - 1))
+        self.biases = nn.ParameterList(
+            nn.Parameter(torch.stack([p[i][1] for p in per_student]).unsqueeze(1))
+            for i in range(len(self.sizes) - 1))
+
+    @property
+    def num_students(self) -> int:
+        """S, the number of stacked students."""
+        return len(self.seeds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(S, B, num_classes)`` for a shared input batch ``(B, ...)``."""
+        h = x.reshape(x.shape[0], -1)
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            h = torch.matmul(h, w) + b if i == 0 else torch.baddbmm(b, h, w)
+            if i < last:
+                h = F.relu(h)
+        return h
+
+    def student_params(self, s: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Detached ``[(W (in, out), b (out,)), ...]`` of student ``s`` (for :meth:`MLP.load_params`)."""
+        return [(w[s].detach().clone(), b[s, 0].detach().clone())
+                for w, b in zip(self.weights, self.biases, strict=True)]
