@@ -51,8 +51,7 @@ nbval: $(STAMP)
 
 ## make notebooks: re-execute every notebook in place, refreshing its stored outputs.
 notebooks: $(STAMP)
-	TQDM_DISABLE=1 $(BIN)/python -m jupyter nbconvert --to notebook --execute --inplace \
-		--ExecutePreprocessor.timeout=1800 notebooks/*.ipynb
+	TQDM_DISABLE=1 $(BIN)/jupyter execute --inplace --timeout=1800 notebooks/*.ipynb
 
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bench_losses.py
