@@ -323,53 +323,61 @@ class _RenyiLogits(torch.autograd.Function):
 # ---------------------------------------------------------------------------
 
 
-def _renyi_probs_core(p: torch.Tensor, q: torch.Tensor, alpha: float):
-    """D_alpha for probability rows with zeros allowed (float64). Returns D (..., 1) and backward info."""
+def _renyi_probs_core(p: torch.Tensor, q: torch.Tensor, lp: torch.Tensor, lq: torch.Tensor, alpha: float):
+    """D_alpha for probability rows with zeros allowed (float64). Returns D (..., 1) and backward info.
+
+    ``p``, ``q`` are the renormalised rows and ``lp``, ``lq`` their logarithms, computed as
+    ``log(raw) - log(sum(raw))`` so that an entry close to 1 keeps its exact logarithm.
+    """
     supp = p > 0
     qpos = q > 0
     both = supp & qpos
     viol = (supp & ~qpos).any(-1, keepdim=True)  # P is not absolutely continuous w.r.t. Q
-    lp = torch.log(p)
-    lq = torch.log(q)
     zero = torch.zeros_like(p)
     r = torch.where(both, lp - lq, zero)
     inf = torch.full_like(p[..., :1], math.inf)
+    ninf = torch.full_like(p, -math.inf)
     info: dict[str, torch.Tensor] = {"supp": supp, "both": both, "r": r}
+
+    def log_mass(x, inside, outside):
+        # log of the mass of x on `inside`, from the (directly summed) mass outside when that is small
+        m_in = torch.where(inside, x, zero).sum(-1, keepdim=True)
+        m_out = torch.where(outside, x, zero).sum(-1, keepdim=True)
+        return torch.where(m_out < 0.5, torch.log1p(-m_out), torch.log(m_in))
+
     if alpha == 0.0:
+        # eq (1.27): D_0 = -log Q(supp P)
         Qs = torch.where(supp, q, zero).sum(-1, keepdim=True)
-        Qc = torch.where(supp, zero, q).sum(-1, keepdim=True)
-        D = torch.where(Qs >= 0.5, -torch.log1p(-Qc), -torch.log(Qs))
         info["Qs"] = Qs
-        return D, info
+        return -log_mass(q, supp, ~supp), info
     if alpha == 1.0:
         kl = torch.where(both, p * r, zero).sum(-1, keepdim=True)
         return torch.where(viol, inf, kl), info
     if math.isinf(alpha):
-        rr = torch.where(
-            both, r, torch.where(supp, torch.full_like(p, math.inf), torch.full_like(p, -math.inf))
-        )
+        rr = torch.where(both, r, torch.where(supp, torch.full_like(p, math.inf), ninf))
         D, idx = rr.max(-1, keepdim=True)
         info["idx"] = idx
         return D, info
     eps = alpha - 1.0
-    ninf = torch.full_like(p, -math.inf)
-    lpm = torch.where(both, lp, ninf)
-    lqm = torch.where(both, lq, ninf)
     m, L, k, w = _lse_parts(torch.where(both, lp, zero), torch.where(both, lq, zero), alpha, both)
     D = m * (k / eps) + L / eps  # -inf sum (disjoint supports) gives +inf for alpha < 1
-    if abs(eps) < _NEAR:
-        kl = torch.where(both, p * r, zero).sum(-1, keepdim=True)
-        u = torch.where(both, eps * (r - kl), zero)
-        H = _weighted_excess(lpm, u)
-        Dc = kl + torch.log1p(H) / eps
-        D = torch.where(~viol & torch.isfinite(Dc), Dc, D)
-    elif alpha < _NEAR:
-        q_in_p = ~(qpos & ~supp).any(-1, keepdim=True)
-        c = torch.where(both, q * r, zero).sum(-1, keepdim=True)
-        u = torch.where(both, alpha * (r - c), zero)
-        H = _weighted_excess(lqm, u)
-        Dc = (alpha * c + torch.log1p(H)) / eps
-        D = torch.where(q_in_p & torch.isfinite(Dc), Dc, D)
+    if abs(eps) < _NEAR or alpha < _NEAR:
+        # Centred evaluation on the common support, around P (near 1) or Q (near 0):
+        # sum_both b e^{g r} = B * E_{b|both}[e^{g r}], B = b(both), log B = log1p(-b(outside)).
+        near_one = abs(eps) < _NEAR
+        if near_one:
+            lb, g_, log_B = lp, eps, log_mass(p, both, supp & ~qpos)
+        else:
+            lb, g_, log_B = lq, alpha, log_mass(q, both, qpos & ~supp)
+        lbc = torch.where(both, lb - log_B, ninf)
+        c = torch.where(both, torch.exp(lbc) * r, zero).sum(-1, keepdim=True)
+        u = torch.where(both, g_ * (r - c), zero)
+        H = _weighted_excess(lbc, u)
+        if near_one:
+            Dc = log_B / eps + c + torch.log1p(H) / eps
+        else:
+            Dc = (log_B + alpha * c + torch.log1p(H)) / eps
+        D = torch.where(torch.isfinite(Dc), Dc, D)
     if alpha > 1.0:
         D = torch.where(viol, inf, D)
     info["w"] = w
@@ -385,8 +393,10 @@ class _RenyiProbs(torch.autograd.Function):
         q64 = q.detach().to(torch.float64)
         sp = p64.sum(-1, keepdim=True)
         sq = q64.sum(-1, keepdim=True)
-        p64, q64 = torch.broadcast_tensors(p64 / sp, q64 / sq)  # remove rounding drift of the row sums
-        D, info = _renyi_probs_core(p64, q64, alpha)
+        # Renormalise (removes rounding drift of the row sums); logs from the raw entries.
+        lp, lq = torch.broadcast_tensors(torch.log(p64) - torch.log(sp), torch.log(q64) - torch.log(sq))
+        p64, q64 = torch.broadcast_tensors(p64 / sp, q64 / sq)
+        D, info = _renyi_probs_core(p64, q64, lp, lq, alpha)
         D = D.clamp_min(0.0)
         ctx.alpha = alpha
         ctx.info = info

@@ -1,0 +1,130 @@
+"""Stress grid for the logits form: extreme logits x temperatures x orders x dtypes against mpmath.
+
+Logits up to +-1e4, temperatures 0.05 ... 1000, orders 0, 1e-8, 0.5, 1 -+ 1e-7, 1, 2, 1e4, inf,
+in float32 and float64 (bfloat16 as a sanity check). Every result must be finite (softmax
+distributions have full support, so every true value is finite), non-negative, and within a
+tolerance set by the conditioning of the inputs: the log-softmax of ``z / T`` in a dtype with
+machine epsilon ``eps`` carries an absolute error of about ``eps * max|z| / T``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdlib import DistillationLoss, renyi_divergence_logits, renyi_gradient
+
+_spec = importlib.util.spec_from_file_location(
+    "mp_ref", Path(__file__).parent / "fixtures" / "mp_reference.py"
+)
+R = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(R)
+
+INF = math.inf
+ORDERS = [0.0, 1e-8, 0.5, 1 - 1e-7, 1.0, 1 + 1e-7, 2.0, 1e4, INF]
+TEMPS = [0.05, 0.5, 1.0, 4.0, 100.0, 1000.0]
+PATTERNS = {
+    "moderate": ([0.3, -1.2, 2.0, 0.7, -0.4], [1.1, 0.2, -0.5, 0.3, 0.9]),
+    "opposite_1e4": ([1e4, -1e4, 0.0, 5e3, -3.0], [-1e4, 1e4, 0.0, -5e3, 7.0]),
+    "equal_1e4": ([1e4, -1e4, 0.0, 5e3, -3.0], [1e4, -1e4, 0.0, 5e3, -3.0]),
+    "nearly_equal": ([2.0, 1.0, 0.0, -1.0, -2.0], [2.001, 0.999, 0.0005, -1.0003, -2.0]),
+    "one_hot_swap": ([1e4, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0, 1e4]),
+    "flat_vs_spiky": ([0.0, 0.0, 0.0, 0.0, 0.0], [1e4, -1e4, 1e4, -1e4, 0.0]),
+    "mixture": ([1e4, 1e4 - 1, 0.0, -1e4, -1e4], [3.0, -2.0, 1e4, -1e4, 9999.0]),
+    "all_negative": ([-1e4, -1e4 + 0.5, -9990.0, -1e4, -1e4], [-1e4, -1e4, -1e4, -1e4 + 2.0, -9999.0]),
+}
+CASES = list(itertools.product(PATTERNS, TEMPS, ORDERS))
+
+
+@functools.cache
+def reference(name: str, T: float, a: float, dtype_name: str):
+    """mpmath value and gradient for the logits as rounded to the tested dtype."""
+    dtype = getattr(torch, dtype_name)
+    v, z = (torch.tensor(x, dtype=dtype).double().tolist() for x in PATTERNS[name])
+    return float(R.renyi_logits(v, z, a, T)), [float(g) for g in R.renyi_grad_logits(v, z, a, T)]
+
+
+def _scale(name: str, T: float) -> float:
+    v, z = PATTERNS[name]
+    return 1.0 + max(abs(x) for x in v + z) / T
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_grid_values_and_gradients_against_mpmath(dtype):
+    eps = torch.finfo(dtype).eps
+    failures = []
+    for name, T, a in CASES:
+        v = torch.tensor(PATTERNS[name][0], dtype=dtype)
+        z = torch.tensor(PATTERNS[name][1], dtype=dtype, requires_grad=True)
+        d = renyi_divergence_logits(v, z, a, T)
+        (g,) = torch.autograd.grad(d, z)
+        ref, gref = reference(name, T, a, str(dtype).split(".")[1])
+        scale = _scale(name, T)
+        got = float(d.detach())
+        # no NaN, no infinity (every true value is finite), never negative
+        if not (math.isfinite(got) and got >= 0.0 and bool(torch.isfinite(g).all())):
+            failures.append((name, T, a, "non-finite", got))
+            continue
+        if abs(got - ref) > 16 * eps * scale * (1 + abs(ref)) + 1e-300:
+            failures.append((name, T, a, "value", got, ref))
+        # the gradient: (q - w)/T; its error grows with alpha * eps * scale (the tilt exponentiates it)
+        amp = min(a, 1 / (eps * scale)) if math.isfinite(a) else 1.0
+        gtol = 32 * eps * scale * max(1.0, amp) / T
+        gerr = max(abs(x - y) for x, y in zip(g.double().tolist(), gref, strict=True))
+        tie = math.isinf(a) and name in ("equal_1e4", "flat_vs_spiky")  # ties in the arg-max: any subgradient
+        if not tie and gerr > gtol:
+            failures.append((name, T, a, "gradient", gerr, gtol))
+        if abs(float(g.double().sum())) > 8 * eps / T:
+            failures.append((name, T, a, "gradient row sum", float(g.sum())))
+    assert not failures, failures[:10]
+
+
+def test_grid_tensor_orders_and_temperatures_match_scalar_calls():
+    """The tensor forms (one order and one temperature per stacked row) reproduce the scalar calls."""
+    names = list(PATTERNS)
+    S = len(ORDERS) * len(TEMPS)
+    pairs = list(itertools.product(ORDERS, TEMPS))
+    alpha = torch.tensor([a for a, _ in pairs], dtype=torch.float64).view(S, 1)
+    T = torch.tensor([t for _, t in pairs], dtype=torch.float64).view(S, 1)
+    v = torch.tensor([PATTERNS[n][0] for n in names], dtype=torch.float64)  # (B, n)
+    z = torch.tensor([PATTERNS[n][1] for n in names], dtype=torch.float64).expand(S, -1, -1).clone()
+    z.requires_grad_()
+    d = renyi_divergence_logits(v, z, alpha, T)
+    (g,) = torch.autograd.grad(d.sum(), z)
+    assert torch.isfinite(d).all() and torch.isfinite(g).all() and (d >= 0).all()
+    for s, (a, t) in enumerate(pairs):
+        ds = renyi_divergence_logits(v, z[s].detach(), a, t)
+        torch.testing.assert_close(d[s], ds, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(g[s], renyi_gradient(v, z[s].detach(), a, t), rtol=1e-9, atol=1e-15)
+
+
+def test_grid_bfloat16_sanity():
+    """bfloat16 in, bfloat16 out; computed in float32 from the bfloat16 inputs, so close to that."""
+    for name, T, a in CASES:
+        v = torch.tensor(PATTERNS[name][0], dtype=torch.bfloat16)
+        z = torch.tensor(PATTERNS[name][1], dtype=torch.bfloat16, requires_grad=True)
+        d = renyi_divergence_logits(v, z, a, T)
+        (g,) = torch.autograd.grad(d, z)
+        assert d.dtype == torch.bfloat16 and g.dtype == torch.bfloat16
+        assert math.isfinite(float(d)) and float(d) >= 0 and torch.isfinite(g.float()).all(), (name, T, a)
+        d32 = float(renyi_divergence_logits(v.float(), z.detach().float(), a, T))
+        assert abs(float(d) - d32) <= 2**-7 * abs(d32) + 1e-30, (name, T, a, float(d), d32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, INF])
+def test_loss_on_extreme_logits_is_finite(dtype, alpha):
+    names = list(PATTERNS)
+    v = torch.tensor([PATTERNS[n][0] for n in names], dtype=dtype)
+    z = torch.tensor([PATTERNS[n][1] for n in names], dtype=dtype, requires_grad=True)
+    y = torch.arange(len(names)) % 5
+    for T in TEMPS:
+        loss = DistillationLoss(alpha=alpha, T=T, beta=0.5)(z, v, y)
+        (g,) = torch.autograd.grad(loss, z)
+        assert torch.isfinite(loss) and torch.isfinite(g).all(), T
