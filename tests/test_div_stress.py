@@ -111,6 +111,7 @@ def test_grid_bfloat16_sanity():
         z = torch.tensor(PATTERNS[name][1], dtype=torch.bfloat16, requires_grad=True)
         d = renyi_divergence_logits(v, z, a, T)
         (g,) = torch.autograd.grad(d, z)
+        d = d.detach()
         assert d.dtype == torch.bfloat16 and g.dtype == torch.bfloat16
         assert math.isfinite(float(d)) and float(d) >= 0 and torch.isfinite(g.float()).all(), (name, T, a)
         d32 = float(renyi_divergence_logits(v.float(), z.detach().float(), a, T))

@@ -471,8 +471,8 @@ def test_high_temperature_limit_of_the_gradient(a):
         err = float((renyi_gradient(v, z, a, T) - limit).norm() / limit.norm())
         errs.append(err)
     assert errs[-1] < 1e-3
-    for e0, e1 in zip(errs, errs[1:], strict=False):
-        assert 0.05 < e1 / e0 < 0.2  # one decade of T: one decade of error, the O(1/T) rate
+    for e0, e1 in zip(errs[1:], errs[2:], strict=False):  # from T = 100 on
+        assert 0.085 < e1 / e0 < 0.12  # one decade of T: one decade of error, the O(1/T) rate
 
 
 # ---------------------------------------------------------------------------
