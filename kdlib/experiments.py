@@ -328,6 +328,7 @@ def _teacher_stage(experiment: str, profile: str, p: Profile, splits: Any, devic
                    cache: TeacherCache, env: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor], dict]:
     tconf = teacher_config(p)
     key = run_key(tconf)
+    torch.manual_seed(p.teacher_seed)  # the teacher's initial weights come from its seed
     model = build_model(p.teacher_model, splits.input_shape, splits.num_classes).to(device)
     with cache.lock(key):
         cached = cache.load(key, model, device)
