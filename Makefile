@@ -6,8 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-# Deterministic, quiet runs: no progress bars under tests, no GUI backend.
-export MPLBACKEND := Agg
+# Deterministic runs. (MPLBACKEND is deliberately not set: in a notebook kernel it would replace the
+# inline backend and figures would not be stored; scripts fall back to Agg on a headless machine.)
 export PYTHONHASHSEED := 0
 
 .PHONY: all env lock book test lint unit nbval notebooks benchmarks clean distclean
