@@ -29,6 +29,7 @@ import contextlib
 import fcntl
 import math
 import os
+import pickle
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -477,7 +478,7 @@ class TeacherCache:
             model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
             cached = torch.load(logits, map_location=device, weights_only=True)
             text = record.read_text()
-        except (RuntimeError, OSError, ValueError, EOFError):
+        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError):
             return None
         return cached, text
 

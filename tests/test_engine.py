@@ -1,0 +1,254 @@
+"""kdlib.engine: stacked training equals one-by-one training, losses, metrics, devices, caching.
+
+Tolerances of the stacked-vs-alone comparison: float64 1e-10 (the two differ only in
+the order of floating-point reductions inside batched vs single matrix products), float32
+2e-5 absolute on weights of magnitude ~0.1-1 after ~40 SGD steps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kdlib.engine as E
+from kdlib.data import load_dataset
+from kdlib.losses import DistillationLoss
+from kdlib.models import MLP, StackedMLP, init_mlp_params
+
+INF = math.inf
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread avoids waiting on a busy machine (results do not depend on it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SPECS = [
+    E.StudentSpec(alpha=1.0, T=4.0, beta=0.9, seed=0, hidden=(16, 16)),
+    E.StudentSpec(alpha=0.5, T=2.0, beta=1.0, seed=1, hidden=(16, 16)),
+    E.StudentSpec(alpha=0.5, T=2.0, beta=1.0, seed=1, hidden=(16, 16), normalize_by_alpha=True),
+    E.StudentSpec(alpha=INF, T=8.0, beta=0.9, seed=2, hidden=(16, 16)),
+    E.StudentSpec(alpha=2.0, T=1.0, beta=0.5, seed=3, hidden=(16, 16), normalize_by_alpha=True),
+    E.StudentSpec(alpha=1.0, T=1.0, beta=0.0, seed=4, hidden=(16, 16), label="alone"),
+]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    s = load_dataset("digits")
+    n = 240
+    x, y = s.x_train[:n], s.y_train[:n]
+    w = torch.randn(64, 10, generator=torch.Generator().manual_seed(9))
+    teacher = 0.5 * x.reshape(n, 64) @ w  # any fixed teacher logits will do
+    return x, y, teacher
+
+
+def train_alone(spec, x, y, teacher, cfg, data_seed, dtype):
+    """Reference: one plain MLP and kdlib.DistillationLoss, the usual single-student loop."""
+    model = MLP(64, spec.hidden, 10).to(dtype).load_params(
+        init_mlp_params([64, *spec.hidden, 10], spec.seed, dtype))
+    loss_fn = DistillationLoss(spec.alpha, spec.T, spec.beta, normalize_by_alpha=spec.normalize_by_alpha)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(data_seed)
+    steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
+    total, step = cfg.epochs * steps_per_epoch, 0
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(len(y), generator=gen).split(cfg.batch_size):
+            cosine = 0.5 * cfg.lr * (1 + math.cos(math.pi * step / total))
+            lr = cfg.lr if cfg.schedule == "constant" else cosine
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = loss_fn(model(x[idx]), teacher[idx], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+    return [(lin.weight.detach().T, lin.bias.detach()) for lin in model.linears()]
+
+
+@pytest.mark.parametrize("dtype,tol,cfg", [
+    (torch.float64, 1e-10, E.TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    (torch.float32, 2e-5, E.TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9)),
+    (torch.float64, 1e-10, E.TrainConfig(epochs=1, batch_size=50, lr=3e-3, optimizer="adam",
+                                         schedule="constant")),
+])
+def test_stacked_training_equals_training_one_by_one(digits, dtype, tol, cfg):
+    x, y, teacher = (t.to(dtype) if t.is_floating_point() else t for t in digits)
+    model = StackedMLP(64, (16, 16), 10, [s.seed for s in SPECS], dtype=dtype)
+    curves = E.train_stacked(model, x, y, teacher, SPECS, cfg, data_seed=7, val=(x[:50], y[:50]))
+    assert len(curves["train_loss"]) == len(SPECS) and len(curves["val_accuracy"][0]) == cfg.epochs
+    for s, spec in enumerate(SPECS):
+        alone = train_alone(spec, x, y, teacher, cfg, 7, dtype)
+        for (w_ref, b_ref), (w, b) in zip(alone, model.student_params(s), strict=True):
+            torch.testing.assert_close(w, w_ref, rtol=0, atol=tol)
+            torch.testing.assert_close(b, b_ref, rtol=0, atol=tol)
+        # and the students really moved away from their initialisation
+        assert (model.student_params(s)[0][0] - init_mlp_params([64, 16, 16, 10], spec.seed, dtype)[0][0]
+                ).abs().max() > 1e-3
+
+
+def test_student_losses_equal_distillation_loss_per_student():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(len(SPECS), 7, 10, generator=g, dtype=torch.float64) * 3
+    v = torch.randn(7, 10, generator=g, dtype=torch.float64) * 3
+    y = torch.randint(0, 10, (7,), generator=g)
+    got = E.student_losses(z, v, y, SPECS)
+    for s, spec in enumerate(SPECS):
+        ref = DistillationLoss(spec.alpha, spec.T, spec.beta, normalize_by_alpha=spec.normalize_by_alpha)
+        torch.testing.assert_close(got[s], ref(z[s], v, y), rtol=1e-12, atol=1e-12)
+    # alpha = 1, beta = 0.9 by hand: Hinton's loss with F.kl_div
+    by_hand = 0.1 * F.cross_entropy(z[0], y) + 0.9 * 16 * F.kl_div(
+        F.log_softmax(z[0] / 4, -1), F.softmax(v / 4, -1), reduction="batchmean")
+    torch.testing.assert_close(got[0], by_hand, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="one entry per student"):
+        E.student_losses(z, v, y, SPECS[:2])
+
+
+def test_student_spec_checks():
+    with pytest.raises(ValueError, match="alpha"):
+        E.StudentSpec(alpha=0.0)
+    with pytest.raises(ValueError, match="T must"):
+        E.StudentSpec(T=math.inf)
+    with pytest.raises(ValueError, match="beta"):
+        E.StudentSpec(beta=1.5)
+    with pytest.raises(ValueError, match="normalize_by_alpha"):
+        E.StudentSpec(alpha=INF, normalize_by_alpha=True)
+    assert E.StudentSpec(alpha=4.0, T=2.0, normalize_by_alpha=True).soft_scale == 1.0
+
+
+def test_train_config_checks_and_schedule():
+    cfg = E.TrainConfig(epochs=1, lr=0.1)
+    assert cfg.lr_at(0, 10) == pytest.approx(0.1) and cfg.lr_at(5, 10) == pytest.approx(0.05)
+    assert cfg.lr_at(10, 10) == pytest.approx(0.0, abs=1e-15)
+    assert E.TrainConfig(epochs=1, lr=0.1, schedule="constant").lr_at(7, 10) == 0.1
+    for bad in [dict(epochs=0), dict(epochs=1, lr=0), dict(epochs=1, momentum=1.0),
+                dict(epochs=1, optimizer="lbfgs"), dict(epochs=1, schedule="step")]:
+        with pytest.raises(ValueError):
+            E.TrainConfig(**bad)
+
+
+def test_resolve_device(monkeypatch):
+    assert E.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        E.resolve_device("tpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert E.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(E.DeviceUnavailableError, match="CUDA is not available"):
+        E.resolve_device("cuda")
+    with pytest.raises(E.DeviceUnavailableError):
+        E.resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert E.resolve_device("auto") == torch.device("cuda")
+
+
+def test_train_classifier_learns_and_is_deterministic():
+    s = load_dataset("digits")
+    cfg = E.TrainConfig(epochs=4, batch_size=64, lr=0.05)
+    weights = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = MLP(64, (64,), 10, dropout=0.1)
+        curves = E.train_classifier(model, s.x_train, s.y_train, cfg, seed=1, val=(s.x_val, s.y_val))
+        weights.append(model.linears()[0].weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+    assert curves["train_loss"][-1] < curves["train_loss"][0] and len(curves["val_accuracy"]) == 4
+    assert float(E.accuracy(E.predict_logits(model, s.x_test), s.y_test)) > 0.9
+
+
+def test_evaluate_logits_against_numpy():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(3, 40, 4)) * 2
+    y = rng.integers(0, 4, 40)
+    y[:4] = [0, 1, 2, 3]
+    t = rng.normal(size=(40, 4))
+    out = E.evaluate_logits(torch.tensor(z), torch.tensor(y), 4, torch.tensor(t))
+    for s in range(3):
+        pred = z[s].argmax(-1)
+        logq = z[s] - np.log(np.exp(z[s]).sum(-1, keepdims=True))
+        logp = t - np.log(np.exp(t).sum(-1, keepdims=True))
+        assert out[s]["test_errors"] == int((pred != y).sum())
+        assert out[s]["test_accuracy"] == pytest.approx((pred == y).mean())
+        assert out[s]["per_class_accuracy"] == pytest.approx([(pred[y == c] == c).mean() for c in range(4)])
+        assert out[s]["test_ce"] == pytest.approx(-logq[np.arange(40), y].mean(), rel=1e-12)
+        assert out[s]["teacher_agreement"] == pytest.approx((pred == t.argmax(-1)).mean())
+        assert out[s]["test_kl_from_teacher"] == pytest.approx(
+            (np.exp(logp) * (logp - logq)).sum(-1).mean(), rel=1e-12)
+    single = E.evaluate_logits(torch.tensor(z[1]), torch.tensor(y), 4)
+    assert single[0]["test_errors"] == out[1]["test_errors"] and "teacher_agreement" not in single[0]
+
+
+def test_bias_shift_against_brute_force():
+    rng = np.random.default_rng(1)
+    cls, shifts = 2, [0.5 * i for i in range(1, 21)]
+
+    def data(n):
+        y = rng.integers(0, 4, n)
+        z = rng.normal(size=(2, n, 4)) + 3 * np.eye(4)[y]
+        z[..., cls] -= 4.0  # a student that never predicts the omitted class
+        return z, y
+
+    zv, yv = data(300)
+    zt, yt = data(200)
+    out = E.bias_shift(torch.tensor(zv), torch.tensor(yv), torch.tensor(zt), torch.tensor(yt), cls, shifts)
+
+    def acc(z, y, d):
+        z = z.copy()
+        z[..., cls] += d
+        return (z.argmax(-1) == y).mean(), (z.argmax(-1) == y)[y == cls].mean()
+
+    for s in range(2):
+        val = [acc(zv[s], yv, d)[0] for d in [0.0, *shifts]]
+        best = [0.0, *shifts][int(np.argmax(val))]
+        assert out[s]["bias_shift"] == best and best > 0
+        assert out[s]["val_accuracy_after_shift"] == pytest.approx(max(val))
+        before, after = acc(zt[s], yt, 0.0), acc(zt[s], yt, best)
+        assert out[s]["test_accuracy_before_shift"] == pytest.approx(before[0])
+        assert out[s]["omitted_class_accuracy_before_shift"] == pytest.approx(before[1])
+        assert out[s]["omitted_class_accuracy_after_shift"] == pytest.approx(after[1])
+        assert out[s]["test_accuracy_after_shift"] == pytest.approx(after[0])
+        assert after[1] > before[1]
+    with pytest.raises(ValueError, match="ascending"):
+        E.bias_shift(torch.tensor(zv), torch.tensor(yv), torch.tensor(zt), torch.tensor(yt), cls, [2, 1])
+
+
+def test_teacher_cache_round_trip(tmp_path):
+    cache = E.TeacherCache(tmp_path)
+    model = MLP(64, (8,), 10)
+    logits = {"train": torch.randn(5, 10), "val": torch.randn(2, 10), "test": torch.randn(3, 10)}
+    assert cache.load("k", MLP(64, (8,), 10), torch.device("cpu")) is None
+    with cache.lock("k"):
+        cache.save("k", model, logits, '{"key": "k"}')
+    fresh = MLP(64, (8,), 10)
+    got, record = cache.load("k", fresh, torch.device("cpu"))
+    assert record == '{"key": "k"}' and torch.equal(got["val"], logits["val"])
+    assert torch.equal(fresh.linears()[0].weight, model.linears()[0].weight)
+    assert not [p for p in cache.dir.iterdir() if p.name.endswith(".tmp")]
+    cache.paths("k")[0].write_bytes(b"not a checkpoint")  # damaged -> treated as absent
+    assert cache.load("k", fresh, torch.device("cpu")) is None
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    model = MLP(64, (8,), 10)
+    E.atomic_save(model.state_dict(), tmp_path / "m.pt")
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert torch.equal(state["net.1.weight"], model.state_dict()["net.1.weight"])
+
+
+def test_progress_is_silent_when_disabled_or_not_a_tty(capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert list(E._progress(range(3), desc="x")) == [0, 1, 2]  # stderr is captured: not a TTY
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert list(E._progress(range(3), desc="y")) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
