@@ -1,0 +1,151 @@
+"""kdlib.results: strict JSON with alpha = inf, atomic appends, torn-line repair, summaries."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import socket
+import subprocess
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import kdlib.results as R
+
+
+def record(key: str, alpha: float = 1.0, acc: float = 0.9, seed: int = 0, **cfg) -> dict:
+    return {"schema": 1, "key": key, "kind": "student",
+            "config": {"alpha": alpha, "T": 4.0, "beta": 0.9, "seed": seed, "label": "distilled",
+                       "model": {"kind": "mlp", "hidden": [30, 30]}, "normalize_by_alpha": False, **cfg},
+            "metrics": {"test_accuracy": acc}, "provenance": {}}
+
+
+def test_alpha_inf_round_trips_through_strict_json(tmp_path):
+    assert R.encode_float(math.inf) == "inf" and R.encode_float(-math.inf) == "-inf"
+    assert R.encode_float(math.nan) == "nan" and R.encode_float(0.5) == 0.5
+    assert R.decode_float("inf") == math.inf and math.isnan(R.decode_float("nan"))
+    with pytest.raises(ValueError, match="inf"):
+        R.decode_float("infinity")
+    line = R.dumps(record("a", alpha=math.inf))
+    assert '"alpha":"inf"' in line and "Infinity" not in line
+    json.loads(line, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    store = R.ResultsStore(tmp_path / "r.jsonl")
+    store.append(record("a", alpha=math.inf))
+    assert R.load_records(store.path)[0]["config"]["alpha"] == math.inf
+
+
+def test_run_key_is_canonical_and_sensitive():
+    a = {"alpha": 1.0, "T": 4.0, "model": {"hidden": [30, 30], "kind": "mlp"}}
+    b = {"model": {"kind": "mlp", "hidden": [30, 30]}, "T": 4.0, "alpha": 1.0}
+    assert R.run_key(a) == R.run_key(b) and len(R.run_key(a)) == 16
+    assert R.run_key(a) != R.run_key({**a, "T": 2.0})
+
+
+def test_append_and_load(tmp_path):
+    store = R.ResultsStore(tmp_path / "deep" / "dir" / "r.jsonl")
+    assert store.load() == [] and not store.path.exists()  # nothing created by reading
+    for i in range(3):
+        store.append(record(f"k{i}"))
+    assert [r["key"] for r in store.load()] == ["k0", "k1", "k2"] and store.keys() == {"k0", "k1", "k2"}
+    assert store.path.read_bytes().count(b"\n") == 3
+    with pytest.raises(ValueError, match="key"):
+        store.append({"config": {}})
+
+
+def test_torn_last_line_is_tolerated_and_repaired(tmp_path):
+    store = R.ResultsStore(tmp_path / "r.jsonl")
+    store.append(record("k0"))
+    store.append(record("k1"))
+    whole = store.path.read_bytes()
+    torn = R.dumps(record("k2")).encode()[:37]  # a write cut short by a crash
+    store.path.write_bytes(whole + torn)
+    assert [r["key"] for r in R.load_records(store.path)] == ["k0", "k1"]
+    assert store.path.read_bytes() == whole + torn  # load_records never writes
+    assert [r["key"] for r in store.load()] == ["k0", "k1"]
+    assert store.path.read_bytes() == whole  # load() repaired it
+    store.path.write_bytes(whole + torn)
+    store.append(record("k3"))  # append repairs first, so the new line is not glued to the torn one
+    assert [r["key"] for r in store.load()] == ["k0", "k1", "k3"]
+
+
+def test_damaged_middle_line_or_directory_is_an_error(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(R.dumps(record("k0")) + "\n{not json\n" + R.dumps(record("k1")) + "\n")
+    with pytest.raises(R.ResultsFileError, match="line 2"):
+        R.ResultsStore(p).load()
+    p.write_text('{"no": "key"}\n')
+    with pytest.raises(R.ResultsFileError, match="no 'key'"):
+        R.ResultsStore(p).load()
+    (tmp_path / "d.jsonl").mkdir()
+    with pytest.raises(R.ResultsFileError, match="cannot read"):
+        R.ResultsStore(tmp_path / "d.jsonl").load()
+    with pytest.raises(R.ResultsFileError, match="no results file"):
+        R.load_records(tmp_path / "missing.jsonl")
+
+
+def _writer(path: str, who: int, n: int) -> None:
+    store = R.ResultsStore(path)
+    for i in range(n):
+        store.append(record(f"w{who}-{i}", acc=i / n, padding="x" * 5000))
+
+
+def test_concurrent_writers_never_interleave(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_writer, args=(path, w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    keys = [r["key"] for r in R.ResultsStore(path).load()]
+    assert sorted(keys) == sorted(f"w{w}-{i}" for w in range(4) for i in range(40))
+
+
+def test_summaries_against_numpy_and_scipy():
+    accs = {0: [0.91, 0.93, 0.92], 1: [0.88, 0.87]}
+    recs = [record(f"{a}-{s}", alpha=[1.0, math.inf][a], acc=v, seed=s)
+            for a, vals in accs.items() for s, v in enumerate(vals)]
+    rows = R.summarize(recs)
+    assert len(rows) == 2 and rows[1]["alpha"] == math.inf and rows[0]["model"] == "mlp30x30"
+    for row, vals in zip(rows, accs.values(), strict=True):
+        v = np.array(vals)
+        assert row["n"] == len(v) and row["seeds"] == list(range(len(v)))
+        assert row["mean"] == pytest.approx(v.mean()) and row["std"] == pytest.approx(v.std(ddof=1))
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+        assert row["ci95"] == pytest.approx(half, rel=1e-3)
+    for df in range(1, 31):
+        assert R.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
+    one = R.mean_std_ci([0.5])
+    assert one["n"] == 1 and math.isnan(one["std"])
+    table = R.format_table(rows, ["alpha", "n", "mean"])
+    assert table.splitlines()[2].split() == ["inf", "2", "0.8750"]
+
+
+def test_git_state_and_environment(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert R.git_state(plain) == {"commit": None, "dirty": None}
+    tmp_path = tmp_path / "repo"
+    tmp_path.mkdir()
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    state = R.git_state(tmp_path)
+    assert len(state["commit"]) == 40 and state["dirty"] is False
+    (tmp_path / "untracked.txt").write_text("b")
+    assert R.git_state(tmp_path)["dirty"] is False
+    (tmp_path / "f.txt").write_text("changed")
+    assert R.git_state(tmp_path)["dirty"] is True
+    env = R.environment("cpu")
+    assert env["device"] == "cpu" and env["torch"] and env["python"].count(".") == 2
+    assert socket.gethostname() not in json.dumps(env) and os.getcwd() not in json.dumps(env)
+    assert R.utc_now().endswith("Z") and len(R.utc_now()) == 20
