@@ -441,14 +441,29 @@ def fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _key_column(frame: pd.DataFrame, key: str) -> list[Any]:
+    """A key column for display: orders via :func:`fmt_alpha`, floats ``%g``, booleans yes/no."""
+    out = []
+    for v in frame[key]:
+        if key == "alpha":
+            out.append(fmt_alpha(float(v)))
+        elif isinstance(v, bool) or type(v).__name__ == "bool_":
+            out.append("yes" if v else "no")
+        elif isinstance(v, float):
+            out.append(f"{v:g}")
+        else:
+            out.append(v)
+    return out
+
+
 def summary_table(summary: pd.DataFrame, keys: Sequence[str], labels: dict[str, str] | None = None,
                   scale: float = 100.0, digits: int = 2) -> pd.DataFrame:
     """Strings for a page: the ``keys`` columns, ``n``, ``mean ± std`` and the 95% interval.
 
-    ``alpha`` is shown with :func:`fmt_alpha`; ``labels`` renames columns.
+    Key columns: ``alpha`` via :func:`fmt_alpha`, other floats ``%g``, booleans ``yes``/``no``;
+    ``labels`` renames columns.
     """
-    out = pd.DataFrame({k: [fmt_alpha(a) for a in summary[k]] if k == "alpha" else summary[k].tolist()
-                        for k in keys})
+    out = pd.DataFrame({k: _key_column(summary, k) for k in keys})
     out["n"] = summary["n"].astype(int).tolist()
     out["mean ± std"] = [fmt_mean_std(m, s, scale, digits) for m, s in zip(summary["mean"], summary["std"],
                                                                           strict=True)]
@@ -460,8 +475,7 @@ def summary_table(summary: pd.DataFrame, keys: Sequence[str], labels: dict[str, 
 def paired_table(paired: pd.DataFrame, keys: Sequence[str], labels: dict[str, str] | None = None,
                  scale: float = 100.0, digits: int = 2) -> pd.DataFrame:
     """Strings for :func:`paired_differences`: keys, n, mean difference, interval, p, Holm p, verdict."""
-    out = pd.DataFrame({k: [fmt_alpha(a) for a in paired[k]] if k == "alpha" else paired[k].tolist()
-                        for k in keys})
+    out = pd.DataFrame({k: _key_column(paired, k) for k in keys})
     out["n"] = paired["n"].astype(int).tolist()
     out["diff ± std"] = [fmt_mean_std(m, s, scale, digits)
                          for m, s in zip(paired["mean_diff"], paired["std_diff"], strict=True)]
