@@ -68,23 +68,10 @@ def all_finite(x: torch.Tensor) -> bool:
 
 def check_logits(x: object, name: str) -> torch.Tensor:
     """Check a logits tensor: a floating tensor with at least one class on its last dimension, all finite."""
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (..., n), got {type(x).__name__}")
-    if x.dim() == 0:
-        raise ValueError(f"{name} must have at least one dimension (classes on the last), got a scalar")
-    if x.shape[-1] == 0:
-        raise ValueError(
-            f"{name} must have at least one class on its last dimension, got shape {tuple(x.shape)}"
-        )
-    if not x.is_floating_point():
-        raise ValueError(
-            f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}"
-        )
-    if not all_finite(x):
-        raise ValueError(
-            f"{name} must contain only finite values (no NaN or +-inf), allowed range (-inf, inf)"
-        )
-    return x
+    _check_logits_structure(x, name)
+    if not all_finite(x):  # type: ignore[arg-type]
+        raise ValueError(_finite_message(name))
+    return x  # type: ignore[return-value]
 
 
 def check_row_shapes(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> torch.Size:
@@ -257,3 +244,63 @@ def _check_broadcast_to(x: torch.Tensor, row_shape: torch.Size, name: str) -> No
             f"{name} must be a number or a tensor broadcastable to the row shape {tuple(row_shape)} "
             f"(the logits' shape without the class dimension), got shape {tuple(x.shape)}"
         )
+
+
+def _check_logits_structure(x: object, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (..., n), got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError(f"{name} must have at least one dimension (classes on the last), got a scalar")
+    if x.shape[-1] == 0:
+        raise ValueError(
+            f"{name} must have at least one class on its last dimension, got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}"
+        )
+
+
+def _finite_message(name: str) -> str:
+    return f"{name} must contain only finite values (no NaN or +-inf), allowed range (-inf, inf)"
+
+
+def check_logits_pair(
+    a: object, b: object, name_a: str, name_b: str, targets: object = None, *, validate: bool = True
+) -> torch.Size:
+    """Check two logits tensors (and optional class-index targets) with a single host sync.
+
+    Structure (tensor, floating dtype, ``n >= 1`` classes, matching ``n``, broadcastable leading
+    dimensions, targets an integer tensor broadcastable to the rows) is always checked. With
+    ``validate``, finiteness of the logits and the range ``[0, n)`` of the targets are checked by
+    one fused reduction: the float64 sums of the logits (finite exactly when every entry is, unless
+    the entries are beyond ~1e300, in which case the exact entry-wise check decides) and the
+    min/max of the targets. Returns the row shape.
+    """
+    _check_logits_structure(a, name_a)
+    _check_logits_structure(b, name_b)
+    rows = check_row_shapes(a, b, name_a, name_b)  # type: ignore[arg-type]
+    n = a.shape[-1]  # type: ignore[union-attr]
+    if targets is not None:
+        if not isinstance(targets, torch.Tensor):
+            raise ValueError(f"targets must be a torch.Tensor of class indices, got {type(targets).__name__}")
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise ValueError(
+                f"targets must be an integer tensor of class indices in [0, {n}), got {targets.dtype}"
+            )
+        _check_broadcast_to(targets, rows, "targets")
+    if not validate:
+        return rows
+    parts = [a.detach().sum(dtype=torch.float64), b.detach().sum(dtype=torch.float64)]  # type: ignore[union-attr]
+    if targets is not None and targets.numel():
+        parts.extend(t.to(torch.float64) for t in torch.aminmax(targets))
+    vals = torch.stack(parts).tolist()
+    for x, name, v in ((a, name_a, vals[0]), (b, name_b, vals[1])):
+        if not math.isfinite(v) and not all_finite(x):  # type: ignore[arg-type]
+            raise ValueError(_finite_message(name))
+    if len(vals) == 4 and (vals[2] < 0 or vals[3] >= n):
+        raise ValueError(
+            f"targets must be class indices in [0, {n}) (allowed range [0, {n - 1}]), "
+            f"got values in [{int(vals[2])}, {int(vals[3])}]"
+        )
+    return rows

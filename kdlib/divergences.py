@@ -41,7 +41,7 @@ import torch
 
 from kdlib._validation import (
     check_finite_tensor,
-    check_logits,
+    check_logits_pair,
     check_order,
     check_probabilities,
     check_row_shapes,
@@ -160,38 +160,50 @@ def _phi1(y: torch.Tensor) -> torch.Tensor:
     return torch.where(nz, torch.expm1(ys) / ys, torch.ones_like(y))
 
 
+#: Orders above this are evaluated in the scaled form (alpha * log p must not overflow).
+_HUGE_ORDER = 1e8
+
+
 def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha):
     """D_alpha between two full-support distributions given by finite log-probabilities.
 
     ``alpha`` is a Python float in [0, inf] or a tensor of shape ``(..., 1)`` (broadcastable to
-    the rows) with entries in [0, inf]. Returns ``(D, w, r)`` with ``D`` of shape ``(..., 1)``,
-    ``w`` the tilted distribution ``w ∝ p^alpha q^(1-alpha)`` (one-hot at the arg-max of r for
-    alpha = inf) and ``r = log p - log q``.
+    the rows) with entries in [0, inf]. Returns ``(D, tilt)``: ``D`` of shape ``(..., 1)`` and a
+    description of the tilted distribution ``w ∝ p^alpha q^(1-alpha)`` that :func:`_tilted`
+    turns into ``w`` (lazily, in the backward pass): ``("log", y, G)`` for ``w = softmax(y)``
+    (``G = logsumexp(y)``), ``("log", y, None)`` for ``w = exp(y)``,
+    ``("onehot", idx, None)`` for alpha = inf (the first arg-max of ``log p - log q``), or
+    ``("w", w, None)``.
     """
-    r = lp - lq
     if not isinstance(alpha, torch.Tensor):
         if alpha == 1.0:
-            p = torch.exp(lp)
-            D = (p * r).sum(-1, keepdim=True)
-            return D, p.expand_as(r), r
+            D = (torch.exp(lp) * (lp - lq)).sum(-1, keepdim=True)
+            return D, ("log", lp, None)
         if math.isinf(alpha):
-            D, idx = r.max(-1, keepdim=True)
-            w = torch.zeros_like(r).scatter_(-1, idx, 1.0)
-            return D, w, r
+            D, idx = (lp - lq).max(-1, keepdim=True)
+            return D, ("onehot", idx, None)
         if alpha == 0.0:
             # Softmax distributions have full support, so Q(supp P) = 1 and D_0 = -log 1 = 0 (eq 1.27).
-            return torch.zeros_like(r[..., :1]), torch.exp(lq).expand_as(r), r
-        m, L, k, w = _lse_parts(lp, lq, alpha)
+            return torch.zeros_like(lq[..., :1]), ("log", lq, None)
         eps = alpha - 1.0
-        D = m * (k / eps) + L / eps
+        if alpha <= _HUGE_ORDER:
+            y = torch.add(lq * (1.0 - alpha), lp, alpha=alpha)  # log(p^a q^(1-a))
+            G = torch.logsumexp(y, -1, keepdim=True)
+            D = G / eps
+            tilt = ("log", y, G)
+        else:
+            m, L, k, w = _lse_parts(lp, lq, alpha)
+            D = m * (k / eps) + L / eps
+            tilt = ("w", w, None)
         if abs(eps) < _NEAR:
-            D = _centred_P(lp, r, eps, D)
+            D = _centred_P(lp, lp - lq, eps, D)
         elif alpha < _NEAR:
-            D = _centred_Q(lq, r, alpha, D)
-        return D, w, r
+            D = _centred_Q(lq, lp - lq, alpha, D)
+        return D, tilt
 
     # Tensor of orders: every evaluation, selected per row.
     a = alpha
+    r = lp - lq
     is_inf = torch.isinf(a)
     af = torch.where(is_inf, torch.full_like(a, 2.0), a)
     eps = af - 1.0
@@ -213,7 +225,7 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha):
     D = torch.where(is_inf, D_inf, D)
     onehot = torch.zeros_like(r).scatter_(-1, idx, 1.0)
     w = torch.where(is_inf, onehot, w)
-    return D, w, r
+    return D, ("w", w, None)
 
 
 def _centred_P(lp, r, eps, fallback, kl=None):
@@ -263,6 +275,17 @@ def _teacher_grad_unit(lp, r, w, D, alpha):
     return torch.where(is_inf, w - p, g)
 
 
+def _tilted(kind: str, x, G, lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """The tilted distribution w from the description returned by :func:`_renyi_logprobs`."""
+    if kind == "log":
+        # softmax(y), not exp(y - logsumexp(y)): exact normalisation, no rounding of |y| in the exponent
+        return torch.exp(x) if G is None else torch.softmax(x, dim=-1)
+    if kind == "onehot":
+        shape = torch.broadcast_shapes(lp.shape, lq.shape)
+        return torch.zeros(shape, dtype=lq.dtype, device=lq.device).scatter_(-1, x, 1.0)
+    return x
+
+
 class _RenyiLogits(torch.autograd.Function):
     """D_alpha(softmax(t/T) || softmax(s/T)) per row, with the analytic backward (q - w)/T."""
 
@@ -275,46 +298,49 @@ class _RenyiLogits(torch.autograd.Function):
             Tc = T.to(cd).unsqueeze(-1)
             lp = torch.log_softmax(tt / Tc, dim=-1)
             lq = torch.log_softmax(ss / Tc, dim=-1)
+        elif T == 1.0:
+            Tc = T
+            lp = torch.log_softmax(tt, dim=-1)
+            lq = torch.log_softmax(ss, dim=-1)
         else:
             Tc = T
-            if T == 1.0:
-                lp = torch.log_softmax(tt, dim=-1)
-                lq = torch.log_softmax(ss, dim=-1)
-            else:
-                lp = torch.log_softmax(tt / T, dim=-1)
-                lq = torch.log_softmax(ss / T, dim=-1)
+            lp = torch.log_softmax(tt / T, dim=-1)
+            lq = torch.log_softmax(ss / T, dim=-1)
         a = alpha.to(cd).unsqueeze(-1) if isinstance(alpha, torch.Tensor) else alpha
-        D, w, r = _renyi_logprobs(lp, lq, a)
+        D, (kind, x, G) = _renyi_logprobs(lp, lq, a)
         D = D.clamp_min(0.0)
         ctx.alpha = a
         ctx.Tc = Tc
-        ctx.T_is_tensor = isinstance(T, torch.Tensor)
+        ctx.kind = kind
         ctx.shapes = (t.shape, s.shape, T.shape if isinstance(T, torch.Tensor) else None)
         ctx.dtypes = (t.dtype, s.dtype, T.dtype if isinstance(T, torch.Tensor) else None)
-        ctx.save_for_backward(lp, lq, w, D, tt, ss)
+        need_T = isinstance(T, torch.Tensor) and T.requires_grad
+        ctx.save_for_backward(lp, lq, D, x, G, tt if need_T else None, ss if need_T else None)
         out_dtype = torch.promote_types(t.dtype, s.dtype)
         return D.squeeze(-1).to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        lp, lq, w, D, tt, ss = ctx.saved_tensors
+        lp, lq, D, x, G, tt, ss = ctx.saved_tensors
         g = grad_out.to(lp.dtype).unsqueeze(-1)
         Tc = ctx.Tc
         t_shape, s_shape, T_shape = ctx.shapes
         t_dtype, s_dtype, T_dtype = ctx.dtypes
         need_t, need_s, _, need_T = ctx.needs_input_grad
         grad_t = grad_s = grad_T = None
-        gs = (torch.exp(lq) - w) / Tc
-        gt = None
-        if need_t or need_T:
-            gt = _teacher_grad_unit(lp, lp - lq, w, D, ctx.alpha) / Tc
+        w = _tilted(ctx.kind, x, G, lp, lq)
+        gT = g / Tc  # (..., 1): the row scale, applied once to the (..., n) difference
+        q_w = torch.exp(lq) - w
         if need_s:
-            grad_s = (g * gs).sum_to_size(s_shape).to(s_dtype)
-        if need_t:
-            grad_t = (g * gt).sum_to_size(t_shape).to(t_dtype)
-        if need_T:
-            dT = -((gs * ss).sum(-1, keepdim=True) + (gt * tt).sum(-1, keepdim=True)) / Tc
-            grad_T = (g * dT).squeeze(-1).sum_to_size(T_shape).to(T_dtype)
+            grad_s = (q_w * gT).sum_to_size(s_shape).to(s_dtype)
+        if need_t or need_T:
+            ut = _teacher_grad_unit(lp, lp - lq, w, D, ctx.alpha)  # T * dD/dt
+            if need_t:
+                grad_t = (ut * gT).sum_to_size(t_shape).to(t_dtype)
+            if need_T:
+                # D depends on T through t/T and s/T: dD/dT = -(sum_j dD/ds_j s_j + dD/dt_j t_j) / T
+                dT = -((q_w * ss).sum(-1, keepdim=True) + (ut * tt).sum(-1, keepdim=True)) * (gT / Tc)
+                grad_T = dT.squeeze(-1).sum_to_size(T_shape).to(T_dtype)
         return grad_t, grad_s, None, grad_T
 
 
@@ -491,10 +517,11 @@ def kl_divergence(p: torch.Tensor, q: torch.Tensor, *, validate: bool = True) ->
         within the tolerance of :func:`kdlib._validation.row_sum_tolerance`: 1e-6 for float64,
         1e-4 for float32, 1e-2 for float16 and bfloat16).
 
-    Gradients:
-        Analytic, of the function as computed, which renormalises each row (so the value does not
-        change when a row is scaled and :math:`\sum_i p_i\,\partial D/\partial p_i = 0`): on the
-        simplex :math:`\partial/\partial p_i = \log(p_i/q_i) - D_{KL}` and
+    Note:
+        Gradients are analytic, of the function as computed, which renormalises each row (so the
+        value does not change when a row is scaled and
+        :math:`\sum_i p_i\,\partial D/\partial p_i = 0`): on the simplex
+        :math:`\partial/\partial p_i = \log(p_i/q_i) - D_{KL}` and
         :math:`\partial/\partial q_i = 1 - p_i/q_i`. Infinite derivatives at zero entries are
         returned as ``+-inf``; rows with an infinite divergence get a zero gradient. For training
         from logits use :func:`renyi_divergence_logits`.
@@ -543,8 +570,8 @@ def renyi_divergence(
         ``+inf``), of the promoted dtype of ``p`` and ``q``, computed in float64 after renormalising
         each row (row-sum tolerance: 1e-6 float64, 1e-4 float32, 1e-2 float16/bfloat16).
 
-    Gradients:
-        Analytic, of the function as computed, which renormalises each row (so
+    Note:
+        Gradients are analytic, of the function as computed, which renormalises each row (so
         :math:`\sum_i p_i\,\partial D/\partial p_i = \sum_i q_i\,\partial D/\partial q_i = 0`). On the
         simplex, with the tilted distribution :math:`w \propto p^\alpha q^{1-\alpha}`:
         :math:`\partial/\partial p_i = \frac{\alpha}{\alpha-1}(w_i/p_i - 1)` and
@@ -614,10 +641,11 @@ def renyi_divergence_logits(
         two logits; float16 and bfloat16 inputs are computed in float32 (float64 if either logits or
         ``T`` is float64) and the result is rounded to the input dtype.
 
-    Gradients:
-        Analytic (no autograd graph through the evaluation): with respect to the student logits
-        :math:`(q - w)/T`, :math:`w \propto p^\alpha q^{1-\alpha}` (see :func:`renyi_gradient`),
-        including ``alpha = inf`` (the subgradient of the first arg-max of :math:`\log p - \log q`)
+    Note:
+        Gradients are analytic (no autograd graph through the evaluation): with respect to the
+        student logits :math:`(q - w)/T`, :math:`w \propto p^\alpha q^{1-\alpha}` (see
+        :func:`renyi_gradient`), including ``alpha = inf`` (the subgradient of the first arg-max of
+        :math:`\log p - \log q`)
         and ``alpha = 0`` (zero); with respect to the teacher logits
         :math:`\frac{\alpha}{\alpha-1}(w - p)/T` (:math:`p(\log p - \log q - D_{KL})/T` at
         ``alpha = 1``, evaluated without cancellation near it).
@@ -634,14 +662,9 @@ def renyi_divergence_logits(
 
 
 def _check_logits_args(teacher_logits, student_logits, alpha, T, validate):
-    if validate:
-        check_logits(teacher_logits, "teacher_logits")
-        check_logits(student_logits, "student_logits")
-    else:
-        for x, name in ((teacher_logits, "teacher_logits"), (student_logits, "student_logits")):
-            if not isinstance(x, torch.Tensor) or x.dim() == 0:
-                raise ValueError(f"{name} must be a torch.Tensor of shape (..., n)")
-    rows = check_row_shapes(teacher_logits, student_logits, "teacher_logits", "student_logits")
+    rows = check_logits_pair(
+        teacher_logits, student_logits, "teacher_logits", "student_logits", validate=validate
+    )
     alpha = check_order(alpha, rows, validate=validate)
     T = check_temperature_arg(T, rows, validate=validate)
     return alpha, T
@@ -693,6 +716,7 @@ def renyi_gradient(
         lp = torch.log_softmax(tt / Tc, dim=-1)
         lq = torch.log_softmax(ss / Tc, dim=-1)
         a = alpha.to(cd).unsqueeze(-1) if isinstance(alpha, torch.Tensor) else alpha
-        _, w, _ = _renyi_logprobs(lp, lq, a)
+        _, (kind, x, G) = _renyi_logprobs(lp, lq, a)
+        w = _tilted(kind, x, G, lp, lq)
         grad = (torch.exp(lq) - w) / Tc
     return grad.to(torch.promote_types(teacher_logits.dtype, student_logits.dtype))

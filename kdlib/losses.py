@@ -18,10 +18,8 @@ from torch import nn
 
 from kdlib._validation import (
     check_beta,
-    check_logits,
+    check_logits_pair,
     check_order,
-    check_row_shapes,
-    check_targets,
     check_temperature_arg,
 )
 from kdlib.divergences import _RenyiLogits
@@ -97,15 +95,16 @@ class DistillationLoss(nn.Module):
 
     Tensor hyperparameters are registered as buffers, so :meth:`~torch.nn.Module.to` moves them.
 
-    Shapes:
-        - ``student_logits``: ``(..., n)``, finite.
-        - ``teacher_logits``: ``(..., n)``, finite, leading dimensions broadcastable with the
-          student's (e.g. ``(B, n)`` against stacked students ``(S, B, n)``). Detach it yourself if
-          the teacher must not be trained; gradients flow to it otherwise.
-        - ``targets``: integer class indices in ``[0, n)``, broadcastable to the row shape
-          ``broadcast(student.shape[:-1], teacher.shape[:-1])`` (e.g. ``(B,)``).
-        - output: a scalar for ``"mean"``/``"sum"``, the row shape for ``"none"``; in nats; dtype of
-          the student logits (16-bit inputs are computed in float32).
+    **Shapes**
+
+    - ``student_logits``: ``(..., n)``, finite.
+    - ``teacher_logits``: ``(..., n)``, finite, leading dimensions broadcastable with the
+      student's (e.g. ``(B, n)`` against stacked students ``(S, B, n)``). Detach it yourself if
+      the teacher must not be trained; gradients flow to it otherwise.
+    - ``targets``: integer class indices in ``[0, n)``, broadcastable to the row shape
+      ``broadcast(student.shape[:-1], teacher.shape[:-1])`` (e.g. ``(B,)``).
+    - output: a scalar for ``"mean"``/``"sum"``, the row shape for ``"none"``; in nats; dtype of
+      the student logits (16-bit inputs are computed in float32).
 
     Raises:
         ValueError: at construction, if ``alpha`` is NaN or negative, ``T`` is not finite and ``> 0``,
@@ -167,52 +166,15 @@ class DistillationLoss(nn.Module):
     ) -> LossComponents:
         """The loss and its two parts, ``(total, ce, soft)``, each reduced as ``reduction`` says.
 
-        Useful for logging; ``total`` is what :meth:`forward` returns and carries the gradient.
-        See the class docstring for shapes and errors.
+        Useful for logging; ``total`` is what :meth:`forward` returns. See the class docstring for
+        shapes and errors.
         """
-        s, t = student_logits, teacher_logits
-        if self.validate:
-            check_logits(s, "student_logits")
-            check_logits(t, "teacher_logits")
-        elif not (isinstance(s, torch.Tensor) and isinstance(t, torch.Tensor) and s.dim() and t.dim()):
-            raise ValueError("student_logits and teacher_logits must be tensors of shape (..., n)")
-        rows = check_row_shapes(s, t, "student_logits", "teacher_logits")
-        n = s.shape[-1]
-        check_targets(targets, rows, n, validate=self.validate)
-        alpha, T, beta = self.alpha, self.T, self.beta
-        for name, value in (("alpha", alpha), ("T", T), ("beta", beta)):
-            if isinstance(value, torch.Tensor):
-                try:
-                    ok = torch.broadcast_shapes(value.shape, rows) == rows
-                except RuntimeError:
-                    ok = False
-                if not ok:
-                    raise ValueError(
-                        f"{name} (a tensor of shape {tuple(value.shape)}) must broadcast to the row shape "
-                        f"{tuple(rows)} of the logits"
-                    )
-
-        # Hard term: cross-entropy of the student at T = 1 (eq 1.9-1.10), one value per row.
-        s_ce = s if s.dtype in (torch.float32, torch.float64) else s.float()
-        y = targets.expand(rows) if targets.shape != rows else targets
-        s_rows = s_ce.expand(*rows, n) if s_ce.shape[:-1] != rows else s_ce
-        ce = F.cross_entropy(s_rows.reshape(-1, n), y.reshape(-1), reduction="none").reshape(rows)
-
-        # Soft term: T^2 D_alpha(teacher_T || student_T) (eq 1.11-1.12 with D_alpha), one value per row.
-        soft = _RenyiLogits.apply(t, s, alpha, T).to(ce.dtype)
-        if isinstance(T, torch.Tensor):
-            soft = soft * T.to(ce.dtype) ** 2
-        else:
-            soft = soft * (T * T)
-        if self.normalize_by_alpha:
-            soft = soft / (alpha.to(ce.dtype) if isinstance(alpha, torch.Tensor) else alpha)
-
+        ce, soft, rows = self._terms(student_logits, teacher_logits, targets, per_row=True)
+        beta = self.beta
         if isinstance(beta, torch.Tensor):
-            b = beta.to(ce.dtype)
-            total = (1.0 - b) * ce + b * soft
-        else:
-            total = (1.0 - beta) * ce + beta * soft
-        out_dtype = s.dtype
+            beta = beta.to(ce.dtype)
+        total = (1.0 - beta) * ce + beta * soft
+        out_dtype = student_logits.dtype
         return LossComponents(*(self._reduce(x).to(out_dtype) for x in (total, ce, soft)))
 
     def forward(
@@ -228,7 +190,58 @@ class DistillationLoss(nn.Module):
         Returns:
             The loss in nats (scalar for ``"mean"``/``"sum"``, per row for ``"none"``).
         """
+        beta = self.beta
+        if self.reduction == "mean" and not isinstance(beta, torch.Tensor):
+            # fast path: each term averaged on its own (the same value as the mean of the row mix)
+            ce, soft, _ = self._terms(student_logits, teacher_logits, targets, per_row=False)
+            return ((1.0 - beta) * ce + beta * soft).to(student_logits.dtype)
         return self.components(student_logits, teacher_logits, targets).total
+
+    def _terms(self, s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, per_row: bool):
+        """Cross-entropy and soft term: per row (row shape), or batch means when ``per_row`` is False."""
+        rows = check_logits_pair(s, t, "student_logits", "teacher_logits", targets, validate=self.validate)
+        n = s.shape[-1]
+        alpha, T = self.alpha, self.T
+        for name, value in (("alpha", alpha), ("T", T), ("beta", self.beta)):
+            if isinstance(value, torch.Tensor) and value.dim():
+                try:
+                    ok = torch.broadcast_shapes(value.shape, rows) == rows
+                except RuntimeError:
+                    ok = False
+                if not ok:
+                    raise ValueError(
+                        f"{name} (a tensor of shape {tuple(value.shape)}) must broadcast to the row shape "
+                        f"{tuple(rows)} of the logits"
+                    )
+
+        # Hard term: cross-entropy of the student at T = 1 (eq 1.9-1.10).
+        s_ce = s if s.dtype in (torch.float32, torch.float64) else s.float()
+        if s_ce.shape[:-1] != rows:
+            s_ce = s_ce.expand(*rows, n)
+        y = targets if targets.shape == rows else targets.expand(rows)
+        if per_row:
+            ce = F.cross_entropy(s_ce.reshape(-1, n), y.reshape(-1), reduction="none").reshape(rows)
+        else:
+            ce = F.cross_entropy(s_ce.reshape(-1, n), y.reshape(-1))
+
+        # Soft term: T^2 D_alpha(teacher_T || student_T) (eq 1.11-1.12 with D_alpha), per row.
+        d = _RenyiLogits.apply(t, s, alpha, T).to(ce.dtype)
+        if isinstance(T, torch.Tensor):
+            soft = d * T.to(ce.dtype) ** 2
+            if not per_row:
+                soft = soft.mean()
+        else:
+            soft = (d if per_row else d.mean()) * (T * T)
+        if self.normalize_by_alpha:
+            if isinstance(alpha, torch.Tensor):
+                soft = (
+                    d * (T.to(ce.dtype) ** 2 if isinstance(T, torch.Tensor) else T * T) / alpha.to(ce.dtype)
+                )
+                if not per_row:
+                    soft = soft.mean()
+            else:
+                soft = soft / alpha
+        return ce, soft, rows
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.reduction == "mean":
