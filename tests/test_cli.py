@@ -1,0 +1,124 @@
+"""python -m kdlib list | run | report: a smoke run end to end, and every bad input."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kdlib.cli import main
+from kdlib.experiments import EXPERIMENTS, get_experiment
+from kdlib.results import load_records
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """``run renyi_grid --profile smoke`` from a fresh directory, without --out."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    before, threads = os.getcwd(), torch.get_num_threads()
+    os.chdir(cwd)
+    try:
+        rc = main(["run", "renyi_grid", "--profile", "smoke", "--cache", str(cwd / "cache")])
+    finally:
+        os.chdir(before)
+        torch.set_num_threads(threads)
+    return rc, cwd
+
+
+def test_smoke_run_writes_to_scratch_and_resumes(smoke_run, capsys, monkeypatch):
+    rc, cwd = smoke_run
+    assert rc == 0
+    path = cwd / "results" / "_scratch" / "renyi_grid" / "smoke.jsonl"
+    records = load_records(path)
+    students = [r for r in records if r["kind"] == "student"]
+    assert len(students) == len(get_experiment("renyi_grid").profile("smoke").students) == 17
+    assert sum(r["kind"] == "teacher" for r in records) == 1
+    assert {r["config"]["alpha"] for r in students} == {0.5, 1.0, math.inf}
+    first = students[0]
+    for field in ("experiment", "profile", "dataset", "model", "alpha", "T", "beta", "seed", "epochs",
+                  "normalize_by_alpha", "lr", "batch_size", "teacher_key", "data_info"):
+        assert field in first["config"]
+    for field in ("test_accuracy", "test_errors", "per_class_accuracy", "final_train_loss", "curves"):
+        assert field in first["metrics"]
+    assert len(first["metrics"]["curves"]["val_accuracy"]) == first["config"]["epochs"]
+    for field in ("git_commit", "git_dirty", "device_name", "torch", "python", "started", "finished",
+                  "wall_seconds"):
+        assert field in first["provenance"]
+    # the students learn: the alone baseline and KL are far above chance on the 10 digits
+    best = max(r["metrics"]["test_accuracy"] for r in students)
+    assert best > 0.9
+    # rerunning finds every run finished and writes nothing
+    size = path.stat().st_size
+    monkeypatch.chdir(cwd)
+    assert main(["run", "renyi_grid", "--profile", "smoke", "--cache", str(cwd / "cache")]) == 0
+    assert path.stat().st_size == size
+    capsys.readouterr()
+    assert main(["report", "renyi_grid", "--out", str(cwd / "results" / "_scratch")]) == 0
+    report = capsys.readouterr().out
+    assert "renyi_grid / smoke: 17 student runs, 1 teacher(s)" in report
+    assert len([ln for ln in report.splitlines() if ln.strip().startswith(("distilled", "alone"))]) == 17
+    assert " inf " in report and "± " not in report  # one seed: no spread to show
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == list(EXPERIMENTS)
+    assert {"hinton", "renyi_grid", "omitted_class"} <= {ln.split()[0] for ln in lines}
+    assert all(len(ln.split("\t")) == 2 and ln.split("\t")[1] for ln in lines)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "nope", "--profile", "smoke"], "experiment must be one of"),
+    (["run", "hinton", "--profile", "huge"], "profile must be one of"),
+    (["run", "hinton", "--profile", "smoke", "--threads", "0"], "threads must be >= 1"),
+    (["report", "hinton"], "no results for hinton"),
+    (["report", "hinton", "--profile", "huge"], "profile must be one of"),
+])
+def test_bad_input_fails_cleanly(tmp_path, capsys, argv, message):
+    rc = main([*argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.startswith("kdlib: error:")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cuda_requested_but_absent(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc = main(["run", "hinton", "--profile", "smoke", "--device", "cuda", "--out", str(tmp_path / "out")])
+    assert rc == 2 and "CUDA is not available" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_dataset(tmp_path, capsys, monkeypatch):
+    for var in ("KDLIB_MNIST_DIR", "KDLIB_DOWNLOAD"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KDLIB_DATA_DIR", str(tmp_path / "empty"))
+    rc = main(["run", "hinton_mnist", "--profile", "cpu", "--out", str(tmp_path / "out"),
+               "--cache", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "mnist files not found" in err and "KDLIB_MNIST_DIR" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_results_file_is_left_alone(tmp_path, capsys):
+    path = tmp_path / "out" / "hinton" / "smoke.jsonl"
+    path.parent.mkdir(parents=True)
+    damaged = b'{"key": "a"}\nthis is not json\n{"key": "b"}\n'
+    path.write_bytes(damaged)
+    for argv in (["run", "hinton", "--profile", "smoke"], ["report", "hinton"]):
+        assert main([*argv, "--out", str(tmp_path / "out"), *(["--cache", str(tmp_path)] if argv[0] == "run"
+                                                                else [])]) == 2
+        assert "line 2" in capsys.readouterr().err
+        assert path.read_bytes() == damaged
+
+
+def test_module_entry_point_exit_status(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "kdlib", "run", "nope", "--profile", "smoke",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().startswith("kdlib: error: experiment must be one of hinton, renyi_grid")
