@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,6 +79,11 @@ def report_text(name: str, path: Path, metrics: Sequence[str]) -> str:
                      f"test errors {m['test_errors']}")
     if not students:
         return "\n".join(lines)
+    diverged = [r["config"] for r in students if r["metrics"].get("diverged")]
+    if diverged:
+        cells = sorted({f"alpha={c['alpha']:g} T={c['T']:g} beta={c['beta']:g}"
+                        f"{' /alpha' if c.get('normalize_by_alpha') else ''}" for c in diverged})
+        lines.append(f"diverged (non-finite training loss): {len(diverged)} runs: {'; '.join(cells)}")
     columns = ["label", "model", "alpha", "T", "beta", "normalize_by_alpha", "n"]
     first = summarize(students, metrics[0])
     extra = {m: {_ident(r): r for r in summarize(students, m)} for m in metrics}
@@ -132,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ValueError) as e:
         print(f"kdlib: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `report ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("kdlib: interrupted; finished runs are saved, rerun the same command to resume",
               file=sys.stderr)

@@ -252,3 +252,19 @@ def test_progress_is_silent_when_disabled_or_not_a_tty(capsys, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
     assert list(E._progress(range(3), desc="y")) == [0, 1, 2]
     assert capsys.readouterr().err == ""
+
+
+def test_a_diverged_student_does_not_touch_the_others(digits):
+    x, y, teacher = (t.double() if t.is_floating_point() else t for t in digits)
+    cfg = E.TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    specs = SPECS[:3]
+    clean = StackedMLP(64, (16, 16), 10, [s.seed for s in specs], dtype=torch.float64)
+    broken = StackedMLP(64, (16, 16), 10, [s.seed for s in specs], dtype=torch.float64)
+    with torch.no_grad():
+        broken.weights[1][1, 0, 0] = math.nan  # student 1 produces NaN from the first step
+    E.train_stacked(clean, x, y, teacher, specs, cfg, data_seed=7)
+    curves = E.train_stacked(broken, x, y, teacher, specs, cfg, data_seed=7)
+    assert math.isnan(curves["train_loss"][1][-1]) and math.isfinite(curves["train_loss"][0][-1])
+    for s in (0, 2):
+        for (w0, b0), (w1, b1) in zip(clean.student_params(s), broken.student_params(s), strict=True):
+            assert torch.equal(w0, w1) and torch.equal(b0, b1)
