@@ -81,13 +81,27 @@ def check_row_shapes(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str)
             f"{name_a} and {name_b} must have the same number of classes on the last dimension, "
             f"got shapes {tuple(a.shape)} and {tuple(b.shape)}"
         )
-    try:
-        return torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
-    except RuntimeError:
+    rows = _broadcast(a.shape[:-1], b.shape[:-1])
+    if rows is None:
         raise ValueError(
             f"the leading (batch) dimensions of {name_a} and {name_b} must be broadcastable, "
             f"got shapes {tuple(a.shape)} and {tuple(b.shape)}"
-        ) from None
+        )
+    return rows
+
+
+def _broadcast(a: tuple, b: tuple) -> torch.Size | None:
+    """The broadcast of two shapes, or ``None`` if they do not broadcast (pure Python, no torch call)."""
+    if a == b:
+        return torch.Size(a)
+    out = []
+    for i in range(1, max(len(a), len(b)) + 1):
+        x = a[-i] if i <= len(a) else 1
+        y = b[-i] if i <= len(b) else 1
+        if x != y and x != 1 and y != 1:
+            return None
+        out.append(y if x == 1 else x)
+    return torch.Size(reversed(out))
 
 
 def check_probabilities(p: object, name: str, *, validate: bool = True) -> torch.Tensor:
@@ -112,16 +126,17 @@ def check_probabilities(p: object, name: str, *, validate: bool = True) -> torch
         return p
     x = p.detach()
     lo, hi = torch.aminmax(x)
-    if not bool(torch.isfinite(torch.stack((lo, hi))).all()):
+    dev = (x.sum(-1, dtype=torch.float64) - 1.0).abs().max()
+    lo, hi, dev = torch.stack((lo.to(torch.float64), hi.to(torch.float64), dev)).tolist()  # one sync
+    if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(
             f"{name} must contain only finite probabilities (no NaN or +-inf), allowed range [0, 1]"
         )
-    if float(lo) < 0.0:
+    if lo < 0.0:
         raise ValueError(
-            f"{name} must be non-negative (probabilities, allowed range [0, 1]), got min {float(lo):.3g}"
+            f"{name} must be non-negative (probabilities, allowed range [0, 1]), got min {lo:.3g}"
         )
     tol = row_sum_tolerance(p.dtype)
-    dev = float((x.to(torch.float64).sum(-1) - 1.0).abs().max())
     if dev > tol:
         raise ValueError(
             f"each row of {name} must sum to 1 (tolerance {tol:g} for {p.dtype}), "
@@ -235,11 +250,7 @@ def check_targets(
 
 
 def _check_broadcast_to(x: torch.Tensor, row_shape: torch.Size, name: str) -> None:
-    try:
-        ok = torch.broadcast_shapes(x.shape, row_shape) == torch.Size(row_shape)
-    except RuntimeError:
-        ok = False
-    if not ok:
+    if _broadcast(tuple(x.shape), tuple(row_shape)) != torch.Size(row_shape):
         raise ValueError(
             f"{name} must be a number or a tensor broadcastable to the row shape {tuple(row_shape)} "
             f"(the logits' shape without the class dimension), got shape {tuple(x.shape)}"
@@ -291,16 +302,20 @@ def check_logits_pair(
         _check_broadcast_to(targets, rows, "targets")
     if not validate:
         return rows
-    parts = [a.detach().sum(dtype=torch.float64), b.detach().sum(dtype=torch.float64)]  # type: ignore[union-attr]
+    total = torch.add(a.detach().sum(dtype=torch.float64), b.detach().sum(dtype=torch.float64))  # type: ignore[union-attr]
     if targets is not None and targets.numel():
-        parts.extend(t.to(torch.float64) for t in torch.aminmax(targets))
-    vals = torch.stack(parts).tolist()
-    for x, name, v in ((a, name_a, vals[0]), (b, name_b, vals[1])):
-        if not math.isfinite(v) and not all_finite(x):  # type: ignore[arg-type]
-            raise ValueError(_finite_message(name))
-    if len(vals) == 4 and (vals[2] < 0 or vals[3] >= n):
-        raise ValueError(
-            f"targets must be class indices in [0, {n}) (allowed range [0, {n - 1}]), "
-            f"got values in [{int(vals[2])}, {int(vals[3])}]"
-        )
+        # one host sync for everything: the logits' sum and the targets' range
+        lo, hi = (v.to(torch.float64) for v in torch.aminmax(targets))
+        total, lo, hi = torch.stack((total, lo, hi)).tolist()
+        if lo < 0 or hi >= n:
+            raise ValueError(
+                f"targets must be class indices in [0, {n}) (allowed range [0, {n - 1}]), "
+                f"got values in [{int(lo)}, {int(hi)}]"
+            )
+    else:
+        total = total.item()
+    if not math.isfinite(total):
+        for x, name in ((a, name_a), (b, name_b)):
+            if not all_finite(x):  # type: ignore[arg-type]
+                raise ValueError(_finite_message(name))
     return rows

@@ -170,8 +170,8 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha):
     ``alpha`` is a Python float in [0, inf] or a tensor of shape ``(..., 1)`` (broadcastable to
     the rows) with entries in [0, inf]. Returns ``(D, tilt)``: ``D`` of shape ``(..., 1)`` and a
     description of the tilted distribution ``w ∝ p^alpha q^(1-alpha)`` that :func:`_tilted`
-    turns into ``w`` (lazily, in the backward pass): ``("log", y, G)`` for ``w = softmax(y)``
-    (``G = logsumexp(y)``), ``("log", y, None)`` for ``w = exp(y)``,
+    turns into ``w`` (lazily, in the backward pass): ``("ez", e, Z)`` for ``w = e / Z``,
+    ``("log", y, None)`` for ``w = exp(y)``,
     ``("onehot", idx, None)`` for alpha = inf (the first arg-max of ``log p - log q``), or
     ``("w", w, None)``.
     """
@@ -188,9 +188,11 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha):
         eps = alpha - 1.0
         if alpha <= _HUGE_ORDER:
             y = torch.add(lq * (1.0 - alpha), lp, alpha=alpha)  # log(p^a q^(1-a))
-            G = torch.logsumexp(y, -1, keepdim=True)
-            D = G / eps
-            tilt = ("log", y, G)
+            m = y.amax(-1, keepdim=True)
+            e = torch.sub(y, m).exp_()
+            Z = e.sum(-1, keepdim=True)
+            D = (m + torch.log(Z)) / eps  # log-sum-exp of y, over alpha - 1
+            tilt = ("ez", e, Z)
         else:
             m, L, k, w = _lse_parts(lp, lq, alpha)
             D = m * (k / eps) + L / eps
@@ -278,12 +280,22 @@ def _teacher_grad_unit(lp, r, w, D, alpha):
 def _tilted(kind: str, x, G, lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
     """The tilted distribution w from the description returned by :func:`_renyi_logprobs`."""
     if kind == "log":
-        # softmax(y), not exp(y - logsumexp(y)): exact normalisation, no rounding of |y| in the exponent
-        return torch.exp(x) if G is None else torch.softmax(x, dim=-1)
+        return torch.exp(x)
+    if kind == "ez":
+        # w = e / Z from the forward's log-sum-exp (exactly normalised; not exp(y - G), whose
+        # exponent would carry the rounding of |y|)
+        return x / G
     if kind == "onehot":
         shape = torch.broadcast_shapes(lp.shape, lq.shape)
         return torch.zeros(shape, dtype=lq.dtype, device=lq.device).scatter_(-1, x, 1.0)
     return x
+
+
+def _fit(x: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+    """Reduce a broadcast gradient to an input's shape and dtype (no-ops skipped)."""
+    if x.shape != shape:
+        x = x.sum_to_size(shape)
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 class _RenyiLogits(torch.autograd.Function):
@@ -292,8 +304,8 @@ class _RenyiLogits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t, s, alpha, T):  # type: ignore[override]
         cd = _compute_dtype(t, s, T)
-        tt = t.to(cd)
-        ss = s.to(cd)
+        tt = t if t.dtype == cd else t.to(cd)
+        ss = s if s.dtype == cd else s.to(cd)
         if isinstance(T, torch.Tensor):
             Tc = T.to(cd).unsqueeze(-1)
             lp = torch.log_softmax(tt / Tc, dim=-1)
@@ -316,8 +328,9 @@ class _RenyiLogits(torch.autograd.Function):
         ctx.dtypes = (t.dtype, s.dtype, T.dtype if isinstance(T, torch.Tensor) else None)
         need_T = isinstance(T, torch.Tensor) and T.requires_grad
         ctx.save_for_backward(lp, lq, D, x, G, tt if need_T else None, ss if need_T else None)
+        out = D.squeeze(-1)
         out_dtype = torch.promote_types(t.dtype, s.dtype)
-        return D.squeeze(-1).to(out_dtype)
+        return out if out.dtype == out_dtype else out.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
@@ -332,11 +345,11 @@ class _RenyiLogits(torch.autograd.Function):
         gT = g / Tc  # (..., 1): the row scale, applied once to the (..., n) difference
         q_w = torch.exp(lq) - w
         if need_s:
-            grad_s = (q_w * gT).sum_to_size(s_shape).to(s_dtype)
+            grad_s = _fit(q_w * gT, s_shape, s_dtype)
         if need_t or need_T:
             ut = _teacher_grad_unit(lp, lp - lq, w, D, ctx.alpha)  # T * dD/dt
             if need_t:
-                grad_t = (ut * gT).sum_to_size(t_shape).to(t_dtype)
+                grad_t = _fit(ut * gT, t_shape, t_dtype)
             if need_T:
                 # D depends on T through t/T and s/T: dD/dT = -(sum_j dD/ds_j s_j + dD/dt_j t_j) / T
                 dT = -((q_w * ss).sum(-1, keepdim=True) + (ut * tt).sum(-1, keepdim=True)) * (gT / Tc)

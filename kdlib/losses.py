@@ -169,7 +169,8 @@ class DistillationLoss(nn.Module):
         Useful for logging; ``total`` is what :meth:`forward` returns. See the class docstring for
         shapes and errors.
         """
-        ce, soft, rows = self._terms(student_logits, teacher_logits, targets, per_row=True)
+        ce, d, _ = self._terms(student_logits, teacher_logits, targets, per_row=True)
+        soft = d * self._soft_coefficient(ce.dtype)
         beta = self.beta
         if isinstance(beta, torch.Tensor):
             beta = beta.to(ce.dtype)
@@ -191,18 +192,31 @@ class DistillationLoss(nn.Module):
             The loss in nats (scalar for ``"mean"``/``"sum"``, per row for ``"none"``).
         """
         beta = self.beta
-        if self.reduction == "mean" and not isinstance(beta, torch.Tensor):
-            # fast path: each term averaged on its own (the same value as the mean of the row mix)
-            ce, soft, _ = self._terms(student_logits, teacher_logits, targets, per_row=False)
-            return ((1.0 - beta) * ce + beta * soft).to(student_logits.dtype)
-        return self.components(student_logits, teacher_logits, targets).total
+        if self.reduction != "mean" or isinstance(beta, torch.Tensor):
+            return self.components(student_logits, teacher_logits, targets).total
+        # Fast path: each term averaged on its own (the same value as the mean of the row mix).
+        ce, d, _ = self._terms(student_logits, teacher_logits, targets, per_row=False)
+        c = self._soft_coefficient(ce.dtype)
+        if isinstance(c, torch.Tensor):
+            total = ce * (1.0 - beta) + beta * (d * c).mean()
+        else:
+            total = torch.add(ce * (1.0 - beta), d.mean(), alpha=beta * c)
+        return total if total.dtype == student_logits.dtype else total.to(student_logits.dtype)
+
+    def _soft_coefficient(self, dtype: torch.dtype):
+        """T^2 (divided by alpha with ``normalize_by_alpha``): a float, or a tensor for tensor T/alpha."""
+        T, alpha = self.T, self.alpha
+        c = T.to(dtype) ** 2 if isinstance(T, torch.Tensor) else T * T
+        if self.normalize_by_alpha:
+            c = c / (alpha.to(dtype) if isinstance(alpha, torch.Tensor) else alpha)
+        return c
 
     def _terms(self, s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, per_row: bool):
-        """Cross-entropy and soft term: per row (row shape), or batch means when ``per_row`` is False."""
+        """Cross-entropy (per row, or its batch mean) and D_alpha per row, in the compute dtype."""
         rows = check_logits_pair(s, t, "student_logits", "teacher_logits", targets, validate=self.validate)
         n = s.shape[-1]
-        alpha, T = self.alpha, self.T
-        for name, value in (("alpha", alpha), ("T", T), ("beta", self.beta)):
+        for name in ("alpha", "T", "beta"):
+            value = getattr(self, name)
             if isinstance(value, torch.Tensor) and value.dim():
                 try:
                     ok = torch.broadcast_shapes(value.shape, rows) == rows
@@ -214,34 +228,26 @@ class DistillationLoss(nn.Module):
                         f"{tuple(rows)} of the logits"
                     )
 
+        # 16-bit logits are computed in float32 (autograd casts the gradients back).
+        s = s if s.dtype in (torch.float32, torch.float64) else s.float()
+        t = t if t.dtype in (torch.float32, torch.float64) else t.float()
+
         # Hard term: cross-entropy of the student at T = 1 (eq 1.9-1.10).
-        s_ce = s if s.dtype in (torch.float32, torch.float64) else s.float()
+        s_ce = s
         if s_ce.shape[:-1] != rows:
             s_ce = s_ce.expand(*rows, n)
         y = targets if targets.shape == rows else targets.expand(rows)
+        if s_ce.dim() != 2:
+            s_ce, y = s_ce.reshape(-1, n), y.reshape(-1)
         if per_row:
-            ce = F.cross_entropy(s_ce.reshape(-1, n), y.reshape(-1), reduction="none").reshape(rows)
+            ce = F.cross_entropy(s_ce, y, reduction="none").reshape(rows)
         else:
-            ce = F.cross_entropy(s_ce.reshape(-1, n), y.reshape(-1))
+            ce = F.cross_entropy(s_ce, y)
 
-        # Soft term: T^2 D_alpha(teacher_T || student_T) (eq 1.11-1.12 with D_alpha), per row.
-        d = _RenyiLogits.apply(t, s, alpha, T).to(ce.dtype)
-        if isinstance(T, torch.Tensor):
-            soft = d * T.to(ce.dtype) ** 2
-            if not per_row:
-                soft = soft.mean()
-        else:
-            soft = (d if per_row else d.mean()) * (T * T)
-        if self.normalize_by_alpha:
-            if isinstance(alpha, torch.Tensor):
-                soft = (
-                    d * (T.to(ce.dtype) ** 2 if isinstance(T, torch.Tensor) else T * T) / alpha.to(ce.dtype)
-                )
-                if not per_row:
-                    soft = soft.mean()
-            else:
-                soft = soft / alpha
-        return ce, soft, rows
+        # Soft term: D_alpha(teacher_T || student_T) per row (eq 1.11-1.12 with D_alpha); the
+        # caller multiplies by T^2 (and divides by alpha with normalize_by_alpha).
+        d = _RenyiLogits.apply(t, s, self.alpha, self.T)
+        return ce, d, rows
 
     def _reduce(self, x: torch.Tensor) -> torch.Tensor:
         if self.reduction == "mean":

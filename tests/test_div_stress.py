@@ -27,6 +27,18 @@ R = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(R)
 
 INF = math.inf
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """These tests use tiny tensors: intra-op threads only add barrier waits (~10 ms per op on a busy
+    2-core machine), so run this module single-threaded and restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 ORDERS = [0.0, 1e-8, 0.5, 1 - 1e-7, 1.0, 1 + 1e-7, 2.0, 1e4, INF]
 TEMPS = [0.05, 0.5, 1.0, 4.0, 100.0, 1000.0]
 PATTERNS = {
