@@ -645,9 +645,10 @@ def renyi_divergence_logits(
         T: temperature. A finite number ``> 0``, or a floating tensor broadcastable to the row shape
             with finite entries ``> 0`` (e.g. shape ``(S, 1)``). A tensor ``T`` that requires grad
             receives its gradient.
-        validate: check the arguments. The checks cost one fused min/max reduction and one host
-            sync per tensor argument; pass ``False`` in hot training loops whose inputs are known to
-            be finite (invalid input then yields NaN instead of an error).
+        validate: check the values of the arguments. The finiteness of both logits costs two
+            float64 sums and one host sync per call; a tensor ``alpha`` or ``T`` one more sync
+            each. Pass ``False`` in hot training loops whose inputs are known to be valid: only the
+            shapes and dtypes are then checked, and invalid values yield NaN instead of an error.
 
     Returns:
         Tensor of the row shape, in nats, ``>= 0`` and finite. Its dtype is the promoted dtype of the

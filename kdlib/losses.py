@@ -90,8 +90,10 @@ class DistillationLoss(nn.Module):
             the row shape).
         normalize_by_alpha: divide the soft term by :math:`\alpha` (see above).
         reduction: ``"mean"`` (over all rows), ``"sum"`` or ``"none"`` (one value per row).
-        validate: check every call's arguments (a few cheap reductions and host syncs). Set
-            ``False`` in hot loops whose inputs are known to be valid.
+        validate: check the values of every call's arguments: finite logits and targets in
+            ``[0, n)``, at the cost of two float64 sums, one min/max and a single host sync per
+            call. Set ``False`` in hot loops whose inputs are known to be valid (shapes and dtypes
+            are still checked; invalid values then give NaN or an indexing error).
 
     Tensor hyperparameters are registered as buffers, so :meth:`~torch.nn.Module.to` moves them.
 
