@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from kdlib._validation import (
     check_finite_tensor,
@@ -333,6 +334,7 @@ class _RenyiLogits(torch.autograd.Function):
         return out if out.dtype == out_dtype else out.to(out_dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         lp, lq, D, x, G, tt, ss = ctx.saved_tensors
         g = grad_out.to(lp.dtype).unsqueeze(-1)
@@ -445,6 +447,7 @@ class _RenyiProbs(torch.autograd.Function):
         return D.squeeze(-1).to(torch.promote_types(p.dtype, q.dtype))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         p, q, D, sp, sq = ctx.saved_tensors
         info = ctx.info
@@ -662,7 +665,8 @@ def renyi_divergence_logits(
         :math:`\log p - \log q`)
         and ``alpha = 0`` (zero); with respect to the teacher logits
         :math:`\frac{\alpha}{\alpha-1}(w - p)/T` (:math:`p(\log p - \log q - D_{KL})/T` at
-        ``alpha = 1``, evaluated without cancellation near it).
+        ``alpha = 1``, evaluated without cancellation near it). Second derivatives are not
+        provided: a double backward raises ``RuntimeError``.
 
     Raises:
         ValueError: if a logits argument is not a floating tensor of shape ``(..., n)`` with ``n >= 1``

@@ -448,7 +448,21 @@ def test_logits_gradcheck_float64(a):
     z = torch.randn(3, 5, generator=g, dtype=torch.float64, requires_grad=True)
     T = torch.tensor([0.7, 1.5, 3.0], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v, z, T: renyi_divergence_logits(v, z, a, T), (v, z, T))
-    assert torch.autograd.gradgradcheck is not None  # (second derivatives are not provided)
+
+
+def test_second_derivatives_are_refused_not_wrong():
+    """The analytic backward is not itself differentiable: double backward raises instead of returning 0."""
+    v = torch.randn(2, 4, dtype=torch.float64)
+    z = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(renyi_divergence_logits(v, z, 2.0).sum(), z, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), z)
+    p = torch.softmax(v, -1).requires_grad_()
+    (gp,) = torch.autograd.grad(
+        renyi_divergence(p, torch.softmax(z.detach(), -1), 2.0).sum(), p, create_graph=True
+    )
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(gp.sum(), p)
 
 
 @pytest.mark.parametrize("a", [0.0, 0.5, 1.0, 1 + 1e-7, 2.0, INF])
