@@ -26,8 +26,15 @@ from typing import Any
 
 from kdlib.data import DatasetNotFoundError
 from kdlib.engine import DeviceUnavailableError
-from kdlib.experiments import EXPERIMENTS, PROFILES, UnknownExperimentError, get_experiment, results_path
-from kdlib.results import ResultsFileError, format_table, load_records, summarize
+from kdlib.experiments import (
+    EXPERIMENTS,
+    PROFILES,
+    UnknownExperimentError,
+    expected_keys,
+    get_experiment,
+    results_path,
+)
+from kdlib.results import ResultsFileError, RunInProgressError, format_table, load_records, summarize
 
 SCRATCH = Path("results") / "_scratch"
 
@@ -49,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("name")
     report.add_argument("--profile", default=None, help="one profile (default: every profile with results)")
     report.add_argument("--out", default="results", help="results root (default results/)")
+    report.add_argument("--all", action="store_true",
+                        help="include records of earlier definitions of the profile (left out by default)")
     return parser
 
 
@@ -59,9 +68,18 @@ def _fmt_mean_std(row: dict[str, Any], metric: str) -> str:
     return f"{mean:.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
 
 
-def report_text(name: str, path: Path, metrics: Sequence[str]) -> str:
-    """The report of one results file: provenance, teacher, per-cell summaries."""
+def report_text(name: str, path: Path, metrics: Sequence[str], include_stale: bool = False) -> str:
+    """The report of one results file: provenance, teacher, per-cell summaries.
+
+    Records that the current definition of the profile would not produce (see
+    :func:`kdlib.experiments.expected_keys`) are left out unless ``include_stale``.
+    """
     records = load_records(path)
+    stale = 0
+    if not include_stale and path.stem in get_experiment(name).profiles:
+        keep = expected_keys(name, path.stem)
+        stale = sum(r["key"] not in keep for r in records)
+        records = [r for r in records if r["key"] in keep]
     teachers = [r for r in records if r.get("kind") == "teacher"]
     students = [r for r in records if r.get("kind") == "student"]
     lines = [f"== {name} / {path.stem}: {len(students)} student runs, {len(teachers)} teacher(s) =="]
@@ -70,6 +88,9 @@ def report_text(name: str, path: Path, metrics: Sequence[str]) -> str:
                       for p in provs})
     devices = sorted({str(p.get("device_name")) for p in provs})
     dates = sorted(p.get("finished", "") for p in provs)
+    if stale:
+        lines.append(f"left out: {stale} records of an earlier definition of this profile "
+                     "(--all includes them)")
     if records:
         lines.append(f"commits: {', '.join(commits)}; devices: {'; '.join(devices)}; "
                      f"finished {dates[0]} .. {dates[-1]}")
@@ -132,10 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not found:
             raise ResultsFileError(f"no results for {exp.name} under {args.out} "
                                    f"(looked for {', '.join(str(p) for p in paths)})")
-        print("\n\n".join(report_text(exp.name, p, exp.report_metrics) for p in found))
+        print("\n\n".join(report_text(exp.name, p, exp.report_metrics, args.all) for p in found))
         return 0
     except (UnknownExperimentError, ResultsFileError, DatasetNotFoundError, DeviceUnavailableError,
-            ValueError) as e:
+            RunInProgressError, ValueError) as e:
         print(f"kdlib: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `report ... | head`: stop quietly

@@ -462,7 +462,8 @@ class TeacherCache:
         if directory is None:
             env = os.environ.get("KDLIB_CACHE_DIR")
             directory = Path(env) if env else Path.home() / ".cache" / "kdlib"
-        self.dir = Path(directory) / "teachers"
+        self.root = Path(directory)
+        self.dir = self.root / "teachers"
 
     def paths(self, key: str) -> tuple[Path, Path, Path]:
         """``(weights, logits, record)`` paths of teacher ``key``."""

@@ -52,7 +52,7 @@ from kdlib.engine import (
     train_stacked,
 )
 from kdlib.models import StackedMLP, build_model
-from kdlib.results import ResultsStore, dumps, environment, run_key, utc_now
+from kdlib.results import ResultsStore, dumps, environment, run_key, run_lock, utc_now
 
 PROFILES = ("smoke", "cpu", "full")
 INF = math.inf
@@ -327,6 +327,17 @@ def student_config(experiment: str, profile: str, p: Profile, spec: StudentSpec,
             "label": spec.label, **p.student_train.to_dict(), "teacher_key": teacher_key, "dtype": "float32"}
 
 
+def expected_keys(name: str, profile: str, p: Profile | None = None) -> set[str]:
+    """Keys of all runs (the teacher and every student) of the *current* definition of a profile.
+
+    A results file can hold records of an earlier definition (other epochs, sizes, ...);
+    they have other keys. Reports and tables should use only the records whose keys are here.
+    """
+    p = p if p is not None else get_experiment(name).profile(profile)
+    tkey = run_key(teacher_config(p))
+    return {tkey} | {run_key(student_config(name, profile, p, s, tkey)) for s in p.students}
+
+
 def _teacher_stage(experiment: str, profile: str, p: Profile, splits: Any, device: torch.device,
                    cache: TeacherCache, env: dict[str, Any]) -> tuple[str, dict[str, torch.Tensor], dict]:
     tconf = teacher_config(p)
@@ -386,6 +397,7 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
     Raises:
         UnknownExperimentError: unknown experiment or profile.
         kdlib.results.ResultsFileError: the results file exists but is not readable.
+        kdlib.results.RunInProgressError: another process is running into the same file.
         kdlib.data.DatasetNotFoundError: the dataset is missing.
         kdlib.engine.DeviceUnavailableError: ``cuda`` requested but absent.
     """
@@ -407,7 +419,18 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
 def _run(name: str, profile: str, p: Profile, dev: torch.device, out: Path, cache_dir: str | Path | None,
          log: Callable[[str], None]) -> Path:
     store = ResultsStore(results_path(out, name, profile))
+    cache = TeacherCache(cache_dir)
+    with run_lock(store.path, cache.root / "locks"):
+        return _run_locked(name, profile, p, dev, store, cache, log)
+
+
+def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, store: ResultsStore,
+                cache: TeacherCache, log: Callable[[str], None]) -> Path:
     done = store.keys()
+    stale = len(done - expected_keys(name, profile, p))
+    if stale:
+        log(f"{store.path}: {stale} records come from another definition of this profile; "
+            "they are kept, but reports leave them out")
     splits = load_dataset(p.dataset, dev, split_seed=p.split_seed, val_fraction=p.val_fraction,
                           val_size=p.val_size)
     if dev.type == "cuda":
@@ -415,7 +438,6 @@ def _run(name: str, profile: str, p: Profile, dev: torch.device, out: Path, cach
         torch.backends.cudnn.allow_tf32 = True
     env = environment(dev)
     env["tf32"] = dev.type == "cuda"
-    cache = TeacherCache(cache_dir)
     tkey, tlogits, trecord = _teacher_stage(name, profile, p, splits, dev, cache, env)
     if tkey not in done:
         store.append(trecord)

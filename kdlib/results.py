@@ -23,6 +23,7 @@ truncates it away; :meth:`ResultsStore.append` repairs before writing. A damaged
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
@@ -31,7 +32,7 @@ import math
 import os
 import platform
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,32 @@ SCHEMA_VERSION = 1
 
 class ResultsFileError(ValueError):
     """A results file exists but cannot be read as a sequence of records."""
+
+
+class RunInProgressError(RuntimeError):
+    """Another process is running the same experiment into the same results file."""
+
+
+@contextlib.contextmanager
+def run_lock(results_path: str | os.PathLike, lock_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold a non-blocking exclusive lock for ``results_path`` (a file in ``lock_dir``, not next to it).
+
+    Raises:
+        RunInProgressError: another process holds the lock.
+    """
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    name = hashlib.sha256(str(Path(results_path).resolve()).encode()).hexdigest()[:16]
+    fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunInProgressError(f"another kdlib run is writing {results_path}; wait for it to finish "
+                                     "or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -186,8 +213,14 @@ class ResultsStore:
         """Keys of all complete records."""
         return {r["key"] for r in self.load()}
 
-    def append(self, record: dict[str, Any]) -> None:
+    def append(self, record: dict[str, Any]) -> bool:
         """Append one record as one line: a single ``os.write``, then ``fsync``.
+
+        A record whose ``key`` is already in the file is not written again (checked under the
+        lock, so two writers never duplicate a run).
+
+        Returns:
+            ``True`` if the record was written, ``False`` if its key was already present.
 
         Raises:
             ValueError: if ``record`` has no ``key`` or cannot be encoded as strict JSON.
@@ -195,19 +228,23 @@ class ResultsStore:
         if "key" not in record:
             raise ValueError("record must have a 'key'")
         line = (dumps(record) + "\n").encode()
+        marker = f'"key":{json.dumps(str(record["key"]))}'.encode()  # exact: other keys end in _key
         created = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked() as fd:
-            size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                good = _complete_length(_read_all(fd))
+            data = _read_all(fd)
+            good = _complete_length(data)
+            if good < len(data):
                 os.ftruncate(fd, good)
+            if marker in data[:good]:
+                return False
             written = os.write(fd, line)
             while written < len(line):  # regular files write fully; be safe anyway
                 written += os.write(fd, line[written:])
             os.fsync(fd)
         if created:
             _fsync_dir(self.path.parent)
+        return True
 
     def _locked(self) -> _Lock:
         return _Lock(self.path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 from kdlib.cli import main
-from kdlib.experiments import EXPERIMENTS, get_experiment
-from kdlib.results import load_records
+from kdlib.experiments import EXPERIMENTS, get_experiment, results_path
+from kdlib.results import load_records, run_key, run_lock
 
 
 @pytest.fixture(scope="module")
@@ -122,3 +123,29 @@ def test_module_entry_point_exit_status(tmp_path):
                           env={**os.environ, "TQDM_DISABLE": "1"})
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().startswith("kdlib: error: experiment must be one of hinton, renyi_grid")
+
+
+def test_report_leaves_out_records_of_another_definition(smoke_run, tmp_path, capsys):
+    _, cwd = smoke_run
+    src = cwd / "results" / "_scratch" / "renyi_grid" / "smoke.jsonl"
+    out = tmp_path / "out"
+    dst = out / "renyi_grid" / "smoke.jsonl"
+    dst.parent.mkdir(parents=True)
+    old = json.loads(src.read_text().splitlines()[1])
+    old["config"]["epochs"] += 5  # as if the profile had been redefined since
+    old["key"] = run_key({k: v for k, v in old["config"].items() if k != "data_info"})
+    dst.write_text(src.read_text() + json.dumps(old) + "\n")
+    assert main(["report", "renyi_grid", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "17 student runs" in text and "left out: 1 records" in text
+    assert main(["report", "renyi_grid", "--out", str(out), "--all"]) == 0
+    assert "18 student runs" in capsys.readouterr().out
+
+
+def test_a_second_run_into_the_same_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    with run_lock(results_path(out, "hinton", "smoke"), tmp_path / "cache" / "locks"):
+        rc = main(["run", "hinton", "--profile", "smoke", "--out", str(out),
+                   "--cache", str(tmp_path / "cache")])
+    assert rc == 2 and "another kdlib run is writing" in capsys.readouterr().err
+    assert not out.exists()

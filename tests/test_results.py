@@ -149,3 +149,24 @@ def test_git_state_and_environment(tmp_path):
     assert env["device"] == "cpu" and env["torch"] and env["python"].count(".") == 2
     assert socket.gethostname() not in json.dumps(env) and os.getcwd() not in json.dumps(env)
     assert R.utc_now().endswith("Z") and len(R.utc_now()) == 20
+
+
+def test_append_never_duplicates_a_key(tmp_path):
+    store = R.ResultsStore(tmp_path / "r.jsonl")
+    assert store.append(record("abc", padding='"key":"zzz"'))  # an escaped look-alike in a value
+    assert store.append(record("zzz", teacher_key="abc"))  # "teacher_key" is not "key"
+    assert not store.append(record("abc", acc=0.1))
+    assert [r["key"] for r in store.load()] == ["abc", "zzz"]
+
+
+def test_run_lock_refuses_a_second_writer(tmp_path):
+    target = tmp_path / "out" / "x.jsonl"
+    with R.run_lock(target, tmp_path / "locks"):
+        with pytest.raises(R.RunInProgressError, match="another kdlib run"):
+            with R.run_lock(tmp_path / "out" / ".." / "out" / "x.jsonl", tmp_path / "locks"):
+                pass
+        with R.run_lock(tmp_path / "out" / "y.jsonl", tmp_path / "locks"):
+            pass  # another file is free
+    with R.run_lock(target, tmp_path / "locks"):
+        pass  # released
+    assert not target.parent.exists()  # the lock lives elsewhere
