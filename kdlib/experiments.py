@@ -32,7 +32,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -433,6 +433,11 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, store: R
             "they are kept, but reports leave them out")
     splits = load_dataset(p.dataset, dev, split_seed=p.split_seed, val_fraction=p.val_fraction,
                           val_size=p.val_size)
+    for field_name in ("transfer_size", "teacher_train_size"):
+        size = getattr(p, field_name)
+        if size is not None and not 0 < size <= len(splits.y_train):
+            raise ValueError(f"{field_name} must be in [1, {len(splits.y_train)}] for {p.dataset}, "
+                             f"got {size}")
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -485,8 +490,3 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, store: R
         bar.update(len(specs))
     bar.close()
     return store.path
-
-
-def with_students(p: Profile, students: Sequence[StudentSpec], **kw: Any) -> Profile:
-    """A copy of profile ``p`` with other students (and any other fields changed), for tests."""
-    return replace(p, students=tuple(students), **kw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from kdlib.cli import main
-from kdlib.experiments import EXPERIMENTS, get_experiment, results_path
+from kdlib.experiments import EXPERIMENTS, get_experiment, results_path, run_experiment
 from kdlib.results import load_records, run_key, run_lock
 
 
@@ -149,3 +150,12 @@ def test_a_second_run_into_the_same_file_is_refused(tmp_path, capsys):
                    "--cache", str(tmp_path / "cache")])
     assert rc == 2 and "another kdlib run is writing" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_transfer_set_larger_than_the_data_is_refused(tmp_path):
+    p = get_experiment("hinton").profile("smoke")
+    too_big = dataclasses.replace(p, transfer_size=10**6)
+    with pytest.raises(ValueError, match="transfer_size must be in"):
+        run_experiment("hinton", "smoke", device="cpu", out=tmp_path / "out", cache_dir=tmp_path,
+                       profile_override=too_big, log=lambda m: None)
+    assert not (tmp_path / "out").exists()
