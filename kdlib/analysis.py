@@ -552,8 +552,12 @@ def plot_against_temperature(ax: Any, summary: pd.DataFrame, scale: float = 100.
 
 
 def plot_learning_curves(ax: Any, df: pd.DataFrame, group: str = "alpha", curve: str = "curve_val_accuracy",
-                         scale: float = 100.0) -> None:
-    """Seed-mean of the per-epoch ``curve`` for each value of ``group`` (book colours for orders)."""
+                         scale: float = 100.0, labels: dict[Any, str] | None = None) -> None:
+    """Seed-mean of the per-epoch ``curve`` for each value of ``group``, in sorted order.
+
+    Orders (``group == "alpha"``) get the book's colours and labels; otherwise ``labels`` maps a
+    group value to its legend label (default ``str(value)``).
+    """
     from kdlib.plotting import order_color, order_label
 
     for value, g in df.groupby(group, sort=True):
@@ -563,6 +567,6 @@ def plot_learning_curves(ax: Any, df: pd.DataFrame, group: str = "alpha", curve:
         n = min(len(c) for c in curves)
         mean = [math.fsum(c[e] for c in curves) / len(curves) * scale for e in range(n)]
         kw = ({"color": order_color(value), "label": order_label(value)} if group == "alpha"
-              else {"label": str(value)})
+              else {"label": (labels or {}).get(value, str(value))})
         ax.plot(range(1, n + 1), mean, marker="o", markersize=2.5, **kw)
     ax.set_xlabel("epoch")
