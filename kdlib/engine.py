@@ -91,6 +91,10 @@ class TrainConfig:
         momentum: SGD momentum in ``[0, 1)``.
         weight_decay: L2 coefficient ``>= 0`` (coupled, as in ``torch.optim.SGD``).
         schedule: ``"cosine"`` (lr decays to 0 over all steps) or ``"constant"``.
+        warmup_steps: the lr rises linearly over the first ``warmup_steps`` steps (``>= 0``).
+        clip_norm: clip each network's gradient to this L2 norm (``> 0``; ``None``: no
+            clipping). For stacked students the norm is taken per student, exactly as
+            ``torch.nn.utils.clip_grad_norm_`` would on that student alone.
     """
 
     epochs: int
@@ -100,6 +104,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     schedule: str = "cosine"
+    warmup_steps: int = 0
+    clip_norm: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -110,10 +116,18 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS or self.schedule not in SCHEDULES:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS} and schedule one of {SCHEDULES}; "
                              f"got {self.optimizer!r}, {self.schedule!r}")
+        if self.warmup_steps < 0 or (self.clip_norm is not None and not self.clip_norm > 0):
+            raise ValueError(f"warmup_steps must be >= 0 and clip_norm > 0 or None; got "
+                             f"{self.warmup_steps}, {self.clip_norm}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields."""
-        return asdict(self)
+        """JSON-ready fields. ``warmup_steps`` and ``clip_norm`` appear only when set, so the run
+        keys of configs from before these options existed stay valid."""
+        d = asdict(self)
+        for name, off in (("warmup_steps", 0), ("clip_norm", None)):
+            if d[name] == off:
+                del d[name]
+        return d
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         """The optimiser over ``params`` (element-wise, so stacking students does not couple them)."""
@@ -123,9 +137,29 @@ class TrainConfig:
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate of step ``step`` (0-based) of ``total_steps``."""
-        if self.schedule == "constant":
-            return self.lr
-        return 0.5 * self.lr * (1.0 + math.cos(math.pi * step / total_steps))
+        lr = self.lr
+        if self.schedule == "cosine":
+            lr = 0.5 * self.lr * (1.0 + math.cos(math.pi * step / total_steps))
+        if step < self.warmup_steps:
+            lr *= (step + 1) / self.warmup_steps
+        return lr
+
+
+def clip_per_student(params: Sequence[torch.Tensor], max_norm: float) -> None:
+    """Scale each stacked student's gradient to L2 norm at most ``max_norm``, in place.
+
+    Every tensor in ``params`` has the students on its first dimension; student ``s``'s
+    norm is taken over slice ``s`` of all of them. The factor is
+    ``min(1, max_norm / (norm + 1e-6))``, as in ``torch.nn.utils.clip_grad_norm_``.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    S = grads[0].shape[0]
+    sq = sum(g.detach().pow(2).reshape(S, -1).sum(1) for g in grads)
+    factor = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factor.view(S, *([1] * (g.dim() - 1))))
 
 
 @dataclass(frozen=True)
@@ -282,6 +316,8 @@ def train_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: Tr
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
             total += loss.detach() * len(idx)
             step += 1
@@ -318,7 +354,8 @@ def train_stacked(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, teacher_l
         raise ValueError("model, specs, x, y and teacher_logits disagree in size")
     gen = torch.Generator().manual_seed(data_seed)
     hyper = StudentHyper.from_specs(specs, x.device, model.weights[0].dtype)
-    opt = cfg.make_optimizer(model.parameters())
+    params = list(model.parameters())
+    opt = cfg.make_optimizer(params)
     steps = cfg.epochs * math.ceil(len(y) / cfg.batch_size)
     step = 0
     loss_curve, val_curve = [], []
@@ -331,6 +368,8 @@ def train_stacked(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, teacher_l
             per_student = student_losses(model(x[idx]), teacher_logits[idx], y[idx], hyper)
             opt.zero_grad(set_to_none=True)
             per_student.sum().backward()
+            if cfg.clip_norm is not None:
+                clip_per_student(params, cfg.clip_norm)
             opt.step()
             total += per_student.detach().to(torch.float64) * len(idx)
             step += 1

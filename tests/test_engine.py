@@ -70,9 +70,14 @@ def train_alone(spec, x, y, teacher, cfg, data_seed, dtype):
             lr = cfg.lr if cfg.schedule == "constant" else cosine
             for g in opt.param_groups:
                 g["lr"] = lr
+            if step < cfg.warmup_steps:
+                for g in opt.param_groups:
+                    g["lr"] = lr * (step + 1) / cfg.warmup_steps
             loss = loss_fn(model(x[idx]), teacher[idx], y[idx])
             opt.zero_grad()
             loss.backward()
+            if cfg.clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
             opt.step()
             step += 1
     return [(lin.weight.detach().T, lin.bias.detach()) for lin in model.linears()]
@@ -83,6 +88,7 @@ def train_alone(spec, x, y, teacher, cfg, data_seed, dtype):
     (torch.float32, 2e-5, E.TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9)),
     (torch.float64, 1e-10, E.TrainConfig(epochs=1, batch_size=50, lr=3e-3, optimizer="adam",
                                          schedule="constant")),
+    (torch.float64, 1e-10, E.TrainConfig(epochs=2, batch_size=32, lr=0.2, warmup_steps=5, clip_norm=0.5)),
 ])
 def test_stacked_training_equals_training_one_by_one(digits, dtype, tol, cfg):
     x, y, teacher = (t.to(dtype) if t.is_floating_point() else t for t in digits)
@@ -268,3 +274,36 @@ def test_a_diverged_student_does_not_touch_the_others(digits):
     for s in (0, 2):
         for (w0, b0), (w1, b1) in zip(clean.student_params(s), broken.student_params(s), strict=True):
             assert torch.equal(w0, w1) and torch.equal(b0, b1)
+
+
+def test_clip_per_student_matches_torch_per_slice():
+    g = torch.Generator().manual_seed(5)
+    params = [torch.zeros(3, 4, 5, requires_grad=True), torch.zeros(3, 1, 5, requires_grad=True)]
+    for p, scale in zip(params, (1.0, 3.0), strict=True):
+        p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype) * scale
+    for p in params:
+        p.grad[2].mul_(1e-3)  # student 2 is below the limit and must stay untouched
+    expected = []
+    for s in range(3):
+        alone = [torch.zeros(p.shape[1:], requires_grad=True) for p in params]
+        for a, p in zip(alone, params, strict=True):
+            a.grad = p.grad[s].clone()
+        torch.nn.utils.clip_grad_norm_(alone, 1.0)
+        expected.append([a.grad for a in alone])
+    before = params[1].grad[2].clone()
+    E.clip_per_student(params, 1.0)
+    for s in range(3):
+        for p, e in zip(params, expected[s], strict=True):
+            torch.testing.assert_close(p.grad[s], e, rtol=1e-6, atol=1e-7)
+    assert torch.equal(params[1].grad[2], before)
+    assert float(torch.cat([p.grad[0].flatten() for p in params]).norm()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_warmup_and_new_options_keep_old_keys():
+    cfg = E.TrainConfig(epochs=1, lr=0.1, schedule="constant", warmup_steps=4)
+    assert [cfg.lr_at(i, 100) for i in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
+    assert "warmup_steps" not in E.TrainConfig(epochs=1).to_dict()
+    assert "clip_norm" not in E.TrainConfig(epochs=1).to_dict()
+    assert E.TrainConfig(epochs=1, clip_norm=1.0).to_dict()["clip_norm"] == 1.0
+    with pytest.raises(ValueError, match="clip_norm"):
+        E.TrainConfig(epochs=1, clip_norm=0.0)
