@@ -21,15 +21,6 @@ FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "divergence_fixture.j
 EPS = torch.finfo(torch.float64).eps
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tests use tiny tensors: intra-op threads only add barrier waits (~10 ms per op on a busy
-    2-core machine), so run this module single-threaded and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def num(s) -> float:
     return math.inf if s == "inf" else float(s)

@@ -10,33 +10,17 @@ machine epsilon ``eps`` carries an absolute error of about ``eps * max|z| / T``.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import itertools
 import math
-from pathlib import Path
 
+import mp_reference as R  # tests/fixtures, put on sys.path by conftest.py
 import pytest
 import torch
 
 from kdlib import DistillationLoss, renyi_divergence_logits, renyi_gradient
 
-_spec = importlib.util.spec_from_file_location(
-    "mp_ref", Path(__file__).parent / "fixtures" / "mp_reference.py"
-)
-R = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(R)
-
 INF = math.inf
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tests use tiny tensors: intra-op threads only add barrier waits (~10 ms per op on a busy
-    2-core machine), so run this module single-threaded and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 ORDERS = [0.0, 1e-8, 0.5, 1 - 1e-7, 1.0, 1 + 1e-7, 2.0, 1e4, INF]

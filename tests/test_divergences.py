@@ -7,10 +7,9 @@ van Erven & Harremoës (2014) and of the thesis's examples.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
+import mp_reference as R  # tests/fixtures, put on sys.path by conftest.py
 import mpmath as mp
 import numpy as np
 import pytest
@@ -23,23 +22,8 @@ from hypothesis import strategies as st
 import kdlib
 from kdlib import kl_divergence, renyi_divergence, renyi_divergence_logits, renyi_gradient, softmax_t
 
-_spec = importlib.util.spec_from_file_location(
-    "mp_reference", Path(__file__).parent / "fixtures" / "mp_reference.py"
-)
-R = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(R)
-
 INF = math.inf
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tests use tiny tensors: intra-op threads only add barrier waits (~10 ms per op on a busy
-    2-core machine), so run this module single-threaded and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 #: Orders exercised everywhere, sorted: the extended orders 0, 1, inf and points around them.

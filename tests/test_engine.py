@@ -22,14 +22,6 @@ from kdlib.models import MLP, StackedMLP, init_mlp_params
 INF = math.inf
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids waiting on a busy machine (results do not depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 SPECS = [
     E.StudentSpec(alpha=1.0, T=4.0, beta=0.9, seed=0, hidden=(16, 16)),

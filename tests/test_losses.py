@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
+import mp_reference as R  # tests/fixtures, put on sys.path by conftest.py
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,23 +14,8 @@ from hypothesis import strategies as st
 from kdlib import DistillationLoss, renyi_divergence_logits, renyi_gradient
 from kdlib.losses import LossComponents
 
-_spec = importlib.util.spec_from_file_location(
-    "mp_ref", Path(__file__).parent / "fixtures" / "mp_reference.py"
-)
-R = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(R)
-
 INF = math.inf
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tests use tiny tensors: intra-op threads only add barrier waits (~10 ms per op on a busy
-    2-core machine), so run this module single-threaded and restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def batch(B=16, n=10, dtype=torch.float64, seed=0, scale=3.0, S=None):
