@@ -12,7 +12,13 @@ import torch
 
 
 def check_temperature(T: float, name: str = "T") -> float:
-    """Return ``T`` as a float if it is finite and positive, else raise ``ValueError``."""
+    """Return ``T`` as a float if it is finite and positive, else raise ``ValueError``.
+
+    Booleans and strings are refused even though ``float()`` would accept them (``True`` or ``"4"``
+    as a temperature is a caller's mistake, not a number).
+    """
+    if isinstance(T, bool | str | bytes):
+        raise ValueError(f"{name} must be a finite number > 0, got {type(T).__name__} {T!r}")
     try:
         value = float(T)
     except (TypeError, ValueError):
@@ -219,6 +225,8 @@ def check_beta(beta: object, *, name: str = "beta", validate: bool = True):
             if bool(torch.isnan(torch.stack((lo, hi))).any()) or float(lo) < 0.0 or float(hi) > 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got a tensor outside it")
         return beta
+    if isinstance(beta, bool | str | bytes):
+        raise ValueError(f"{name} must be a number in [0, 1], got {type(beta).__name__} {beta!r}")
     try:
         value = float(beta)  # type: ignore[arg-type]
     except (TypeError, ValueError):

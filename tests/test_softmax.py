@@ -158,7 +158,9 @@ def test_gradient_formula():
 GOOD = torch.tensor([1.0, 2.0, 3.0])
 
 
-@pytest.mark.parametrize("T", [0, 0.0, -0.0, -1.0, -1e-300, math.nan, math.inf, -math.inf, None, "hot"])
+@pytest.mark.parametrize(
+    "T", [0, 0.0, -0.0, -1.0, -1e-300, math.nan, math.inf, -math.inf, None, "hot", "4", True, False]
+)
 def test_bad_temperature_raises(T):
     with pytest.raises(ValueError, match=r"^T must be a finite number > 0"):
         softmax_t(GOOD, T)
