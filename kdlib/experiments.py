@@ -132,7 +132,7 @@ def _teacher(profile: str) -> tuple[dict[str, Any], TrainConfig]:
 
     smoke: 64-256-256-10 on digits, dropout 0.2, 30 epochs (a second of CPU).
     cpu: Hinton's 784-1200-1200-10 with dropout 0.5 (inputs 0.2), 6 epochs of SGD on the
-        first 20,000 training images (``CPU_TEACHER_TRAIN``; about 10 min on two shared
+        first 20,000 training images (``CPU_TEACHER_TRAIN``; 7.4 min measured on two shared
         cores); it is cached and shared by all cpu profiles, so it is trained once.
     full: the same network for 60 epochs.
     """
@@ -180,7 +180,7 @@ def hinton_profile(profile: str, dataset: str = "fashion_mnist") -> Profile:
     student); a 2×30 student alone and at T in {1, 2, 2.5, 3, 4, 8, 16} (they found 2.5-4 best
     for 30 units). Seeds: smoke 1, cpu 3, full 5.
 
-    cpu: 15 2×800 students on 5,000 transfer images for 10 epochs (5.7e12 FLOP, ~4-10 min
+    cpu: 15 2×800 students on 5,000 transfer images for 8 epochs (4.6e12 FLOP, ~9 min measured
     on two shared cores) plus 24 cheap 2×30 students. smoke: widths 64 and 16 on digits.
     """
     seeds = {"smoke": [0], "cpu": [0, 1, 2], "full": [0, 1, 2, 3, 4]}[profile]
@@ -229,7 +229,7 @@ def renyi_grid_profile(profile: str) -> Profile:
 
     Per seed: 60 cells, 40 alpha-normalised copies (finite alpha != 1) and one student alone:
     101 students. cpu: 3 seeds (303 students) of width 2×100 on the 5,000-image transfer
-    set, 10 epochs (8e12 FLOP, ~5-15 min on two shared cores; 2×100 rather than 2×800
+    set, 8 epochs (6.4e12 FLOP, ~19 min measured on two shared cores; 2×100 rather than 2×800
     keeps 303 students affordable and leaves a clear teacher-student gap). full: 3 seeds
     of 2×800 students on all 54,000 images, 30 epochs. smoke: alpha {0.5, 1, inf} × T {2, 8}
     × beta {0.9, 1}, one seed.
@@ -257,7 +257,7 @@ def omitted_class_profile(profile: str, dataset: str = "fashion_mnist", omit: in
     shift of the omitted class's output bias is chosen per student from 0.25, 0.5, ..., 20
     to maximise validation accuracy (Hinton et al. chose theirs on the test set).
     cpu: 57 students of 2×300 on the 5,000-image transfer set (~4,500 once class 3 is
-    removed), 10 epochs (5e12 FLOP, ~4-10 min on two shared cores). full: 2×800 on all
+    removed), 8 epochs (4e12 FLOP, ~2 min measured on two shared cores). full: 2×800 on all
     training images, 30 epochs.
     """
     seeds = [0] if profile == "smoke" else [0, 1, 2]
