@@ -30,9 +30,10 @@ lock:
 	{ head -n 3 constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^kdlib'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
-## make book: the static book in _build/html (warnings are errors).
+## make book: the static book in _build/html (warnings are errors). --all rebuilds every page, so
+## numbers glued from one notebook into another page (the conclusion) are never stale.
 book: $(STAMP)
-	$(BIN)/jupyter-book build . --warningiserror --keep-going
+	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 
 ## make test: ruff, the book build, then pytest (unit tests + nbval over every notebook).
 test: $(STAMP)
