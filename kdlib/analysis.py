@@ -228,6 +228,19 @@ class ExperimentResults:
         """:func:`student_frame` of the student records."""
         return student_frame(self.students)
 
+    @property
+    def transfer_size(self) -> int:
+        """The transfer-set size (number of images) recorded in the students' configs.
+
+        Raises:
+            ValueError: the students disagree, or there are none (a results file mixing
+                experiments of different sizes cannot be described by one number).
+        """
+        sizes = {r["config"]["data"]["transfer_size"] for r in self.students}
+        if len(sizes) != 1:
+            raise ValueError(f"students of {self.path} must share one transfer_size, got {sorted(sizes)}")
+        return sizes.pop()
+
 
 def load_results(experiment: str, profile: str | None = None,
                  root: str | os.PathLike | None = None) -> ExperimentResults:
@@ -248,6 +261,17 @@ def load_results(experiment: str, profile: str | None = None,
             f"run `python -m kdlib run {experiment} --profile cpu` (or full on a GPU)")
     path = _path(experiment, profile, root)
     return ExperimentResults(experiment, profile, path, tuple(load_records(path)))
+
+
+def glue_number(key: str, value: Any) -> None:
+    """Glue ``value`` under ``key`` for the book's prose (myst-nb), as a plain Python number.
+
+    numpy and torch scalars are converted with ``.item()`` first, so the text a page shows does
+    not depend on which library computed the number.
+    """
+    from myst_nb import glue  # a book dependency, imported only where a page glues
+
+    glue(key, value.item() if hasattr(value, "item") else value, display=False)
 
 
 # ----------------------------------------------------------------------------- provenance

@@ -264,3 +264,32 @@ def test_figures_draw_every_cell():
     analysis.plot_learning_curves(axes[2], df)
     assert len(axes[2].lines) == len(ALPHAS)
     plt.close(fig)
+
+
+def _with_transfer(record, size):
+    record["config"]["data"] = {"transfer_size": size}
+    return record
+
+
+def test_transfer_size_is_the_one_recorded_size(tmp_path):
+    write(tmp_path, "synth", "cpu", [teacher()] + [_with_transfer(student(1.0, 2.0, 0.9, s, 0.8), 500)
+                                                   for s in range(3)])
+    assert analysis.load_results("synth", "cpu", tmp_path).transfer_size == 500
+
+
+def test_transfer_size_refuses_mixed_sizes(tmp_path):
+    write(tmp_path, "synth", "cpu", [_with_transfer(student(1.0, 2.0, 0.9, 0, 0.8), 500),
+                                     _with_transfer(student(1.0, 2.0, 0.9, 1, 0.8), 700)])
+    with pytest.raises(ValueError, match=r"must share one transfer_size, got \[500, 700\]"):
+        _ = analysis.load_results("synth", "cpu", tmp_path).transfer_size
+
+
+def test_glue_number_stores_plain_python_numbers(monkeypatch):
+    import myst_nb
+
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda key, value, display: glued.update({key: (value, display)}))
+    analysis.glue_number("a", np.float64(2.5))
+    analysis.glue_number("b", 3)
+    assert glued == {"a": (2.5, False), "b": (3, False)}
+    assert type(glued["a"][0]) is float
