@@ -28,16 +28,24 @@ def check_temperature(T: float, name: str = "T") -> float:
     return value
 
 
-def check_finite_tensor(x: torch.Tensor, name: str) -> None:
-    """Raise ``ValueError`` unless ``x`` is a tensor with at least one dimension and only finite entries."""
+def check_class_tensor(x: object, name: str, what: str = "") -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor of shape ``(..., n)`` with ``n >= 1``.
+
+    ``what`` describes the expected tensor in the message (e.g. ``" of probabilities"``).
+    """
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        raise ValueError(f"{name} must be a torch.Tensor{what}, got {type(x).__name__}")
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (classes on the last), got a scalar")
     if x.shape[-1] == 0:
         raise ValueError(
             f"{name} must have at least one class on its last dimension, got shape {tuple(x.shape)}"
         )
+
+
+def check_finite_tensor(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` unless ``x`` is a tensor with at least one dimension and only finite entries."""
+    check_class_tensor(x, name)
     if not all_finite(x):
         raise ValueError(f"{name} must contain only finite values (no NaN or +-inf)")
 
@@ -116,16 +124,7 @@ def check_probabilities(p: object, name: str, *, validate: bool = True) -> torch
     The accepted deviation of a row sum from 1 is :func:`row_sum_tolerance` of the dtype
     (1e-6 for float64, 1e-4 for float32, 1e-2 for float16/bfloat16).
     """
-    if not isinstance(p, torch.Tensor):
-        raise ValueError(
-            f"{name} must be a torch.Tensor of probabilities, shape (..., n), got {type(p).__name__}"
-        )
-    if p.dim() == 0:
-        raise ValueError(f"{name} must have at least one dimension (classes on the last), got a scalar")
-    if p.shape[-1] == 0:
-        raise ValueError(
-            f"{name} must have at least one class on its last dimension, got shape {tuple(p.shape)}"
-        )
+    check_class_tensor(p, name, " of probabilities, shape (..., n)")
     if not p.is_floating_point():
         raise ValueError(f"{name} must have a floating dtype, got {p.dtype}")
     if not validate or p.numel() == 0:
@@ -266,14 +265,7 @@ def _check_broadcast_to(x: torch.Tensor, row_shape: torch.Size, name: str) -> No
 
 
 def _check_logits_structure(x: object, name: str) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (..., n), got {type(x).__name__}")
-    if x.dim() == 0:
-        raise ValueError(f"{name} must have at least one dimension (classes on the last), got a scalar")
-    if x.shape[-1] == 0:
-        raise ValueError(
-            f"{name} must have at least one class on its last dimension, got shape {tuple(x.shape)}"
-        )
+    check_class_tensor(x, name, " of shape (..., n)")
     if not x.is_floating_point():
         raise ValueError(
             f"{name} must have a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}"
