@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from kdlib.stats import t_quantile
+
 SCHEMA_VERSION = 1
 
 
@@ -331,16 +333,11 @@ def load_records(path: str | os.PathLike, kind: str | None = None) -> list[dict[
 
 # ----------------------------------------------------------------------------- summaries
 
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
 def t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t quantile for ``df`` degrees of freedom (table; 1.96 beyond 30)."""
+    """Two-sided 95% Student-t quantile for ``df`` degrees of freedom (exact; NaN for ``df < 1``)."""
     if df < 1:
         return math.nan
-    return _T975[df - 1] if df <= len(_T975) else 1.96
+    return t_quantile(0.975, df)
 
 
 def mean_std_ci(values: Sequence[float]) -> dict[str, float]:

@@ -14,7 +14,13 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from kdlib import analysis  # noqa: E402
-from kdlib.results import _T975, ResultsStore  # noqa: E402
+from kdlib.results import ResultsStore  # noqa: E402
+
+#: Two-sided 95% Student-t quantiles for df = 1 ... 30 as printed in statistics tables (3 decimals):
+#: an independent reference for the exact quantile.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 # ----------------------------------------------------------------------------- synthetic records
 
