@@ -80,14 +80,6 @@ def all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.stack((lo, hi))).all())
 
 
-def check_logits(x: object, name: str) -> torch.Tensor:
-    """Check a logits tensor: a floating tensor with at least one class on its last dimension, all finite."""
-    _check_logits_structure(x, name)
-    if not all_finite(x):  # type: ignore[arg-type]
-        raise ValueError(_finite_message(name))
-    return x  # type: ignore[return-value]
-
-
 def check_row_shapes(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> torch.Size:
     """The broadcast row shape of two ``(..., n)`` tensors; raise if ``n`` differs or rows do not match."""
     if a.shape[-1] != b.shape[-1]:
@@ -233,27 +225,6 @@ def check_beta(beta: object, *, name: str = "beta", validate: bool = True):
     if not (0.0 <= value <= 1.0):
         raise ValueError(f"{name} must be in [0, 1], got {beta!r}")
     return value
-
-
-def check_targets(
-    targets: object, row_shape: torch.Size, n_classes: int, *, validate: bool = True
-) -> torch.Tensor:
-    """Check class-index targets: an integer tensor broadcastable to ``row_shape``, values in ``[0, n)``."""
-    if not isinstance(targets, torch.Tensor):
-        raise ValueError(f"targets must be a torch.Tensor of class indices, got {type(targets).__name__}")
-    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise ValueError(
-            f"targets must be an integer tensor of class indices in [0, {n_classes}), got {targets.dtype}"
-        )
-    _check_broadcast_to(targets, row_shape, "targets")
-    if validate and targets.numel():
-        lo, hi = torch.aminmax(targets)
-        if int(lo) < 0 or int(hi) >= n_classes:
-            raise ValueError(
-                f"targets must be class indices in [0, {n_classes}) (allowed range [0, {n_classes - 1}]), "
-                f"got values in [{int(lo)}, {int(hi)}]"
-            )
-    return targets
 
 
 def _check_broadcast_to(x: torch.Tensor, row_shape: torch.Size, name: str) -> None:
