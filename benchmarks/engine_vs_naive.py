@@ -5,7 +5,7 @@ Naive reference, written the way common knowledge-distillation repositories do i
 at a time, and a teacher forward pass on every batch; the loss is ``kdlib.DistillationLoss``
 with its default argument checks.
 
-Engine (kdlib.engine): teacher logits computed once; data resident on the device and
+Engine (kdlib.lab.train): teacher logits computed once; data resident on the device and
 indexed by a seeded permutation; all students stacked into one :class:`StackedMLP` trained
 on the sum of their losses. A middle variant (engine, one student at a time) separates the
 gain of caching and resident data from the gain of stacking.
@@ -34,8 +34,8 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from kdlib.data import DatasetNotFoundError, load_dataset
-from kdlib.engine import (
+from kdlib.lab.data import DatasetNotFoundError, load_dataset
+from kdlib.lab.train import (
     StudentSpec,
     TrainConfig,
     accuracy,
@@ -45,8 +45,8 @@ from kdlib.engine import (
     train_stacked,
 )
 from kdlib.losses import DistillationLoss
-from kdlib.models import MLP, StackedMLP, hinton_teacher, init_mlp_params
-from kdlib.results import device_name
+from kdlib.lab.models import MLP, StackedMLP, hinton_teacher, init_mlp_params
+from kdlib.lab.store import device_name
 
 MODES = {
     "quick": dict(n=1000, hidden=(100, 100), alphas=(0.5, 1.0, 2.0, math.inf), temps=(2.0, 4.0),

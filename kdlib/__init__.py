@@ -3,8 +3,8 @@
 The companion library of the thesis "Neural Networks and Knowledge Distillation"
 (M. Grätzer, Charles University). The divergences and the distillation loss are
 importable from the top level; the experiment machinery lives in the submodules
-:mod:`kdlib.data`, :mod:`kdlib.models`, :mod:`kdlib.engine`, :mod:`kdlib.results`
-and :mod:`kdlib.experiments`.
+:mod:`kdlib.lab.data`, :mod:`kdlib.lab.models`, :mod:`kdlib.lab.train`, :mod:`kdlib.lab.store`
+and :mod:`kdlib.lab.experiments`.
 """
 
 from kdlib.divergences import (

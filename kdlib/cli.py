@@ -17,26 +17,23 @@ requested but absent) print one message on stderr and exit with status 2.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from kdlib.data import DatasetNotFoundError
-from kdlib.engine import DeviceUnavailableError
-from kdlib.experiments import (
+from kdlib.lab.data import DatasetNotFoundError
+from kdlib.lab.config import DeviceUnavailableError
+from kdlib.lab.experiments import (
     EXPERIMENTS,
     PROFILES,
     UnknownExperimentError,
-    expected_keys,
     get_experiment,
-    results_path,
 )
-from kdlib.results import ResultsFileError, RunInProgressError, format_table, load_records, summarize
+from kdlib.lab.run import run_experiment
+from kdlib.lab.store import SCRATCH, ResultsFileError, RunInProgressError, results_path
+from kdlib.report.tables import report_text
 
-SCRATCH = Path("results") / "_scratch"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,72 +58,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fmt_mean_std(row: dict[str, Any], metric: str) -> str:
-    mean, std = row["mean"], row["std"]
-    if metric == "test_errors" or metric == "bias_shift":
-        return f"{mean:.1f}" + ("" if math.isnan(std) else f" ± {std:.1f}")
-    return f"{mean:.4f}" + ("" if math.isnan(std) else f" ± {std:.4f}")
-
-
-def report_text(name: str, path: Path, metrics: Sequence[str], include_stale: bool = False) -> str:
-    """The report of one results file: provenance, teacher, per-cell summaries.
-
-    Records that the current definition of the profile would not produce (see
-    :func:`kdlib.experiments.expected_keys`) are left out unless ``include_stale``.
-    """
-    records = load_records(path)
-    stale = 0
-    if not include_stale and path.stem in get_experiment(name).profiles:
-        keep = expected_keys(name, path.stem)
-        stale = sum(r["key"] not in keep for r in records)
-        records = [r for r in records if r["key"] in keep]
-    teachers = [r for r in records if r.get("kind") == "teacher"]
-    students = [r for r in records if r.get("kind") == "student"]
-    lines = [f"== {name} / {path.stem}: {len(students)} student runs, {len(teachers)} teacher(s) =="]
-    provs = [r.get("provenance", {}) for r in records]
-    commits = sorted({f"{(p.get('git_commit') or '?')[:10]}{'+dirty' if p.get('git_dirty') else ''}"
-                      for p in provs})
-    devices = sorted({str(p.get("device_name")) for p in provs})
-    dates = sorted(p.get("finished", "") for p in provs)
-    if stale:
-        lines.append(f"left out: {stale} records of an earlier definition of this profile "
-                     "(--all includes them)")
-    if records:
-        lines.append(f"commits: {', '.join(commits)}; devices: {'; '.join(devices)}; "
-                     f"finished {dates[0]} .. {dates[-1]}")
-    for t in teachers:
-        m = t["metrics"]
-        lines.append(f"teacher {t['key']}: test accuracy {m['test_accuracy']:.4f}, "
-                     f"test errors {m['test_errors']}")
-    if not students:
-        return "\n".join(lines)
-    diverged = [r["config"] for r in students if r["metrics"].get("diverged")]
-    if diverged:
-        cells = sorted({f"alpha={c['alpha']:g} T={c['T']:g} beta={c['beta']:g}"
-                        f"{' /alpha' if c.get('normalize_by_alpha') else ''}" for c in diverged})
-        lines.append(f"diverged (non-finite training loss): {len(diverged)} runs: {'; '.join(cells)}")
-    columns = ["label", "model", "alpha", "T", "beta", "normalize_by_alpha", "n"]
-    first = summarize(students, metrics[0])
-    extra = {m: {_ident(r): r for r in summarize(students, m)} for m in metrics}
-    rows = []
-    for r in first:
-        row = {c: r.get(c) for c in columns}
-        for c in ("alpha", "T", "beta"):
-            row[c] = None if r.get("beta") == 0 and c != "beta" else f"{r.get(c):g}"
-        row["normalize_by_alpha"] = "yes" if r.get("normalize_by_alpha") else "no"
-        for m in metrics:
-            got = extra[m].get(_ident(r))
-            row[m] = _fmt_mean_std(got, m) if got else None
-        row[f"{metrics[0]} ci95"] = r["ci95"]
-        rows.append(row)
-    lines.append(format_table(rows, columns[:6] + ["n", *metrics, f"{metrics[0]} ci95"]))
-    return "\n".join(lines)
-
-
-def _ident(row: dict[str, Any]) -> tuple:
-    return tuple(str(row.get(k)) for k in ("label", "model", "alpha", "T", "beta", "normalize_by_alpha"))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 2 error)."""
     args = _parser().parse_args(argv)
@@ -138,9 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         exp = get_experiment(args.name)
         if args.command == "run":
             exp.profile(args.profile)  # validate before touching anything
-            from kdlib.experiments import run_experiment
 
-            out = args.out if args.out is not None else (SCRATCH if args.profile == "smoke" else "results")
+            out = args.out if args.out is not None else (Path("results") / SCRATCH if args.profile == "smoke" else "results")
             path = run_experiment(exp.name, args.profile, device=args.device, out=out, cache_dir=args.cache,
                                   threads=args.threads, log=lambda msg: print(msg, file=sys.stderr))
             print(f"results: {path}")
@@ -153,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not found:
             raise ResultsFileError(f"no results for {exp.name} under {args.out} "
                                    f"(looked for {', '.join(str(p) for p in paths)})")
-        print("\n\n".join(report_text(exp.name, p, exp.report_metrics, args.all) for p in found))
+        print("\n\n".join(report_text(exp.name, p, args.all) for p in found))
         return 0
     except (UnknownExperimentError, ResultsFileError, DatasetNotFoundError, DeviceUnavailableError,
             RunInProgressError, ValueError) as e:

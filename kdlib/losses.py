@@ -10,39 +10,14 @@ Hinton's loss (eq 1.13 with 1.9 and 1.11).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from kdlib._validation import (
-    check_beta,
-    check_logits_pair,
-    check_order,
-    check_temperature_arg,
-)
-from kdlib.divergences import _RenyiLogits
+from kdlib._validation import check_beta, check_order, check_temperature_arg
+from kdlib.functional import REDUCTIONS, LossComponents, distillation_loss, distillation_loss_components
 
 __all__ = ["DistillationLoss", "LossComponents"]
-
-_REDUCTIONS = ("mean", "sum", "none")
-
-
-class LossComponents(NamedTuple):
-    """The parts of :class:`DistillationLoss`, each reduced as the loss is.
-
-    Attributes:
-        total: :math:`(1-\\beta)\\,\\mathrm{ce} + \\beta\\,\\mathrm{soft}`, the value ``forward`` returns.
-        ce: the cross-entropy of the student (at ``T = 1``) with the labels, in nats.
-        soft: :math:`T^2 D_\\alpha(\\text{teacher}_T \\| \\text{student}_T)` in nats (divided by
-            :math:`\\alpha` when ``normalize_by_alpha``), not yet weighted by :math:`\\beta`.
-    """
-
-    total: torch.Tensor
-    ce: torch.Tensor
-    soft: torch.Tensor
-
 
 class DistillationLoss(nn.Module):
     r"""Rényi knowledge-distillation loss: cross-entropy mixed with a tempered Rényi divergence.
@@ -133,8 +108,8 @@ class DistillationLoss(nn.Module):
         else:
             T = check_temperature_arg(T, torch.Size())
         beta = check_beta(beta)
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if normalize_by_alpha:
             if isinstance(alpha, torch.Tensor):
                 bad = bool(((alpha == 0) | torch.isinf(alpha)).any())
@@ -171,14 +146,7 @@ class DistillationLoss(nn.Module):
         Useful for logging; ``total`` is what :meth:`forward` returns. See the class docstring for
         shapes and errors.
         """
-        ce, d, _ = self._terms(student_logits, teacher_logits, targets, per_row=True)
-        soft = d * self._soft_coefficient(ce.dtype)
-        beta = self.beta
-        if isinstance(beta, torch.Tensor):
-            beta = beta.to(ce.dtype)
-        total = (1.0 - beta) * ce + beta * soft
-        out_dtype = student_logits.dtype
-        return LossComponents(*(self._reduce(x).to(out_dtype) for x in (total, ce, soft)))
+        return distillation_loss_components(student_logits, teacher_logits, targets, **self._options())
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor
@@ -193,67 +161,9 @@ class DistillationLoss(nn.Module):
         Returns:
             The loss in nats (scalar for ``"mean"``/``"sum"``, per row for ``"none"``).
         """
-        beta = self.beta
-        if self.reduction != "mean" or isinstance(beta, torch.Tensor):
-            return self.components(student_logits, teacher_logits, targets).total
-        # Fast path: each term averaged on its own (the same value as the mean of the row mix).
-        ce, d, _ = self._terms(student_logits, teacher_logits, targets, per_row=False)
-        c = self._soft_coefficient(ce.dtype)
-        if isinstance(c, torch.Tensor):
-            total = ce * (1.0 - beta) + beta * (d * c).mean()
-        else:
-            total = torch.add(ce * (1.0 - beta), d.mean(), alpha=beta * c)
-        return total if total.dtype == student_logits.dtype else total.to(student_logits.dtype)
+        return distillation_loss(student_logits, teacher_logits, targets, **self._options())
 
-    def _soft_coefficient(self, dtype: torch.dtype):
-        """T^2 (divided by alpha with ``normalize_by_alpha``): a float, or a tensor for tensor T/alpha."""
-        T, alpha = self.T, self.alpha
-        c = T.to(dtype) ** 2 if isinstance(T, torch.Tensor) else T * T
-        if self.normalize_by_alpha:
-            c = c / (alpha.to(dtype) if isinstance(alpha, torch.Tensor) else alpha)
-        return c
-
-    def _terms(self, s: torch.Tensor, t: torch.Tensor, targets: torch.Tensor, per_row: bool):
-        """Cross-entropy (per row, or its batch mean) and D_alpha per row, in the compute dtype."""
-        rows = check_logits_pair(s, t, "student_logits", "teacher_logits", targets, validate=self.validate)
-        n = s.shape[-1]
-        for name in ("alpha", "T", "beta"):
-            value = getattr(self, name)
-            if isinstance(value, torch.Tensor) and value.dim():
-                try:
-                    ok = torch.broadcast_shapes(value.shape, rows) == rows
-                except RuntimeError:
-                    ok = False
-                if not ok:
-                    raise ValueError(
-                        f"{name} (a tensor of shape {tuple(value.shape)}) must broadcast to the row shape "
-                        f"{tuple(rows)} of the logits"
-                    )
-
-        # 16-bit logits are computed in float32 (autograd casts the gradients back).
-        s = s if s.dtype in (torch.float32, torch.float64) else s.float()
-        t = t if t.dtype in (torch.float32, torch.float64) else t.float()
-
-        # Hard term: cross-entropy of the student at T = 1 (eq 1.9-1.10).
-        s_ce = s
-        if s_ce.shape[:-1] != rows:
-            s_ce = s_ce.expand(*rows, n)
-        y = targets if targets.shape == rows else targets.expand(rows)
-        if s_ce.dim() != 2:
-            s_ce, y = s_ce.reshape(-1, n), y.reshape(-1)
-        if per_row:
-            ce = F.cross_entropy(s_ce, y, reduction="none").reshape(rows)
-        else:
-            ce = F.cross_entropy(s_ce, y)
-
-        # Soft term: D_alpha(teacher_T || student_T) per row (eq 1.11-1.12 with D_alpha); the
-        # caller multiplies by T^2 (and divides by alpha with normalize_by_alpha).
-        d = _RenyiLogits.apply(t, s, self.alpha, self.T)
-        return ce, d, rows
-
-    def _reduce(self, x: torch.Tensor) -> torch.Tensor:
-        if self.reduction == "mean":
-            return x.mean()
-        if self.reduction == "sum":
-            return x.sum()
-        return x
+    def _options(self) -> dict:
+        return {"alpha": self.alpha, "T": self.T, "beta": self.beta,
+                "normalize_by_alpha": self.normalize_by_alpha, "reduction": self.reduction,
+                "validate": self.validate}

@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from kdlib.cli import main
-from kdlib.experiments import EXPERIMENTS, get_experiment, results_path, run_experiment
-from kdlib.results import load_records, run_key, run_lock
+from kdlib.lab.experiments import EXPERIMENTS, get_experiment
+from kdlib.lab.run import run_experiment
+from kdlib.lab.store import results_path
+from kdlib.lab.store import load_records, run_key, run_lock
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""kdlib.data: our IDX and CIFAR readers on tiny files in the real formats, splits, errors."""
+"""kdlib.lab.data: our IDX and CIFAR readers on tiny files in the real formats, splits, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import kdlib.data as D
+import kdlib.lab.data as D
 
 IDX_STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
              "t10k-labels-idx1-ubyte")

@@ -20,13 +20,14 @@ import textwrap
 import time
 from pathlib import Path
 
-from kdlib.experiments import run_experiment, student_config, teacher_config
-from kdlib.results import ResultsStore, run_key
+from kdlib.lab.experiments import student_config, teacher_config
+from kdlib.lab.run import run_experiment
+from kdlib.lab.store import ResultsStore, run_key
 
 PROFILE = textwrap.dedent('''
     import math
-    from kdlib.engine import StudentSpec, TrainConfig
-    from kdlib.experiments import Profile
+    from kdlib.lab.config import StudentSpec, TrainConfig
+    from kdlib.lab.experiments import Profile
 
     students = tuple(StudentSpec(alpha=a, T=T, beta=0.9, seed=s, hidden=(8,))
                      for s in (0, 1) for a in (0.5, 1.0, math.inf) for T in (2.0, 8.0))
@@ -35,7 +36,7 @@ PROFILE = textwrap.dedent('''
 ''')
 CHILD = PROFILE + textwrap.dedent('''
     import sys
-    from kdlib.experiments import run_experiment
+    from kdlib.lab.run import run_experiment
     run_experiment("renyi_grid", "killtest", device="cpu", out=sys.argv[1], cache_dir=sys.argv[1],
                    profile_override=profile, log=lambda m: None)
 ''')

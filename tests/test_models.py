@@ -1,4 +1,4 @@
-"""kdlib.models: architectures, seeded initialisation, and the stacked students against numpy."""
+"""kdlib.lab.models: architectures, seeded initialisation, and the stacked students against numpy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdlib.models import (
+from kdlib.lab.models import (
     MLP,
     SmallCNN,
     StackedMLP,

@@ -1,4 +1,4 @@
-"""kdlib.engine: stacked training equals one-by-one training, losses, metrics, devices, caching.
+"""kdlib.lab.train: stacked training equals one-by-one training, losses, metrics, devices, caching.
 
 Tolerances of the stacked-vs-alone comparison: float64 1e-10 (the two differ only in
 the order of floating-point reductions inside batched vs single matrix products), float32
@@ -14,22 +14,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kdlib.engine as E
-from kdlib.data import load_dataset
+import kdlib.lab.config as C
+import kdlib.lab.metrics as M
+import kdlib.lab.store as St
+import kdlib.lab.train as E
+from kdlib.lab.data import load_dataset
+from kdlib.lab.models import MLP, StackedMLP, init_mlp_params
 from kdlib.losses import DistillationLoss
-from kdlib.models import MLP, StackedMLP, init_mlp_params
 
 INF = math.inf
 
 
 
 SPECS = [
-    E.StudentSpec(alpha=1.0, T=4.0, beta=0.9, seed=0, hidden=(16, 16)),
-    E.StudentSpec(alpha=0.5, T=2.0, beta=1.0, seed=1, hidden=(16, 16)),
-    E.StudentSpec(alpha=0.5, T=2.0, beta=1.0, seed=1, hidden=(16, 16), normalize_by_alpha=True),
-    E.StudentSpec(alpha=INF, T=8.0, beta=0.9, seed=2, hidden=(16, 16)),
-    E.StudentSpec(alpha=2.0, T=1.0, beta=0.5, seed=3, hidden=(16, 16), normalize_by_alpha=True),
-    E.StudentSpec(alpha=1.0, T=1.0, beta=0.0, seed=4, hidden=(16, 16), label="alone"),
+    C.StudentSpec(alpha=1.0, T=4.0, beta=0.9, seed=0, hidden=(16, 16)),
+    C.StudentSpec(alpha=0.5, T=2.0, beta=1.0, seed=1, hidden=(16, 16)),
+    C.StudentSpec(alpha=0.5, T=2.0, beta=1.0, seed=1, hidden=(16, 16), normalize_by_alpha=True),
+    C.StudentSpec(alpha=INF, T=8.0, beta=0.9, seed=2, hidden=(16, 16)),
+    C.StudentSpec(alpha=2.0, T=1.0, beta=0.5, seed=3, hidden=(16, 16), normalize_by_alpha=True),
+    C.StudentSpec(alpha=1.0, T=1.0, beta=0.0, seed=4, hidden=(16, 16), label="alone"),
 ]
 
 
@@ -76,16 +79,17 @@ def train_alone(spec, x, y, teacher, cfg, data_seed, dtype):
 
 
 @pytest.mark.parametrize("dtype,tol,cfg", [
-    (torch.float64, 1e-10, E.TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-3)),
-    (torch.float32, 2e-5, E.TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9)),
-    (torch.float64, 1e-10, E.TrainConfig(epochs=1, batch_size=50, lr=3e-3, optimizer="adam",
+    (torch.float64, 1e-10, C.TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    (torch.float32, 2e-5, C.TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9)),
+    (torch.float64, 1e-10, C.TrainConfig(epochs=1, batch_size=50, lr=3e-3, optimizer="adam",
                                          schedule="constant")),
-    (torch.float64, 1e-10, E.TrainConfig(epochs=2, batch_size=32, lr=0.2, warmup_steps=5, clip_norm=0.5)),
+    (torch.float64, 1e-10, C.TrainConfig(epochs=2, batch_size=32, lr=0.2, warmup_steps=5, clip_norm=0.5)),
 ])
 def test_stacked_training_equals_training_one_by_one(digits, dtype, tol, cfg):
     x, y, teacher = (t.to(dtype) if t.is_floating_point() else t for t in digits)
     model = StackedMLP(64, (16, 16), 10, [s.seed for s in SPECS], dtype=dtype)
-    curves = E.train_stacked(model, x, y, teacher, SPECS, cfg, data_seed=7, val=(x[:50], y[:50]))
+    curves = E.fit(model, x, E.distillation_objective(y, teacher, SPECS), cfg, data_seed=7,
+                   val=(x[:50], y[:50]))
     assert len(curves["train_loss"]) == len(SPECS) and len(curves["val_accuracy"][0]) == cfg.epochs
     for s, spec in enumerate(SPECS):
         alone = train_alone(spec, x, y, teacher, cfg, 7, dtype)
@@ -102,7 +106,7 @@ def test_student_losses_equal_distillation_loss_per_student():
     z = torch.randn(len(SPECS), 7, 10, generator=g, dtype=torch.float64) * 3
     v = torch.randn(7, 10, generator=g, dtype=torch.float64) * 3
     y = torch.randint(0, 10, (7,), generator=g)
-    got = E.student_losses(z, v, y, SPECS)
+    got = E.distillation_objective(y, v, SPECS)(z, torch.arange(7))
     for s, spec in enumerate(SPECS):
         ref = DistillationLoss(spec.alpha, spec.T, spec.beta, normalize_by_alpha=spec.normalize_by_alpha)
         torch.testing.assert_close(got[s], ref(z[s], v, y), rtol=1e-12, atol=1e-12)
@@ -111,58 +115,59 @@ def test_student_losses_equal_distillation_loss_per_student():
         F.log_softmax(z[0] / 4, -1), F.softmax(v / 4, -1), reduction="batchmean")
     torch.testing.assert_close(got[0], by_hand, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="one entry per student"):
-        E.student_losses(z, v, y, SPECS[:2])
+        E.distillation_objective(y, v, SPECS[:2])(z, torch.arange(7))
 
 
 def test_student_spec_checks():
     with pytest.raises(ValueError, match="alpha"):
-        E.StudentSpec(alpha=0.0)
+        C.StudentSpec(alpha=0.0)
     with pytest.raises(ValueError, match="T must"):
-        E.StudentSpec(T=math.inf)
+        C.StudentSpec(T=math.inf)
     with pytest.raises(ValueError, match="beta"):
-        E.StudentSpec(beta=1.5)
+        C.StudentSpec(beta=1.5)
     with pytest.raises(ValueError, match="normalize_by_alpha"):
-        E.StudentSpec(alpha=INF, normalize_by_alpha=True)
-    assert E.StudentSpec(alpha=4.0, T=2.0, normalize_by_alpha=True).soft_scale == 1.0
+        C.StudentSpec(alpha=INF, normalize_by_alpha=True)
 
 
 def test_train_config_checks_and_schedule():
-    cfg = E.TrainConfig(epochs=1, lr=0.1)
+    cfg = C.TrainConfig(epochs=1, lr=0.1)
     assert cfg.lr_at(0, 10) == pytest.approx(0.1) and cfg.lr_at(5, 10) == pytest.approx(0.05)
     assert cfg.lr_at(10, 10) == pytest.approx(0.0, abs=1e-15)
-    assert E.TrainConfig(epochs=1, lr=0.1, schedule="constant").lr_at(7, 10) == 0.1
+    assert C.TrainConfig(epochs=1, lr=0.1, schedule="constant").lr_at(7, 10) == 0.1
     for bad in [dict(epochs=0), dict(epochs=1, lr=0), dict(epochs=1, momentum=1.0),
                 dict(epochs=1, optimizer="lbfgs"), dict(epochs=1, schedule="step")]:
         with pytest.raises(ValueError):
-            E.TrainConfig(**bad)
+            C.TrainConfig(**bad)
 
 
 def test_resolve_device(monkeypatch):
-    assert E.resolve_device("cpu") == torch.device("cpu")
+    assert C.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="device must be"):
-        E.resolve_device("tpu")
+        C.resolve_device("tpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert E.resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(E.DeviceUnavailableError, match="CUDA is not available"):
-        E.resolve_device("cuda")
-    with pytest.raises(E.DeviceUnavailableError):
-        E.resolve_device("cuda:1")
+    assert C.resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(C.DeviceUnavailableError, match="CUDA is not available"):
+        C.resolve_device("cuda")
+    with pytest.raises(C.DeviceUnavailableError):
+        C.resolve_device("cuda:1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert E.resolve_device("auto") == torch.device("cuda")
+    assert C.resolve_device("auto") == torch.device("cuda")
 
 
 def test_train_classifier_learns_and_is_deterministic():
     s = load_dataset("digits")
-    cfg = E.TrainConfig(epochs=4, batch_size=64, lr=0.05)
+    cfg = C.TrainConfig(epochs=4, batch_size=64, lr=0.05)
     weights = []
     for _ in range(2):
         torch.manual_seed(0)
         model = MLP(64, (64,), 10, dropout=0.1)
-        curves = E.train_classifier(model, s.x_train, s.y_train, cfg, seed=1, val=(s.x_val, s.y_val))
+        curves = E.fit(model, s.x_train, E.cross_entropy_objective(s.y_train), cfg, data_seed=1,
+                       val=(s.x_val, s.y_val))
         weights.append(model.linears()[0].weight.detach().clone())
     assert torch.equal(weights[0], weights[1])
-    assert curves["train_loss"][-1] < curves["train_loss"][0] and len(curves["val_accuracy"]) == 4
-    assert float(E.accuracy(E.predict_logits(model, s.x_test), s.y_test)) > 0.9
+    loss, val = curves["train_loss"][0], curves["val_accuracy"][0]
+    assert loss[-1] < loss[0] and len(val) == 4 and len(curves["train_loss"]) == 1
+    assert float(M.accuracy(M.predict_logits(model, s.x_test), s.y_test)) > 0.9
 
 
 def test_evaluate_logits_against_numpy():
@@ -171,7 +176,7 @@ def test_evaluate_logits_against_numpy():
     y = rng.integers(0, 4, 40)
     y[:4] = [0, 1, 2, 3]
     t = rng.normal(size=(40, 4))
-    out = E.evaluate_logits(torch.tensor(z), torch.tensor(y), 4, torch.tensor(t))
+    out = M.evaluate_logits(torch.tensor(z), torch.tensor(y), 4, torch.tensor(t))
     for s in range(3):
         pred = z[s].argmax(-1)
         logq = z[s] - np.log(np.exp(z[s]).sum(-1, keepdims=True))
@@ -183,7 +188,7 @@ def test_evaluate_logits_against_numpy():
         assert out[s]["teacher_agreement"] == pytest.approx((pred == t.argmax(-1)).mean())
         assert out[s]["test_kl_from_teacher"] == pytest.approx(
             (np.exp(logp) * (logp - logq)).sum(-1).mean(), rel=1e-12)
-    single = E.evaluate_logits(torch.tensor(z[1]), torch.tensor(y), 4)
+    single = M.evaluate_logits(torch.tensor(z[1]), torch.tensor(y), 4)
     assert single[0]["test_errors"] == out[1]["test_errors"] and "teacher_agreement" not in single[0]
 
 
@@ -199,7 +204,7 @@ def test_bias_shift_against_brute_force():
 
     zv, yv = data(300)
     zt, yt = data(200)
-    out = E.bias_shift(torch.tensor(zv), torch.tensor(yv), torch.tensor(zt), torch.tensor(yt), cls, shifts)
+    out = M.bias_shift(torch.tensor(zv), torch.tensor(yv), torch.tensor(zt), torch.tensor(yt), cls, shifts)
 
     def acc(z, y, d):
         z = z.copy()
@@ -218,11 +223,11 @@ def test_bias_shift_against_brute_force():
         assert out[s]["test_accuracy_after_shift"] == pytest.approx(after[0])
         assert after[1] > before[1]
     with pytest.raises(ValueError, match="ascending"):
-        E.bias_shift(torch.tensor(zv), torch.tensor(yv), torch.tensor(zt), torch.tensor(yt), cls, [2, 1])
+        M.bias_shift(torch.tensor(zv), torch.tensor(yv), torch.tensor(zt), torch.tensor(yt), cls, [2, 1])
 
 
 def test_teacher_cache_round_trip(tmp_path):
-    cache = E.TeacherCache(tmp_path)
+    cache = St.TeacherCache(tmp_path)
     model = MLP(64, (8,), 10)
     logits = {"train": torch.randn(5, 10), "val": torch.randn(2, 10), "test": torch.randn(3, 10)}
     assert cache.load("k", MLP(64, (8,), 10), torch.device("cpu")) is None
@@ -237,31 +242,40 @@ def test_teacher_cache_round_trip(tmp_path):
     assert cache.load("k", fresh, torch.device("cpu")) is None
 
 
-def test_checkpoints_load_with_weights_only(tmp_path):
-    model = MLP(64, (8,), 10)
-    E.atomic_save(model.state_dict(), tmp_path / "m.pt")
-    state = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert torch.equal(state["net.1.weight"], model.state_dict()["net.1.weight"])
+def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "f.bin"
+    St.atomic_write(path, b"first")
+    St.atomic_write(path, b"second")
+    assert path.read_bytes() == b"second" and [p.name for p in path.parent.iterdir()] == ["f.bin"]
+
+
+def test_file_lock_is_exclusive(tmp_path):
+    with St.file_lock(tmp_path / "x.lock"):
+        with pytest.raises(BlockingIOError):
+            with St.file_lock(tmp_path / "x.lock", blocking=False):
+                pass
+    with St.file_lock(tmp_path / "x.lock", blocking=False):  # released on exit
+        pass
 
 
 def test_progress_is_silent_when_disabled_or_not_a_tty(capsys, monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    assert list(E._progress(range(3), desc="x")) == [0, 1, 2]  # stderr is captured: not a TTY
+    assert list(E.progress(range(3), desc="x")) == [0, 1, 2]  # stderr is captured: not a TTY
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    assert list(E._progress(range(3), desc="y")) == [0, 1, 2]
+    assert list(E.progress(range(3), desc="y")) == [0, 1, 2]
     assert capsys.readouterr().err == ""
 
 
 def test_a_diverged_student_does_not_touch_the_others(digits):
     x, y, teacher = (t.double() if t.is_floating_point() else t for t in digits)
-    cfg = E.TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    cfg = C.TrainConfig(epochs=1, batch_size=32, lr=0.05)
     specs = SPECS[:3]
     clean = StackedMLP(64, (16, 16), 10, [s.seed for s in specs], dtype=torch.float64)
     broken = StackedMLP(64, (16, 16), 10, [s.seed for s in specs], dtype=torch.float64)
     with torch.no_grad():
         broken.weights[1][1, 0, 0] = math.nan  # student 1 produces NaN from the first step
-    E.train_stacked(clean, x, y, teacher, specs, cfg, data_seed=7)
-    curves = E.train_stacked(broken, x, y, teacher, specs, cfg, data_seed=7)
+    E.fit(clean, x, E.distillation_objective(y, teacher, specs), cfg, data_seed=7)
+    curves = E.fit(broken, x, E.distillation_objective(y, teacher, specs), cfg, data_seed=7)
     assert math.isnan(curves["train_loss"][1][-1]) and math.isfinite(curves["train_loss"][0][-1])
     for s in (0, 2):
         for (w0, b0), (w1, b1) in zip(clean.student_params(s), broken.student_params(s), strict=True):
@@ -283,7 +297,7 @@ def test_clip_per_student_matches_torch_per_slice():
         torch.nn.utils.clip_grad_norm_(alone, 1.0)
         expected.append([a.grad for a in alone])
     before = params[1].grad[2].clone()
-    E.clip_per_student(params, 1.0)
+    E.clip_per_model(params, 1.0, params[0].shape[0])
     for s in range(3):
         for p, e in zip(params, expected[s], strict=True):
             torch.testing.assert_close(p.grad[s], e, rtol=1e-6, atol=1e-7)
@@ -292,10 +306,10 @@ def test_clip_per_student_matches_torch_per_slice():
 
 
 def test_warmup_and_new_options_keep_old_keys():
-    cfg = E.TrainConfig(epochs=1, lr=0.1, schedule="constant", warmup_steps=4)
+    cfg = C.TrainConfig(epochs=1, lr=0.1, schedule="constant", warmup_steps=4)
     assert [cfg.lr_at(i, 100) for i in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
-    assert "warmup_steps" not in E.TrainConfig(epochs=1).to_dict()
-    assert "clip_norm" not in E.TrainConfig(epochs=1).to_dict()
-    assert E.TrainConfig(epochs=1, clip_norm=1.0).to_dict()["clip_norm"] == 1.0
+    assert "warmup_steps" not in C.TrainConfig(epochs=1).to_dict()
+    assert "clip_norm" not in C.TrainConfig(epochs=1).to_dict()
+    assert C.TrainConfig(epochs=1, clip_norm=1.0).to_dict()["clip_norm"] == 1.0
     with pytest.raises(ValueError, match="clip_norm"):
-        E.TrainConfig(epochs=1, clip_norm=0.0)
+        C.TrainConfig(epochs=1, clip_norm=0.0)

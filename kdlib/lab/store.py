@@ -27,18 +27,20 @@ import contextlib
 import datetime as _dt
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
+import pickle
 import platform
 import subprocess
-from collections.abc import Iterable, Iterator, Sequence
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from kdlib.stats import t_quantile
+from torch import nn
 
 SCHEMA_VERSION = 1
 
@@ -52,6 +54,25 @@ class RunInProgressError(RuntimeError):
 
 
 @contextlib.contextmanager
+def file_lock(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[int]:
+    """Open ``path`` (created if missing, ``O_APPEND``) and hold an exclusive ``flock`` on it.
+
+    The one lock of kdlib: a results file locks itself while a record is appended; a run locks a
+    file named after its results file; a teacher key locks ``<key>.lock`` while it is trained.
+    Yields the open file descriptor (for reading and appending under the lock).
+
+    Raises:
+        BlockingIOError: ``blocking`` is false and another process holds the lock.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        yield fd
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
 def run_lock(results_path: str | os.PathLike, lock_dir: str | os.PathLike) -> Iterator[None]:
     """Hold a non-blocking exclusive lock for ``results_path`` (a file in ``lock_dir``, not next to it).
 
@@ -61,16 +82,33 @@ def run_lock(results_path: str | os.PathLike, lock_dir: str | os.PathLike) -> It
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(str(Path(results_path).resolve()).encode()).hexdigest()[:16]
-    fd = os.open(lock_dir / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunInProgressError(f"another kdlib run is writing {results_path}; wait for it to finish "
-                                     "or choose another --out") from None
-        yield
-    finally:
-        os.close(fd)
+        with file_lock(lock_dir / f"{name}.lock", blocking=False):
+            yield
+    except BlockingIOError:
+        raise RunInProgressError(f"another kdlib run is writing {results_path}; wait for it to finish "
+                                 "or choose another --out") from None
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: a temporary file beside it, ``fsync``, ``os.replace``.
+
+    A reader sees the old file or the new one, never a part; a crash leaves at most the
+    temporary file (named ``.<name>.*.tmp``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -173,6 +211,22 @@ def environment(device: torch.device | str) -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.system()}
 
 
+# ----------------------------------------------------------------------------- where results live
+
+SCRATCH = "_scratch"  #: sub-directory of a results root for smoke runs and trials (ignored by git)
+
+
+def results_root() -> Path:
+    """Directory of the committed results: ``$KDLIB_RESULTS_DIR`` or ``results/`` of this repository."""
+    env = os.environ.get("KDLIB_RESULTS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "results"
+
+
+def results_path(out: str | os.PathLike, experiment: str, profile: str) -> Path:
+    """``<out>/<experiment>/<profile>.jsonl``: the one rule for where a run's records go."""
+    return Path(out) / experiment / f"{profile}.jsonl"
+
+
 # ----------------------------------------------------------------------------- the store
 
 class ResultsStore:
@@ -199,7 +253,7 @@ class ResultsStore:
             return []
         try:
             if repair:
-                with self._locked() as fd:
+                with file_lock(self.path) as fd:
                     data = _read_all(fd)
                     good = _complete_length(data)
                     if good < len(data):
@@ -233,7 +287,7 @@ class ResultsStore:
         marker = f'"key":{json.dumps(str(record["key"]))}'.encode()  # exact: other keys end in _key
         created = not self.path.exists()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._locked() as fd:
+        with file_lock(self.path) as fd:
             data = _read_all(fd)
             good = _complete_length(data)
             if good < len(data):
@@ -247,27 +301,6 @@ class ResultsStore:
         if created:
             _fsync_dir(self.path.parent)
         return True
-
-    def _locked(self) -> _Lock:
-        return _Lock(self.path)
-
-
-class _Lock:
-    """Open ``path`` for appending (creating it) and hold an exclusive ``flock`` on it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd = -1
-
-    def __enter__(self) -> int:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self.fd
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
 
 def _read_all(fd: int) -> bytes:
     size = os.fstat(fd).st_size
@@ -331,85 +364,57 @@ def load_records(path: str | os.PathLike, kind: str | None = None) -> list[dict[
     return out
 
 
-# ----------------------------------------------------------------------------- summaries
+# ----------------------------------------------------------------------------- teacher cache
 
-def t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t quantile for ``df`` degrees of freedom (exact; NaN for ``df < 1``)."""
-    if df < 1:
-        return math.nan
-    return t_quantile(0.975, df)
+class TeacherCache:
+    """Teachers' weights and logits on disk, one set of files per teacher key.
 
-
-def mean_std_ci(values: Sequence[float]) -> dict[str, float]:
-    """``{"n", "mean", "std" (ddof=1), "ci95" (t-based half-width)}``; std and ci95 are NaN for n < 2."""
-    n = len(values)
-    if n == 0:
-        return {"n": 0, "mean": math.nan, "std": math.nan, "ci95": math.nan}
-    mean = math.fsum(values) / n
-    if n < 2:
-        return {"n": 1, "mean": mean, "std": math.nan, "ci95": math.nan}
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    return {"n": n, "mean": mean, "std": std, "ci95": t_quantile_975(n - 1) * std / math.sqrt(n)}
-
-
-GROUP_FIELDS = ("label", "model", "alpha", "T", "beta", "normalize_by_alpha")
-
-
-def _field(rec: dict[str, Any], name: str) -> Any:
-    value = rec["config"].get(name)
-    if name == "model" and isinstance(value, dict):
-        hidden = value.get("hidden")
-        return f"{value.get('kind')}{'x'.join(map(str, hidden)) if hidden else ''}"
-    return value
-
-
-def summarize(records: Iterable[dict[str, Any]], metric: str = "test_accuracy",
-              by: Sequence[str] = GROUP_FIELDS) -> list[dict[str, Any]]:
-    """Mean, sample std, 95% interval and n of ``metrics[metric]`` over seeds, per group.
-
-    Records are grouped by the config fields ``by`` (all but the seed); teachers and
-    students are kept apart by ``kind``. Rows come in first-appearance order.
-
-    Returns:
-        list of dicts with ``kind``, the ``by`` fields, ``n``, ``mean``, ``std``, ``ci95``,
-        ``seeds``.
+    ``<dir>/<key>.pt``: the ``state_dict``; ``<dir>/<key>.logits.pt``: ``{"train", "val",
+    "test"}`` logits ``(N, C)`` at temperature 1; ``<dir>/<key>.json``: the teacher's record.
+    Default directory: ``$KDLIB_CACHE_DIR`` or ``~/.cache/kdlib/teachers``.
     """
-    groups: dict[tuple, dict[str, Any]] = {}
-    for rec in records:
-        value = rec.get("metrics", {}).get(metric)
-        if value is None:
-            continue
-        ident = (rec.get("kind"), *(_freeze(_field(rec, f)) for f in by))
-        row = groups.setdefault(ident, {"kind": rec.get("kind"), **{f: _field(rec, f) for f in by},
-                                        "values": [], "seeds": []})
-        row["values"].append(float(value))
-        row["seeds"].append(rec["config"].get("seed"))
-    rows = []
-    for row in groups.values():
-        rows.append({**{k: v for k, v in row.items() if k != "values"}, **mean_std_ci(row.pop("values"))})
-    return rows
+
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
+        if directory is None:
+            env = os.environ.get("KDLIB_CACHE_DIR")
+            directory = Path(env) if env else Path.home() / ".cache" / "kdlib"
+        self.root = Path(directory)
+        self.dir = self.root / "teachers"
+
+    def paths(self, key: str) -> tuple[Path, Path, Path]:
+        """``(weights, logits, record)`` paths of teacher ``key``."""
+        return self.dir / f"{key}.pt", self.dir / f"{key}.logits.pt", self.dir / f"{key}.json"
+
+    def load(self, key: str, model: nn.Module, device: torch.device
+             ) -> tuple[dict[str, torch.Tensor], str] | None:
+        """Load weights into ``model``; return ``(logits, record_json)``, ``None`` if absent or damaged."""
+        weights, logits, record = self.paths(key)
+        if not (weights.is_file() and logits.is_file() and record.is_file()):
+            return None
+        try:
+            model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+            cached = torch.load(logits, map_location=device, weights_only=True)
+            text = record.read_text()
+        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError):
+            return None
+        return cached, text
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold an exclusive lock on teacher ``key``, so concurrent runs train it only once."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with file_lock(self.dir / f"{key}.lock"):
+            yield
+
+    def save(self, key: str, model: nn.Module, logits: dict[str, torch.Tensor], record_json: str) -> None:
+        """Write the three files atomically (the record last, so its presence means complete)."""
+        weights, logit_path, record = self.paths(key)
+        atomic_write(weights, _torch_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()}))
+        atomic_write(logit_path, _torch_bytes({k: v.detach().cpu() for k, v in logits.items()}))
+        atomic_write(record, record_json.encode())
 
 
-def _freeze(v: Any) -> Any:
-    return json.dumps(_jsonable(v), sort_keys=True) if isinstance(v, (dict, list)) else v
-
-
-def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], digits: int = 4) -> str:
-    """Plain-text table of ``rows`` (missing values shown as ``-``), one line per row."""
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            if math.isnan(v):
-                return "-"
-            if math.isinf(v):
-                return "inf" if v > 0 else "-inf"
-            return f"{v:.{digits}f}"
-        return str(v)
-
-    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c)
-              for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()

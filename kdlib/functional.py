@@ -1,0 +1,210 @@
+r"""The distillation loss as a function, in the style of :mod:`torch.nn.functional`.
+
+.. math:: \ell_b = (1-\beta)\,\bigl(-\log \operatorname{softmax}(z_b)_{y_b}\bigr)
+          + \beta\,\frac{T^2}{c_\alpha}\,D_\alpha\bigl(\operatorname{softmax}(v_b/T)\,\big\|\,
+          \operatorname{softmax}(z_b/T)\bigr)
+
+for each row :math:`b` with student logits :math:`z_b`, teacher logits :math:`v_b` and label
+:math:`y_b`; :math:`c_\alpha = \alpha` with ``normalize_by_alpha``, else 1. The hard term is the
+thesis's eq (1.9)–(1.10) with one-hot labels, the soft term eq (1.11)–(1.12) with :math:`D_{KL}`
+replaced by the Rényi divergence :math:`D_\alpha` (eq 1.16), mixed as in eq (1.13). At
+``alpha = 1`` this is Hinton's loss.
+
+This module is the one implementation of the loss: :class:`kdlib.DistillationLoss` is a thin
+module over it, and the experiment engine (:mod:`kdlib.lab.train`) calls it with tensor
+hyperparameters of shape ``(S, 1)`` to train S stacked students at once.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from kdlib._validation import check_beta, check_logits_pair, check_order, check_temperature_arg
+from kdlib.divergences import renyi_divergence_logits
+
+__all__ = ["distillation_loss", "distillation_loss_components", "LossComponents", "REDUCTIONS"]
+
+#: The reductions of :func:`distillation_loss`.
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class LossComponents(NamedTuple):
+    """The parts of the distillation loss, each reduced as the loss is.
+
+    Attributes:
+        total: :math:`(1-\\beta)\\,\\mathrm{ce} + \\beta\\,\\mathrm{soft}`, the value of
+            :func:`distillation_loss`.
+        ce: the cross-entropy of the student (at ``T = 1``) with the labels, in nats.
+        soft: :math:`T^2 D_\\alpha(\\text{teacher}_T \\| \\text{student}_T)` in nats (divided by
+            :math:`\\alpha` where ``normalize_by_alpha``), not yet weighted by :math:`\\beta`.
+    """
+
+    total: torch.Tensor
+    ce: torch.Tensor
+    soft: torch.Tensor
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    alpha: float | torch.Tensor = 1.0,
+    T: float | torch.Tensor = 4.0,
+    beta: float | torch.Tensor = 0.9,
+    normalize_by_alpha: bool | torch.Tensor = False,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> torch.Tensor:
+    r"""Rényi knowledge-distillation loss: cross-entropy mixed with a tempered Rényi divergence.
+
+    Computes :math:`\ell_b` of the module docstring for every row and reduces it: ``"mean"`` over
+    all rows (the default), ``"sum"``, or ``"none"`` (one value per row). For S stacked students
+    (logits ``(S, B, n)``, hyperparameters ``(S, 1)``) use ``reduction="none"`` and take
+    ``.mean(-1)`` for one loss per student.
+
+    Relation to the thesis: eq (1.9)–(1.13) *sum* over the :math:`N` samples; ``"mean"`` averages,
+    which only rescales the learning rate (as ``reduction="batchmean"`` does in
+    :func:`torch.nn.functional.kl_div`). At ``alpha = 1`` without ``normalize_by_alpha`` the value
+    equals ``(1 - beta) * F.cross_entropy(z, y) + beta * T**2 * F.kl_div(F.log_softmax(z / T, -1),
+    F.softmax(v / T, -1), reduction="batchmean")`` up to rounding. The factor :math:`T^2` keeps
+    the soft term's gradient of the size of the hard term's as :math:`T` grows (eq 1.14–1.15); for
+    zero-mean logits and large :math:`T` the gradient of :math:`T^2 D_\alpha` tends to
+    :math:`\alpha(z - v)/n`, so the order also scales the step, which ``normalize_by_alpha``
+    removes (it is undefined for the orders 0 and :math:`\infty`).
+
+    Args:
+        student_logits: :math:`z`, ``(..., n)``, finite.
+        teacher_logits: :math:`v`, ``(..., n)``, finite; leading dimensions broadcast with the
+            student's (e.g. ``(B, n)`` against stacked students ``(S, B, n)``). Detach it unless
+            the teacher is to be trained.
+        targets: integer class indices in ``[0, n)`` broadcastable to the row shape
+            ``broadcast(student.shape[:-1], teacher.shape[:-1])``.
+        alpha: Rényi order in :math:`[0, \infty]` (``math.inf`` allowed; 1 is KL), or a tensor of
+            orders broadcastable to the row shape (e.g. ``(S, 1)``).
+        T: temperature, finite and ``> 0``, or a tensor of them broadcastable to the row shape.
+        beta: weight of the soft term in ``[0, 1]``, or a tensor of them.
+        normalize_by_alpha: divide the soft term by :math:`\alpha`; a bool, or a bool tensor
+            broadcastable to the row shape (per stacked student).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate: check the values of the arguments (finite logits, targets in range,
+            hyperparameters in range: one host sync). ``False`` in hot loops whose inputs are
+            valid by construction; shapes and dtypes are still checked.
+
+    Returns:
+        The loss in nats: a scalar for ``"mean"``/``"sum"``, the row shape for ``"none"``; in the
+        dtype of the student logits (16-bit logits are computed in float32).
+
+    Raises:
+        ValueError: a logits tensor with NaN or ``+-inf`` or not floating; mismatched shapes;
+            targets not integer class indices in ``[0, n)``; ``alpha`` NaN or negative; ``T`` not
+            finite and ``> 0``; ``beta`` outside ``[0, 1]``; an unknown ``reduction``;
+            ``normalize_by_alpha`` with an order 0 or ``inf``.
+    """
+    return distillation_loss_components(
+        student_logits, teacher_logits, targets, alpha=alpha, T=T, beta=beta,
+        normalize_by_alpha=normalize_by_alpha, reduction=reduction, validate=validate).total
+
+
+def distillation_loss_components(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    alpha: float | torch.Tensor = 1.0,
+    T: float | torch.Tensor = 4.0,
+    beta: float | torch.Tensor = 0.9,
+    normalize_by_alpha: bool | torch.Tensor = False,
+    reduction: str = "mean",
+    validate: bool = True,
+) -> LossComponents:
+    """:func:`distillation_loss` and its two terms, ``(total, ce, soft)``, each reduced alike.
+
+    Arguments, shapes and errors as in :func:`distillation_loss`.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    rows = check_logits_pair(student_logits, teacher_logits, "student_logits", "teacher_logits", targets,
+                             validate=validate)
+    alpha = check_order(alpha, rows, validate=validate)
+    T = check_temperature_arg(T, rows, validate=validate)
+    beta = check_beta(beta, validate=validate)
+    if isinstance(beta, torch.Tensor):
+        _check_rows(beta, rows, "beta")
+    norm = _check_normalize(normalize_by_alpha, alpha, rows, validate)
+
+    s = student_logits if student_logits.dtype in (torch.float32, torch.float64) else student_logits.float()
+    t = teacher_logits if teacher_logits.dtype in (torch.float32, torch.float64) else teacher_logits.float()
+    n = s.shape[-1]
+    # Hard term: cross-entropy of the student at T = 1 (eq 1.9-1.10), per row.
+    s_ce = s if s.shape[:-1] == rows else s.expand(*rows, n)
+    y = targets if targets.shape == rows else targets.expand(rows)
+    ce = F.cross_entropy(s_ce.reshape(-1, n), y.reshape(-1), reduction="none").reshape(rows)
+    # Soft term: T^2 D_alpha(teacher_T || student_T) per row (eq 1.11-1.12 with D_alpha, 1.16).
+    d = renyi_divergence_logits(t, s, alpha, T, validate=False)
+    soft = d * _soft_coefficient(T, alpha, norm, d.dtype)
+    if isinstance(beta, torch.Tensor):
+        beta = beta.to(d.dtype)
+    total = (1.0 - beta) * ce + beta * soft
+    return LossComponents(*(_reduce(x, reduction).to(student_logits.dtype) for x in (total, ce, soft)))
+
+
+def _check_rows(x: torch.Tensor, rows: torch.Size, name: str) -> None:
+    try:
+        ok = torch.broadcast_shapes(x.shape, rows) == rows
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} (a tensor of shape {tuple(x.shape)}) must broadcast to the row shape "
+                         f"{tuple(rows)} of the logits")
+
+
+def _check_normalize(norm: bool | torch.Tensor, alpha: float | torch.Tensor, rows: torch.Size,
+                     validate: bool) -> bool | torch.Tensor:
+    """``normalize_by_alpha`` as a bool or a bool tensor; refuses it for the orders 0 and inf."""
+    if isinstance(norm, torch.Tensor):
+        if norm.dtype != torch.bool:
+            raise ValueError(f"normalize_by_alpha as a tensor must have dtype torch.bool, got {norm.dtype}")
+        _check_rows(norm, rows, "normalize_by_alpha")
+        if not validate or not bool(norm.any()):
+            return norm
+        a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha)
+        bad = bool(((a == 0) | torch.isinf(a)).expand(torch.broadcast_shapes(a.shape, norm.shape))[
+            norm.expand(torch.broadcast_shapes(a.shape, norm.shape))].any())
+    elif isinstance(norm, bool):
+        if not norm:
+            return False
+        if not validate and isinstance(alpha, torch.Tensor):
+            return True
+        bad = (bool(((alpha == 0) | torch.isinf(alpha)).any()) if isinstance(alpha, torch.Tensor)
+               else alpha == 0.0 or math.isinf(alpha))
+    else:
+        raise ValueError(f"normalize_by_alpha must be a bool or a bool tensor, got {type(norm).__name__}")
+    if bad:
+        raise ValueError("alpha must be in (0, inf) where normalize_by_alpha is set (the soft term is "
+                         f"divided by alpha; orders 0 and inf are undefined there), got {alpha!r}")
+    return norm
+
+
+def _soft_coefficient(T: float | torch.Tensor, alpha: float | torch.Tensor, norm: bool | torch.Tensor,
+                      dtype: torch.dtype) -> float | torch.Tensor:
+    """``T**2``, divided by ``alpha`` where ``norm``: a float, or a tensor for tensor arguments."""
+    c = T.to(dtype) ** 2 if isinstance(T, torch.Tensor) else T * T
+    if isinstance(norm, torch.Tensor):
+        a = alpha.to(dtype) if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=dtype)
+        return c / torch.where(norm, a.to(norm.device), torch.ones((), dtype=dtype, device=norm.device))
+    if norm:
+        return c / (alpha.to(dtype) if isinstance(alpha, torch.Tensor) else alpha)
+    return c
+
+
+def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return x.mean()
+    if reduction == "sum":
+        return x.sum()
+    return x

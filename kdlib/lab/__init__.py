@@ -1,0 +1,16 @@
+"""The lab: how the chapter-2 experiments are defined, trained and stored.
+
+Data flows one way through its modules::
+
+    config      what a run is: TrainConfig, StudentSpec, device, precision, threads
+    data        the datasets as device-resident tensors, fixed splits
+    models      MLP (teacher), StackedMLP (S students as one model)
+    train       the one training loop, fit(), with its objectives (cross-entropy, distillation)
+    metrics     logits, accuracy, recorded test metrics, the bias shift
+    store       records and run keys, the results file, the teacher cache, atomic writes, the lock
+    experiments the table of scales and the named experiments, each a function of a scale
+    run         run_experiment(): teacher stage, then students in stacked groups, into the store
+
+The report side (:mod:`kdlib.report`) reads what :mod:`kdlib.lab.store` wrote; nothing here
+imports it.
+"""

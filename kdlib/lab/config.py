@@ -1,0 +1,202 @@
+"""What a run is: how a network is trained (:class:`TrainConfig`), one student (:class:`StudentSpec`),
+the device, the numerical precision and the CPU threads.
+
+Everything here is a plain value that goes into a run's config, and so into its run key
+(:func:`kdlib.lab.store.run_key`); nothing here trains or stores anything.
+
+Precision (:func:`resolve_precision`): ``"fp32"`` trains in float32 throughout; ``"bf16"``
+runs the forward and backward matrix products under ``torch.autocast`` in bfloat16 with float32
+master weights, optimiser state and loss (the loss is evaluated on float32 logits); ``"auto"``
+picks ``bf16`` where the hardware multiplies bfloat16 natively (CPUs with AVX512-BF16 or AMX,
+CUDA GPUs of compute capability 8.0 and later) and ``fp32`` elsewhere. The resolved value is
+stored in a run's config as ``"dtype"``: ``"float32"`` (the value records had before this option
+existed, so their keys stay valid) or ``"bf16-autocast"``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
+#: ``"dtype"`` recorded in a run's config for each resolved precision.
+PRECISION_DTYPE = {"fp32": "float32", "bf16": "bf16-autocast"}
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The requested device (e.g. ``cuda``) is not available on this machine."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> ``cuda`` when available, else ``cpu``; ``"cpu"``/``"cuda"``/``"cuda:N"`` checked.
+
+    Raises:
+        DeviceUnavailableError: ``cuda`` requested but no usable GPU (or index out of range).
+        ValueError: a device string torch does not know.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({e})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {device!r} was requested but CUDA is not available on this machine "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}); "
+                "use --device cpu or --device auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(f"device {device!r} requested but only "
+                                         f"{torch.cuda.device_count()} GPU(s) are present")
+    elif dev.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return dev
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 matrices natively (AVX512-BF16/AMX, or CUDA >= sm80)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"`` for ``precision`` in :data:`PRECISIONS` on ``device``.
+
+    Raises:
+        ValueError: ``precision`` is not one of ``auto``, ``fp32``, ``bf16``.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def default_threads() -> int:
+    """The CPU threads a run uses unless told otherwise: ``$KDLIB_THREADS``, else the usable cores."""
+    env = os.environ.get("KDLIB_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"KDLIB_THREADS must be an integer >= 1, got {env!r}")
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a network is trained (shared by all students of a stacked group).
+
+    Attributes:
+        epochs: passes over the training tensors, ``>= 1``.
+        batch_size: examples per step, ``>= 1``.
+        lr: peak learning rate, ``> 0``.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"``.
+        momentum: SGD momentum in ``[0, 1)``.
+        weight_decay: L2 coefficient ``>= 0`` (coupled, as in ``torch.optim.SGD``).
+        schedule: ``"cosine"`` (lr decays to 0 over all steps) or ``"constant"``.
+        warmup_steps: the lr rises linearly over the first ``warmup_steps`` steps (``>= 0``).
+        clip_norm: clip each network's gradient to this L2 norm (``> 0``; ``None``: no
+            clipping). For stacked students the norm is taken per student, exactly as
+            ``torch.nn.utils.clip_grad_norm_`` would on that student alone.
+
+    Raises:
+        ValueError: a field outside the range given above.
+    """
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    clip_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if not self.lr > 0 or not 0 <= self.momentum < 1 or self.weight_decay < 0:
+            raise ValueError(f"need lr > 0, momentum in [0, 1), weight_decay >= 0; got "
+                             f"{self.lr}, {self.momentum}, {self.weight_decay}")
+        if self.optimizer not in OPTIMIZERS or self.schedule not in SCHEDULES:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS} and schedule one of {SCHEDULES}; "
+                             f"got {self.optimizer!r}, {self.schedule!r}")
+        if self.warmup_steps < 0 or (self.clip_norm is not None and not self.clip_norm > 0):
+            raise ValueError(f"warmup_steps must be >= 0 and clip_norm > 0 or None; got "
+                             f"{self.warmup_steps}, {self.clip_norm}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields. ``warmup_steps`` and ``clip_norm`` appear only when set, so the run
+        keys of configs from before these options existed stay valid."""
+        d = asdict(self)
+        for name, off in (("warmup_steps", 0), ("clip_norm", None)):
+            if d[name] == off:
+                del d[name]
+        return d
+
+    def lr_at(self, step: int, total_steps: int) -> float:
+        """Learning rate of step ``step`` (0-based) of ``total_steps``."""
+        lr = self.lr
+        if self.schedule == "cosine":
+            lr = 0.5 * self.lr * (1.0 + math.cos(math.pi * step / total_steps))
+        if step < self.warmup_steps:
+            lr *= (step + 1) / self.warmup_steps
+        return lr
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """One student run of an experiment.
+
+    Attributes:
+        alpha: Rényi order in ``(0, inf]`` (``math.inf`` allowed; 1 is KL).
+        T: temperature ``> 0``.
+        beta: weight of the soft term in ``[0, 1]``; 0 is a student trained alone on labels.
+        seed: initialisation seed (and, in experiments, the data-order seed of its group).
+        normalize_by_alpha: divide the soft term by ``alpha`` (finite ``alpha`` only).
+        hidden: hidden widths of the student MLP.
+        label: a name for reports, e.g. ``"distilled"`` or ``"alone"``.
+
+    Raises:
+        ValueError: alpha not in ``(0, inf]``, T not finite and ``> 0``, beta not in
+            ``[0, 1]``, or ``normalize_by_alpha`` with ``alpha = inf``.
+    """
+
+    alpha: float = 1.0
+    T: float = 4.0
+    beta: float = 0.9
+    seed: int = 0
+    normalize_by_alpha: bool = False
+    hidden: tuple[int, ...] = (800, 800)
+    label: str = "distilled"
+
+    def __post_init__(self) -> None:
+        if not (self.alpha > 0):
+            raise ValueError(f"alpha must be in (0, inf], got {self.alpha!r}")
+        if not (math.isfinite(self.T) and self.T > 0):
+            raise ValueError(f"T must be a finite number > 0, got {self.T!r}")
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"beta must be in [0, 1], got {self.beta!r}")
+        if self.normalize_by_alpha and math.isinf(self.alpha):
+            raise ValueError("normalize_by_alpha needs a finite alpha (the soft term would vanish), got inf")

@@ -1,0 +1,384 @@
+"""The named chapter-2 experiments, each a function of a scale, and the configs of their runs.
+
+Scales (:data:`SCALES`, one row each; see DESIGN.md): ``smoke`` runs in seconds on the embedded
+8×8 digits and only checks that the code path works; ``cpu`` is a reduced but real experiment
+on Fashion-MNIST for two CPU cores; ``full`` is the Hinton-scale run. A scale is a size, not a
+device: the device is recorded in each record.
+
+Experiments (``python -m kdlib list``):
+
+``hinton``
+    Hinton et al.'s MNIST experiment on Fashion-MNIST: a 2×1200 dropout teacher, a 2×800
+    student trained alone and distilled with KL at several T, and a 2×30 student across T.
+``renyi_grid``
+    Rényi orders × temperatures × beta × seeds, with and without dividing the soft term by alpha.
+``omitted_class``
+    One class (Fashion-MNIST's class 3, "Dress", echoing Hinton's digit 3) is left out of the
+    transfer set; accuracy on it before and after a bias shift chosen on validation data.
+``renyi_confirm``
+    A confirmatory test on fresh seeds of the grid's strongest lead (order 4 against KL at T = 2).
+``renyi_scale_control``
+    Its control: KL with the soft term's gradient scaled by 4 (a 4x learning rate at beta = 1).
+``hinton_mnist``, ``omitted_class_mnist``
+    The same on MNIST (digit 3 omitted), for machines that have MNIST (``cpu``/``full``).
+
+The ``cpu`` scale shares one teacher (same config, hence same cache key): Hinton's 2×1200
+dropout MLP trained on the first 20,000 images of the training split. The students learn from
+a *transfer set* of the first 5,000 training images (a prefix of the fixed permutation).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from kdlib.lab.config import PRECISION_DTYPE, StudentSpec, TrainConfig
+from kdlib.lab.store import run_key
+
+INF = math.inf
+
+
+class UnknownExperimentError(ValueError):
+    """No experiment (or no profile of it) by that name."""
+
+
+# ----------------------------------------------------------------------------- the table of scales
+
+@dataclass(frozen=True)
+class Scale:
+    """The sizes of one scale: every number an experiment needs that depends on the scale.
+
+    Attributes:
+        name: ``smoke``, ``cpu`` or ``full``.
+        dataset: the dataset every experiment of this scale uses (``None``: the experiment's own).
+        teacher_model: :func:`kdlib.lab.models.build_model` spec of the teacher.
+        teacher_train: how the teacher is trained.
+        teacher_train_size: the teacher learns from the first this-many training images (``None``: all).
+        student_train: how every student is trained.
+        transfer_size: the students' transfer set, the first this-many training images (``None``: all).
+        val_size: validation images (learning curves, bias-shift choice; ``None``: the split's).
+        big, small: hidden widths of Hinton's large and small students.
+        grid_hidden, omit_hidden: student widths of the Rényi grid and the omitted-class experiment.
+        seeds: student seeds of ``hinton``; grid and omitted class use ``grid_seeds``.
+        grid_seeds: student seeds of ``renyi_grid`` and ``omitted_class``.
+        confirm_seeds: fresh seeds of ``renyi_confirm``.
+        big_T, small_T: temperatures of Hinton's large and small students.
+        grid_alphas, grid_T: orders and temperatures of the grid.
+        omit_alphas, omit_T: orders and temperatures of the omitted-class experiment.
+        threads: torch CPU threads (``None``: :func:`kdlib.lab.config.default_threads`). The smoke
+            scale uses 1: its tensors are too small to gain from threads.
+        precision: ``fp32``, ``bf16`` or ``auto`` (see :mod:`kdlib.lab.config`); the committed
+            ``cpu`` results are float32.
+    """
+
+    name: str
+    dataset: str | None
+    teacher_model: dict[str, Any]
+    teacher_train: TrainConfig
+    teacher_train_size: int | None
+    student_train: TrainConfig
+    transfer_size: int | None
+    val_size: int | None
+    big: tuple[int, ...]
+    small: tuple[int, ...]
+    grid_hidden: tuple[int, ...]
+    omit_hidden: tuple[int, ...]
+    seeds: tuple[int, ...]
+    grid_seeds: tuple[int, ...]
+    confirm_seeds: tuple[int, ...]
+    big_T: tuple[float, ...]
+    small_T: tuple[float, ...]
+    grid_alphas: tuple[float, ...]
+    grid_T: tuple[float, ...]
+    omit_alphas: tuple[float, ...]
+    omit_T: tuple[float, ...]
+    threads: int | None = None
+    precision: str = "fp32"
+
+
+HINTON_TEACHER = {"kind": "mlp", "hidden": [1200, 1200], "dropout": 0.5, "input_dropout": 0.2}
+ORDERS = (0.25, 0.5, 1.0, 2.0, 4.0, INF)
+
+SCALES: dict[str, Scale] = {s.name: s for s in [
+    #      teacher: 64-256-256-10 on digits, 30 epochs (a second of CPU); students 12 epochs.
+    Scale("smoke", dataset="digits",
+          teacher_model={"kind": "mlp", "hidden": [256, 256], "dropout": 0.2},
+          teacher_train=TrainConfig(epochs=30, batch_size=64, lr=0.05), teacher_train_size=None,
+          student_train=TrainConfig(epochs=12, batch_size=64, lr=0.05), transfer_size=None, val_size=None,
+          big=(64, 64), small=(16, 16), grid_hidden=(32, 32), omit_hidden=(32, 32),
+          seeds=(0,), grid_seeds=(0,), confirm_seeds=(3, 4), big_T=(2.0, 4.0), small_T=(2.0, 4.0),
+          grid_alphas=(0.5, 1.0, INF), grid_T=(2.0, 8.0), omit_alphas=(0.5, 1.0, INF), omit_T=(4.0,),
+          threads=1),
+    #      teacher: 6 epochs on 20,000 images (7.4 min measured on two shared cores); students
+    #      8 epochs on a 5,000-image transfer set.
+    Scale("cpu", dataset=None, teacher_model=HINTON_TEACHER,
+          teacher_train=TrainConfig(epochs=6, batch_size=128, lr=0.05), teacher_train_size=20_000,
+          student_train=TrainConfig(epochs=8, batch_size=128, lr=0.05), transfer_size=5_000, val_size=2_000,
+          big=(800, 800), small=(30, 30), grid_hidden=(100, 100), omit_hidden=(300, 300),
+          seeds=(0, 1, 2), grid_seeds=(0, 1, 2), confirm_seeds=tuple(range(3, 13)),
+          big_T=(2.0, 4.0, 8.0, 20.0), small_T=(1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 16.0),
+          grid_alphas=ORDERS, grid_T=(1.0, 2.0, 4.0, 8.0, 16.0), omit_alphas=ORDERS, omit_T=(2.0, 4.0, 8.0)),
+    #      Hinton scale: the teacher 60 epochs and students 30 epochs on all training images.
+    Scale("full", dataset=None, teacher_model=HINTON_TEACHER,
+          teacher_train=TrainConfig(epochs=60, batch_size=128, lr=0.05), teacher_train_size=None,
+          student_train=TrainConfig(epochs=30, batch_size=128, lr=0.05), transfer_size=None, val_size=None,
+          big=(800, 800), small=(30, 30), grid_hidden=(800, 800), omit_hidden=(800, 800),
+          seeds=(0, 1, 2, 3, 4), grid_seeds=(0, 1, 2), confirm_seeds=tuple(range(3, 13)),
+          big_T=(2.0, 4.0, 8.0, 20.0), small_T=(1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 16.0),
+          grid_alphas=ORDERS, grid_T=(1.0, 2.0, 4.0, 8.0, 16.0), omit_alphas=ORDERS, omit_T=(2.0, 4.0, 8.0),
+          precision="auto"),
+]}
+PROFILES = tuple(SCALES)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything one run of an experiment needs: a scale applied to an experiment.
+
+    Attributes:
+        dataset: a :data:`kdlib.lab.data.DATASETS` name.
+        teacher_model: :func:`kdlib.lab.models.build_model` spec of the teacher.
+        teacher_train: how the teacher is trained (on the first ``teacher_train_size``
+            training images, all when ``None``).
+        student_train: how every student is trained.
+        students: the student runs (each with its own alpha, T, beta, seed, width).
+        transfer_size: students' transfer set = first ``transfer_size`` training images
+            (all when ``None``), without class ``omit_class`` when that is set.
+        val_size: validation images used for learning curves and the bias-shift choice.
+        omit_class: class left out of the transfer set (``None``: none).
+        bias_shifts: candidate bias shifts for the omitted class (ascending, >= 0).
+        max_group: most students trained together in one stacked model.
+        threads: torch CPU threads (``None``: :func:`kdlib.lab.config.default_threads`).
+        precision: ``fp32``, ``bf16`` or ``auto``.
+        teacher_seed, split_seed, val_fraction: seeds and split of the data (see kdlib.lab.data).
+    """
+
+    dataset: str
+    teacher_model: dict[str, Any]
+    teacher_train: TrainConfig
+    student_train: TrainConfig
+    students: tuple[StudentSpec, ...]
+    transfer_size: int | None = None
+    teacher_train_size: int | None = None
+    val_size: int | None = None
+    omit_class: int | None = None
+    bias_shifts: tuple[float, ...] = ()
+    max_group: int = 128
+    threads: int | None = None
+    precision: str = "fp32"
+    teacher_seed: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.1
+
+
+def profile_of(scale: Scale, dataset: str, students: Sequence[StudentSpec], **kw: Any) -> Profile:
+    """The :class:`Profile` of ``students`` at ``scale`` (the scale's dataset wins when it has one)."""
+    return Profile(scale.dataset or dataset, scale.teacher_model, scale.teacher_train, scale.student_train,
+                   tuple(students), transfer_size=scale.transfer_size,
+                   teacher_train_size=scale.teacher_train_size, val_size=scale.val_size,
+                   threads=scale.threads, precision=scale.precision, **kw)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named experiment: a description, a builder ``scale -> Profile`` and the metrics its report shows."""
+
+    name: str
+    description: str
+    build: Callable[[Scale], Profile]
+    report_metrics: tuple[str, ...] = ("test_accuracy", "test_errors")
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def profiles(self) -> tuple[str, ...]:
+        """The names of the scales this experiment runs at."""
+        return PROFILES
+
+    def profile(self, name: str) -> Profile:
+        """The profile at scale ``name``; raises :class:`UnknownExperimentError` if there is none."""
+        if name not in SCALES:
+            raise UnknownExperimentError(
+                f"profile must be one of {', '.join(PROFILES)} for experiment {self.name!r}, got {name!r}")
+        return self.build(SCALES[name])
+
+
+# ----------------------------------------------------------------------------- the experiments
+
+def alone(hidden: tuple[int, ...], seeds: Sequence[int]) -> list[StudentSpec]:
+    """Students trained on the hard labels only (beta = 0; alpha and T are unused)."""
+    return [StudentSpec(alpha=1.0, T=1.0, beta=0.0, seed=s, hidden=hidden, label="alone") for s in seeds]
+
+
+def hinton(scale: Scale, dataset: str = "fashion_mnist") -> Profile:
+    """Hinton-style reproduction: teacher, 2×800 student alone and distilled, 2×30 student across T.
+
+    Per seed: a ``big`` student alone and distilled with KL (alpha = 1, beta = 0.9) at ``big_T``
+    (20 is the temperature Hinton et al. report for 2×800), a ``small`` student alone and at
+    ``small_T`` (they found 2.5-4 best for 30 units).
+    """
+    students: list[StudentSpec] = []
+    for s in scale.seeds:
+        students += alone(scale.big, [s])
+        students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=scale.big) for T in scale.big_T]
+        students += alone(scale.small, [s])
+        students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=scale.small) for T in scale.small_T]
+    return profile_of(scale, dataset, students)
+
+
+GRID_BETAS = (0.9, 1.0)
+
+
+def grid_students(alphas: Sequence[float], temperatures: Sequence[float], betas: Sequence[float],
+                  seeds: Sequence[int], hidden: tuple[int, ...]) -> list[StudentSpec]:
+    """The Rényi grid: every (alpha, T, beta, seed), plus the alpha-normalised variant where it differs.
+
+    Dividing by alpha changes nothing for alpha = 1, and for alpha = inf the high-temperature
+    gradient is not proportional to alpha, so the normalised copies are made only for finite
+    alpha != 1. One student alone per seed is the baseline.
+    """
+    students = []
+    for s in seeds:
+        students += alone(hidden, [s])
+        for beta in betas:
+            for alpha in alphas:
+                for T in temperatures:
+                    students.append(StudentSpec(alpha=alpha, T=T, beta=beta, seed=s, hidden=hidden))
+                    if alpha != 1.0 and math.isfinite(alpha):
+                        students.append(StudentSpec(alpha=alpha, T=T, beta=beta, seed=s, hidden=hidden,
+                                                    normalize_by_alpha=True))
+    return students
+
+
+def renyi_grid(scale: Scale) -> Profile:
+    """Rényi orders × T × beta {0.9, 1} × seeds, and one student alone per seed.
+
+    cpu: 101 students per seed (60 cells, 40 alpha-normalised copies, one alone), 3 seeds of
+    2×100 on the 5,000-image transfer set (2×100 keeps 303 students affordable and leaves a clear
+    teacher-student gap). full: 2×800 on all images.
+    """
+    return profile_of(scale, "fashion_mnist", grid_students(scale.grid_alphas, scale.grid_T, GRID_BETAS,
+                                                            scale.grid_seeds, scale.grid_hidden))
+
+
+BIAS_SHIFTS = tuple(0.25 * i for i in range(1, 81))  # 0.25 ... 20
+
+
+def omitted_class(scale: Scale, dataset: str = "fashion_mnist", omit: int = 3) -> Profile:
+    """Class ``omit`` left out of the transfer set; KL against Rényi orders, before/after a bias shift.
+
+    Students (beta = 0.9, Hinton's mix of hard and soft targets): ``omit_alphas`` × ``omit_T``
+    plus one student alone, per seed. The shift of the omitted class's output bias is chosen per
+    student from 0.25, 0.5, ..., 20 to maximise validation accuracy (Hinton et al. chose theirs
+    on the test set).
+    """
+    students: list[StudentSpec] = []
+    for s in scale.grid_seeds:
+        students += alone(scale.omit_hidden, [s])
+        students += [StudentSpec(alpha=a, T=T, beta=0.9, seed=s, hidden=scale.omit_hidden)
+                     for a in scale.omit_alphas for T in scale.omit_T]
+    return profile_of(scale, dataset, students, omit_class=omit, bias_shifts=BIAS_SHIFTS)
+
+
+CONFIRM_ALPHA, CONFIRM_T = 4.0, 2.0
+
+
+def renyi_confirm(scale: Scale) -> Profile:
+    """A confirmatory test, on fresh seeds, of the Rényi grid's strongest lead.
+
+    In the cpu grid the largest paired gains over KL were those of the order 4 (soft term not
+    divided by alpha) at low temperature, none significant after Holm's correction over the
+    grid. This experiment states that hypothesis in advance and tests it on seeds the grid did
+    not use: per seed, KL and alpha = 4 at T = 2, for beta 0.9 and 1, with the grid's student
+    width and training (same teacher).
+    """
+    students = [StudentSpec(alpha=a, T=CONFIRM_T, beta=b, seed=s, hidden=scale.grid_hidden)
+                for s in scale.confirm_seeds for b in GRID_BETAS for a in (1.0, CONFIRM_ALPHA)]
+    return profile_of(scale, "fashion_mnist", students)
+
+
+def renyi_scale_control(scale: Scale) -> Profile:
+    """The control for :func:`renyi_confirm`: KL with its gradient made CONFIRM_ALPHA times larger.
+
+    With beta = 1 (soft targets only), no weight decay and no clipping, multiplying the loss by 4
+    is exactly multiplying SGD's learning rate by 4, so these students are KL at T = 2, beta = 1,
+    trained with ``lr`` 4 times the grid's, on renyi_confirm's seeds (same initial weights and
+    minibatch order).
+    """
+    base = renyi_confirm(scale)
+    students = [s for s in base.students if s.alpha == 1.0 and s.beta == 1.0]
+    train = replace(base.student_train, lr=base.student_train.lr * CONFIRM_ALPHA)
+    return replace(base, students=tuple(students), student_train=train)
+
+
+OMITTED_METRICS = ("test_accuracy", "omitted_class_accuracy_before_shift",
+                   "omitted_class_accuracy_after_shift", "bias_shift")
+
+EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
+    Experiment("hinton", "Hinton-style reproduction on Fashion-MNIST: 2x1200 dropout teacher, 2x800 "
+               "student alone vs distilled with KL, 2x30 student across T", hinton),
+    Experiment("renyi_grid", "Renyi orders x temperatures x beta x seeds, with and without dividing the "
+               "soft term by alpha", renyi_grid, ("test_accuracy",)),
+    Experiment("omitted_class", "Fashion-MNIST class 3 (Dress) left out of the transfer set: accuracy on "
+               "it before/after a bias shift, KL vs Renyi orders", omitted_class, OMITTED_METRICS),
+    Experiment("renyi_confirm", "confirmatory test on fresh seeds: Renyi order 4 against KL at T = 2, "
+               "beta 0.9 and 1", renyi_confirm, ("test_accuracy",)),
+    Experiment("renyi_scale_control", "control for renyi_confirm: KL at T = 2, beta = 1 with a 4x "
+               "learning rate (= the soft term times 4)", renyi_scale_control, ("test_accuracy",)),
+    Experiment("hinton_mnist", "the hinton experiment on MNIST (needs the MNIST files)",
+               lambda scale: hinton(scale, dataset="mnist")),
+    Experiment("omitted_class_mnist", "the omitted_class experiment on MNIST, digit 3 left out "
+               "(needs the MNIST files)", lambda scale: omitted_class(scale, dataset="mnist"),
+               OMITTED_METRICS),
+]}
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment ``name``; raises :class:`UnknownExperimentError` listing the known names."""
+    if name not in EXPERIMENTS:
+        raise UnknownExperimentError(f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
+    return EXPERIMENTS[name]
+
+
+# ----------------------------------------------------------------------------- run configs and keys
+
+def _data_config(p: Profile) -> dict[str, Any]:
+    return {"dataset": p.dataset, "split_seed": p.split_seed, "val_fraction": p.val_fraction,
+            "val_size": p.val_size}
+
+
+def teacher_config(p: Profile, precision: str = "fp32") -> dict[str, Any]:
+    """The config that determines a teacher (its cache key is :func:`~kdlib.lab.store.run_key` of this).
+
+    ``precision`` is the resolved one (``fp32`` or ``bf16``), stored as ``"dtype"``.
+    """
+    return {"role": "teacher", "data": {**_data_config(p), "train_size": p.teacher_train_size},
+            "model": p.teacher_model, "seed": p.teacher_seed, **p.teacher_train.to_dict(),
+            "dtype": PRECISION_DTYPE[precision]}
+
+
+def student_config(experiment: str, profile: str, p: Profile, spec: StudentSpec, teacher_key: str,
+                   precision: str = "fp32") -> dict[str, Any]:
+    """The config of one student run, stored in its record (its key is ``run_key`` of this)."""
+    return {"experiment": experiment, "profile": profile, "dataset": p.dataset,
+            "data": {**_data_config(p), "transfer_size": p.transfer_size, "omit_class": p.omit_class},
+            "model": {"kind": "mlp", "hidden": list(spec.hidden)}, "alpha": spec.alpha, "T": spec.T,
+            "beta": spec.beta, "seed": spec.seed, "normalize_by_alpha": spec.normalize_by_alpha,
+            "label": spec.label, **p.student_train.to_dict(), "teacher_key": teacher_key,
+            "dtype": PRECISION_DTYPE[precision]}
+
+
+def expected_keys(name: str, profile: str, p: Profile | None = None) -> set[str]:
+    """Keys of all runs (the teacher and every student) of the *current* definition of a profile.
+
+    A results file can hold records of an earlier definition (other epochs, sizes, ...); they
+    have other keys, and reports use only the records whose keys are here. Runs of either
+    precision count (the precision is part of the key).
+    """
+    p = p if p is not None else get_experiment(name).profile(profile)
+    keys = set()
+    for precision in PRECISION_DTYPE:
+        tkey = run_key(teacher_config(p, precision))
+        keys |= {tkey} | {run_key(student_config(name, profile, p, s, tkey, precision)) for s in p.students}
+    return keys

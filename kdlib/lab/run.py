@@ -1,0 +1,239 @@
+"""Running an experiment: the teacher stage, then the students in stacked groups, into the store.
+
+:func:`run_experiment` is what ``python -m kdlib run`` and the notebooks' rerun switch
+(:func:`rerun_if_requested`) call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdlib.lab.config import StudentSpec, default_threads, resolve_device, resolve_precision
+from kdlib.lab.data import load_dataset
+from kdlib.lab.experiments import (
+    PROFILES,
+    Profile,
+    expected_keys,
+    get_experiment,
+    student_config,
+    teacher_config,
+)
+from kdlib.lab.metrics import bias_shift, evaluate_logits, predict_logits
+from kdlib.lab.models import StackedMLP, build_model
+from kdlib.lab.store import (
+    SCRATCH,
+    ResultsStore,
+    TeacherCache,
+    dumps,
+    environment,
+    results_path,
+    results_root,
+    run_key,
+    run_lock,
+    utc_now,
+)
+from kdlib.lab.train import cross_entropy_objective, distillation_objective, fit, progress
+
+ENV_PROFILE = "KDLIB_PROFILE"
+ENV_DEVICE = "KDLIB_DEVICE"
+
+
+def requested_profile() -> str | None:
+    """The profile named by ``$KDLIB_PROFILE`` (``None`` when unset or empty): the rerun switch.
+
+    Raises:
+        ValueError: the variable names no profile of :data:`kdlib.lab.experiments.PROFILES`.
+    """
+    value = os.environ.get(ENV_PROFILE, "").strip()
+    if not value:
+        return None
+    if value not in PROFILES:
+        raise ValueError(f"{ENV_PROFILE} must be one of {', '.join(PROFILES)} (or unset), got {value!r}")
+    return value
+
+
+def requested_device() -> str:
+    """``$KDLIB_DEVICE`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), ``auto`` when unset."""
+    return os.environ.get(ENV_DEVICE, "").strip() or "auto"
+
+
+def _teacher_stage(experiment: str, profile: str, p: Profile, splits: Any, device: torch.device,
+                   precision: str, cache: TeacherCache, env: dict[str, Any]
+                   ) -> tuple[str, dict[str, torch.Tensor], dict]:
+    tconf = teacher_config(p, precision)
+    key = run_key(tconf)
+    torch.manual_seed(p.teacher_seed)  # the teacher's initial weights come from its seed
+    model = build_model(p.teacher_model, splits.input_shape, splits.num_classes).to(device)
+    with cache.lock(key):
+        cached = cache.load(key, model, device)
+        if cached is not None:
+            logits, text = cached
+            return key, logits, json.loads(text)
+        start, t0 = utc_now(), time.perf_counter()
+        n = p.teacher_train_size or len(splits.y_train)
+        curves = fit(model, splits.x_train[:n], cross_entropy_objective(splits.y_train[:n]), p.teacher_train,
+                     data_seed=p.teacher_seed, val=(splits.x_val, splits.y_val), precision=precision,
+                     desc="teacher")
+        curves = {k: v[0] for k, v in curves.items()}
+        logits = {k: predict_logits(model, getattr(splits, f"x_{k}")) for k in ("train", "val", "test")}
+        metrics = evaluate_logits(logits["test"], splits.y_test, splits.num_classes)[0]
+        metrics.update(final_train_loss=curves["train_loss"][-1],
+                       final_val_accuracy=curves["val_accuracy"][-1], curves=curves)
+        record = {"schema": 1, "key": key, "kind": "teacher",
+                  "config": {**tconf, "experiment": experiment, "profile": profile, "label": "teacher",
+                             "data_info": splits.info},
+                  "metrics": metrics,
+                  "provenance": {**env, "started": start, "finished": utc_now(),
+                                 "wall_seconds": round(time.perf_counter() - t0, 3)}}
+        cache.save(key, model, logits, dumps(record))
+        return key, logits, record
+
+
+def _groups(pending: list[tuple[StudentSpec, dict, str]], max_group: int) -> list[list]:
+    by: dict[tuple, list] = {}
+    for item in pending:
+        by.setdefault((item[0].hidden, item[0].seed), []).append(item)
+    return [g[i:i + max_group] for g in by.values() for i in range(0, len(g), max_group)]
+
+
+def run_experiment(name: str, profile: str, *, device: str | torch.device = "auto",
+                   out: str | Path = "results", cache_dir: str | Path | None = None,
+                   profile_override: Profile | None = None, threads: int | None = None,
+                   precision: str | None = None, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) experiment ``name`` with ``profile``; returns the results file path.
+
+    Finished runs (keys already in ``<out>/<name>/<profile>.jsonl``) are skipped; every
+    finished student is appended at once, so an interrupted run resumes where it stopped.
+    Students of one width and seed train together as one :class:`StackedMLP` (at most
+    ``max_group`` at a time); their data order comes from that seed.
+
+    ``threads`` (default: the profile's, else :func:`~kdlib.lab.config.default_threads`) sets
+    ``torch.set_num_threads`` for the run on a CPU; the previous setting is restored afterwards.
+    ``precision`` (default: the profile's) is ``fp32``, ``bf16`` or ``auto``; the resolved value
+    is part of every run's config and key. The thread count, the CPU and its instruction set are
+    recorded in each record's provenance; a warning is logged when the machine is busy (load
+    above the number of cores), since two-thread runs then slow down several times.
+
+    Raises:
+        UnknownExperimentError: unknown experiment or profile.
+        kdlib.lab.store.ResultsFileError: the results file exists but is not readable.
+        kdlib.lab.store.RunInProgressError: another process is running into the same file.
+        kdlib.lab.data.DatasetNotFoundError: the dataset is missing.
+        kdlib.lab.config.DeviceUnavailableError: ``cuda`` requested but absent.
+        ValueError: ``threads`` < 1 or an unknown ``precision``.
+    """
+    exp = get_experiment(name)
+    p = profile_override if profile_override is not None else exp.profile(profile)
+    dev = resolve_device(device)
+    prec = resolve_precision(precision if precision is not None else p.precision, dev)
+    threads = threads if threads is not None else (p.threads or default_threads())
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    before = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(threads)
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if load > (os.cpu_count() or 1):
+            log(f"warning: this machine is busy (load {load:.1f} on {os.cpu_count()} cores); a run with "
+                f"{threads} threads can take several times longer than on a quiet machine")
+    try:
+        store = ResultsStore(results_path(out, name, profile))
+        cache = TeacherCache(cache_dir)
+        with run_lock(store.path, cache.root / "locks"):
+            return _run_locked(name, profile, p, dev, prec, store, cache, log)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precision: str, store: ResultsStore,
+                cache: TeacherCache, log: Callable[[str], None]) -> Path:
+    done = store.keys()
+    stale = len(done - expected_keys(name, profile, p))
+    if stale:
+        log(f"{store.path}: {stale} records come from another definition of this profile; "
+            "they are kept, but reports leave them out")
+    splits = load_dataset(p.dataset, dev, split_seed=p.split_seed, val_fraction=p.val_fraction,
+                          val_size=p.val_size)
+    for field_name in ("transfer_size", "teacher_train_size"):
+        size = getattr(p, field_name)
+        if size is not None and not 0 < size <= len(splits.y_train):
+            raise ValueError(f"{field_name} must be in [1, {len(splits.y_train)}] for {p.dataset}, "
+                             f"got {size}")
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    env = {**environment(dev), "tf32": dev.type == "cuda", "precision": precision}
+    tkey, tlogits, trecord = _teacher_stage(name, profile, p, splits, dev, precision, cache, env)
+    if tkey not in done:
+        store.append(trecord)
+    log(f"teacher {tkey}: test accuracy {trecord['metrics']['test_accuracy']:.4f}")
+
+    n = p.transfer_size or len(splits.y_train)
+    keep = torch.arange(n, device=dev)
+    if p.omit_class is not None:
+        keep = keep[splits.y_train[:n] != p.omit_class]
+    x_tr, y_tr, t_tr = splits.x_train[keep], splits.y_train[keep], tlogits["train"][keep]
+    pending = []
+    for spec in p.students:
+        conf = student_config(name, profile, p, spec, tkey, precision)
+        key = run_key(conf)
+        if key not in done:
+            pending.append((spec, conf, key))
+            done.add(key)  # a duplicate spec in the profile is run once
+    log(f"{name}/{profile}: {len(p.students)} students, {len(pending)} to run, on {dev} ({precision})")
+    bar = progress(total=len(pending), desc=f"{name}/{profile}", unit="student", iterable=None)
+    for group in _groups(pending, p.max_group):
+        specs = [g[0] for g in group]
+        start, t0 = utc_now(), time.perf_counter()
+        model = StackedMLP(splits.in_features, specs[0].hidden, splits.num_classes,
+                           [s.seed for s in specs]).to(dev)
+        curves = fit(model, x_tr, distillation_objective(y_tr, t_tr, specs), p.student_train,
+                     data_seed=specs[0].seed, val=(splits.x_val, splits.y_val), precision=precision,
+                     desc=f"{len(specs)} students")
+        test_logits = predict_logits(model, splits.x_test)
+        metrics = evaluate_logits(test_logits, splits.y_test, splits.num_classes, tlogits["test"])
+        if p.omit_class is not None:
+            shifts = bias_shift(predict_logits(model, splits.x_val), splits.y_val, test_logits,
+                                splits.y_test, p.omit_class, p.bias_shifts)
+            for m, sh in zip(metrics, shifts, strict=True):
+                m.update(sh)
+        prov = {**env, "started": start, "finished": utc_now(),
+                "wall_seconds": round(time.perf_counter() - t0, 3), "group_size": len(specs),
+                "teacher_test_accuracy": trecord["metrics"]["test_accuracy"]}
+        for s, ((_, conf, key), m) in enumerate(zip(group, metrics, strict=True)):
+            m["diverged"] = not math.isfinite(curves["train_loss"][s][-1])
+            m.update(final_train_loss=curves["train_loss"][s][-1],
+                     final_val_accuracy=curves["val_accuracy"][s][-1],
+                     curves={"train_loss": curves["train_loss"][s],
+                             "val_accuracy": curves["val_accuracy"][s]})
+            store.append({"schema": 1, "key": key, "kind": "student",
+                          "config": {**conf, "data_info": splits.info}, "metrics": m, "provenance": prov})
+        bar.update(len(specs))
+    bar.close()
+    return store.path
+
+
+def rerun_if_requested(experiment: str, root: str | os.PathLike | None = None,
+                       log: Callable[[str], None] = print) -> str | None:
+    """If ``$KDLIB_PROFILE`` is set, run (or resume) ``experiment`` at that profile into ``root``.
+
+    The device comes from ``$KDLIB_DEVICE`` (default ``auto``: CUDA when present). Finished runs
+    already in ``root`` are skipped (the store resumes). A ``smoke`` request writes to
+    ``root/_scratch`` so committed results are never touched. Returns the profile run, or
+    ``None`` when no rerun was asked for.
+    """
+    profile = requested_profile()
+    if profile is None:
+        return None
+    root = Path(root) if root is not None else results_root()
+    out = root / SCRATCH if profile == "smoke" else root
+    run_experiment(experiment, profile, device=requested_device(), out=out, log=log)
+    return profile

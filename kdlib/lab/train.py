@@ -1,0 +1,189 @@
+"""The one training loop, for a teacher and for a stack of students alike.
+
+:func:`fit` trains any network whose output is ``(B, C)`` (one model) or ``(S, B, C)`` (S
+stacked students, :class:`~kdlib.lab.models.StackedMLP`) on device-resident tensors. What it
+minimises is a function of the batch's logits and indices returning one loss per model:
+
+* :func:`cross_entropy_objective` for a network trained on labels (the teacher);
+* :func:`distillation_objective` for S students, each with its own ``alpha``, ``T``, ``beta``
+  and ``normalize_by_alpha`` (a :class:`~kdlib.lab.config.StudentSpec`): one call of
+  :func:`kdlib.functional.distillation_loss` with ``(S, 1)`` hyperparameters.
+
+The loop steps the optimiser on the sum of the per-model losses, so each model gets exactly
+the gradient it would get alone (the models share no parameter).
+
+Optimiser: SGD with momentum 0.9 and a cosine learning-rate decay by default (Adam is
+available). SGD is the default on purpose: Adam divides each gradient by its running
+magnitude, so it would largely cancel a constant rescaling of the soft-target term, and
+the chapter-2 question "does dividing the Rényi term by alpha matter?" (the high-temperature
+gradient is alpha(z - v)/(nT^2)) is a question about gradient scale. Hinton et al. also used
+SGD with momentum, and their T^2 factor exists to keep SGD's gradient scale fixed across T.
+
+Randomness: the minibatch order comes from a ``torch.Generator`` seeded with ``data_seed`` (on
+the CPU, so it is the same on every device); ``torch.manual_seed(data_seed)`` seeds dropout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdlib.functional import distillation_loss
+from kdlib.lab.config import StudentSpec, TrainConfig
+from kdlib.lab.data import batch_indices
+from kdlib.lab.metrics import accuracy, predict_logits
+
+#: ``objective(logits, idx) -> losses``: logits ``(B, C)`` or ``(S, B, C)`` of the batch whose
+#: training-set indices are ``idx`` ``(B,)``; returns one loss per model, ``(1,)`` or ``(S,)``, in nats.
+Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def progress(iterable: Iterable[Any] | None = None, **kw: Any) -> Any:
+    """A tqdm progress bar, off when ``$TQDM_DISABLE`` is set or stderr is not a terminal."""
+    from tqdm.auto import tqdm
+
+    disable = os.environ.get("TQDM_DISABLE", "") not in ("", "0") or not sys.stderr.isatty()
+    return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kw)
+
+
+def cross_entropy_objective(y: torch.Tensor) -> Objective:
+    """Mean cross-entropy with the labels ``y`` ``(N,)`` of the training set, shape ``(1,)`` (nats)."""
+    return lambda logits, idx: F.cross_entropy(_full(logits), y[idx]).unsqueeze(0)
+
+
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is a 16-bit tensor (autocast output), else unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def distillation_objective(y: torch.Tensor, teacher_logits: torch.Tensor, specs: Sequence[StudentSpec]
+                           ) -> Objective:
+    """The distillation loss of S stacked students, ``(S,)`` in nats.
+
+    Student ``s`` minimises :func:`kdlib.functional.distillation_loss` with the ``alpha``, ``T``,
+    ``beta`` and ``normalize_by_alpha`` of ``specs[s]`` against ``teacher_logits[idx]`` (the
+    teacher's logits at temperature 1 of the training set, ``(N, C)``) and labels ``y[idx]``.
+    16-bit logits (bf16 autocast) are cast to float32 first, so the loss is never computed in 16 bits.
+    """
+    teacher = _full(teacher_logits)
+    dev, dtype = teacher.device, teacher.dtype
+
+    def column(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=dev).unsqueeze(1)  # (S, 1)
+
+    hyper = {"alpha": column([s.alpha for s in specs], dtype), "T": column([s.T for s in specs], dtype),
+             "beta": column([s.beta for s in specs], dtype),
+             "normalize_by_alpha": column([s.normalize_by_alpha for s in specs], torch.bool)}
+
+    def objective(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        if logits.shape[0] != len(specs):
+            raise ValueError(f"specs must have one entry per student: {len(specs)} != {logits.shape[0]}")
+        return distillation_loss(_full(logits), teacher[idx], y[idx], **hyper, reduction="none",
+                                 validate=False).mean(-1)
+
+    return objective
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The optimiser of ``cfg`` over ``params`` (element-wise, so stacked students are not coupled)."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def clip_per_model(params: Sequence[torch.Tensor], max_norm: float, num_models: int) -> None:
+    """Scale each model's gradient to L2 norm at most ``max_norm``, in place.
+
+    With ``num_models = S > 1`` every tensor has the students on its first dimension and
+    student ``s``'s norm is taken over slice ``s`` of all of them; with 1 the norm is over
+    everything. The factor is ``min(1, max_norm / (norm + 1e-6))``, as in
+    ``torch.nn.utils.clip_grad_norm_``.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    S = num_models
+    sq = sum(g.detach().pow(2).reshape(S, -1).sum(1) for g in grads)
+    factor = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(factor.view(S, *([1] * (g.dim() - 1))) if S > 1 else factor)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` in bfloat16 for ``precision == "bf16"``, else a no-op."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfig, *, data_seed: int,
+        val: tuple[torch.Tensor, torch.Tensor] | None = None, precision: str = "fp32",
+        desc: str = "training") -> dict[str, list[list[float]]]:
+    """Train ``model`` on the inputs ``x`` ``(N, ...)`` (device-resident) by minimising ``objective``.
+
+    Each step draws one minibatch of indices ``idx`` (order from ``data_seed``), evaluates
+    ``losses = objective(model(x[idx]), idx)`` (one per model), steps the optimiser on
+    ``losses.sum()`` (clipping each model's gradient when ``cfg.clip_norm`` is set) and sets the
+    learning rate by ``cfg.lr_at``.
+
+    Args:
+        model: returns ``(B, C)`` or ``(S, B, C)`` logits.
+        x: training inputs.
+        objective: see :data:`Objective`.
+        cfg: optimiser, schedule, epochs, batch size.
+        data_seed: seed of the minibatch order and of ``torch.manual_seed`` (dropout).
+        val: optional ``(x_val, y_val)`` for a per-epoch validation accuracy.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast; see :mod:`kdlib.lab.config`).
+        desc: progress-bar label.
+
+    Returns:
+        ``{"train_loss": [[...] per model], "val_accuracy": [[...] per model]}``, one value per
+        epoch (nats; fractions); the validation lists are empty without ``val``.
+    """
+    torch.manual_seed(data_seed)
+    gen = torch.Generator().manual_seed(data_seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(cfg, params)
+    n = x.shape[0]
+    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    step = 0
+    num_models = 0
+    loss_curve: list[torch.Tensor] = []
+    val_curve: list[torch.Tensor] = []
+    model.train()
+    for _ in progress(range(cfg.epochs), desc=desc, unit="epoch"):
+        total: torch.Tensor | float = 0.0
+        for idx in batch_indices(n, cfg.batch_size, gen, device=x.device):
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(step, steps)
+            with autocast(x.device, precision):
+                logits = model(x[idx])
+            losses = objective(logits, idx)
+            num_models = losses.shape[0]
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            if cfg.clip_norm is not None:
+                clip_per_model(params, cfg.clip_norm, num_models)
+            opt.step()
+            total = total + losses.detach().to(torch.float64) * len(idx)
+            step += 1
+        loss_curve.append(total / n)
+        if val is not None:
+            with autocast(x.device, precision):
+                logits = predict_logits(model, val[0])
+            val_curve.append(accuracy(logits.float(), val[1]).reshape(-1))
+            model.train()
+    model.eval()
+
+    def per_model(curve: list[torch.Tensor]) -> list[list[float]]:
+        return torch.stack(curve, dim=1).tolist() if curve else [[] for _ in range(num_models)]
+
+    return {"train_loss": per_model(loss_curve), "val_accuracy": per_model(val_curve)}

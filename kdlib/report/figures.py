@@ -1,0 +1,132 @@
+"""One figure style for the whole book, and the figures drawn from experiment summaries.
+
+Call :func:`use_book_style` at the top of a notebook (:func:`kdlib.report.book.setup_page` does);
+every figure then shares fonts, sizes and colours. :data:`ORDER_COLORS` gives each Rényi order the
+same colour on every page. The plotting functions draw on a matplotlib ``Axes`` from the frames of
+:mod:`kdlib.report.tables` (:func:`~kdlib.report.tables.summarize_frame` for :func:`heatmap` and
+:func:`plot_against_temperature`, :func:`~kdlib.report.tables.student_frame` for
+:func:`plot_learning_curves`); accuracies are fractions, drawn in percent (``scale=100``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import matplotlib as mpl
+import pandas as pd
+
+from kdlib.report.tables import fmt_alpha
+
+#: A fixed colour for each Rényi order used in the book (KL, alpha = 1, is black).
+ORDER_COLORS: dict[float, str] = {
+    0.0: "#8c564b",
+    0.25: "#9467bd",
+    0.5: "#1f77b4",
+    1.0: "#000000",
+    2.0: "#ff7f0e",
+    4.0: "#d62728",
+    math.inf: "#2ca02c",
+}
+
+
+def use_book_style() -> None:
+    """Set matplotlib's rc parameters to the book's style (deterministic, no date or backend stamps)."""
+    mpl.rcParams.update(
+        {
+            "figure.figsize": (6.4, 3.6),
+            "figure.dpi": 100,
+            "savefig.dpi": 150,
+            "font.size": 10,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.frameon": False,
+            "svg.hashsalt": "kdlib",
+        }
+    )
+
+
+def order_label(alpha: float) -> str:
+    """A legend label for a Rényi order: ``'α = 2'``, ``'α = 1 (KL)'``, ``'α = ∞'``."""
+    if math.isinf(alpha):
+        return "α = ∞"
+    if alpha == 1.0:
+        return "α = 1 (KL)"
+    return f"α = {alpha:g}"
+
+
+def order_color(alpha: float) -> str:
+    """The book's colour for ``alpha`` (a neutral grey for orders without a fixed colour)."""
+    return ORDER_COLORS.get(float(alpha), "#7f7f7f")
+
+
+def heatmap(ax: Any, summary: pd.DataFrame, index: str = "alpha", columns: str = "T", value: str = "mean",
+            scale: float = 100.0, vmin: float | None = None, vmax: float | None = None,
+            cmap: str = "viridis", digits: int = 1) -> Any:
+    """Draw ``summary[value]`` (times ``scale``) as an annotated grid on ``ax``; returns the image.
+
+    Rows are the sorted values of ``index``, columns those of ``columns``; empty cells stay blank.
+    """
+    rows = sorted(summary[index].unique())
+    cols = sorted(summary[columns].unique())
+    grid = [[math.nan] * len(cols) for _ in rows]
+    for _, r in summary.iterrows():
+        grid[rows.index(r[index])][cols.index(r[columns])] = float(r[value]) * scale
+    im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", origin="upper")
+    ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols])
+    ax.set_yticks(range(len(rows)), [fmt_alpha(r) if index == "alpha" else str(r) for r in rows])
+    ax.set_xlabel(columns)
+    ax.set_ylabel("α" if index == "alpha" else index)
+    ax.grid(False)
+    finite = [v for row in grid for v in row if not math.isnan(v)]
+    lo = vmin if vmin is not None else (min(finite) if finite else 0.0)
+    hi = vmax if vmax is not None else (max(finite) if finite else 1.0)
+    mid = (lo + hi) / 2
+    for i, row in enumerate(grid):
+        for j, v in enumerate(row):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=8,
+                        color="white" if v < mid else "black")
+    return im
+
+
+def plot_against_temperature(ax: Any, summary: pd.DataFrame, scale: float = 100.0,
+                             offset: float = 0.02) -> None:
+    """Mean ± 95% interval of each order (``alpha`` column) against ``T`` (log axis), book colours.
+
+    Orders are shifted by a small multiplicative ``offset`` along T so that error bars do not overlap.
+    """
+    alphas = sorted(summary["alpha"].unique())
+    for i, a in enumerate(alphas):
+        s = summary[summary["alpha"] == a].sort_values("T")
+        shift = (1 + offset) ** (i - (len(alphas) - 1) / 2)
+        ci = s["ci95"].fillna(0.0) * scale
+        ax.errorbar(s["T"] * shift, s["mean"] * scale, yerr=ci, marker="o", markersize=3, capsize=2,
+                    color=order_color(a), label=order_label(a), linewidth=1.2 if a != 1.0 else 2.0)
+    ax.set_xscale("log")
+    temps = sorted(summary["T"].unique())
+    ax.set_xticks(temps, [f"{t:g}" for t in temps])
+    ax.minorticks_off()
+    ax.set_xlabel("temperature T")
+
+
+def plot_learning_curves(ax: Any, df: pd.DataFrame, group: str = "alpha", curve: str = "curve_val_accuracy",
+                         scale: float = 100.0, labels: dict[Any, str] | None = None) -> None:
+    """Seed-mean of the per-epoch ``curve`` for each value of ``group``, in sorted order.
+
+    Orders (``group == "alpha"``) get the book's colours and labels; otherwise ``labels`` maps a
+    group value to its legend label (default ``str(value)``). Curves of different lengths are cut
+    to the shortest.
+    """
+    for value, g in df.groupby(group, sort=True):
+        curves = [c for c in g[curve] if len(c)]
+        if not curves:
+            continue
+        n = min(len(c) for c in curves)
+        mean = [math.fsum(c[e] for c in curves) / len(curves) * scale for e in range(n)]
+        kw = ({"color": order_color(value), "label": order_label(value)} if group == "alpha"
+              else {"label": (labels or {}).get(value, str(value))})
+        ax.plot(range(1, n + 1), mean, marker="o", markersize=2.5, **kw)
+    ax.set_xlabel("epoch")
