@@ -2,7 +2,8 @@
 
 ``list``
     The experiments, one per line: name, then a short description.
-``run NAME --profile smoke|cpu|full [--device auto|cpu|cuda] [--out DIR] [--cache DIR]``
+``run NAME --profile smoke|cpu|full [--device auto|cpu|cuda] [--out DIR] [--cache DIR]
+[--threads N] [--precision fp32|bf16|auto]``
     Runs (or resumes) an experiment; results go to ``DIR/NAME/PROFILE.jsonl`` (default
     ``DIR = results``; the ``smoke`` profile defaults to ``results/_scratch`` so it never
     touches committed results). Teachers are cached in ``--cache`` (default
@@ -22,8 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kdlib.lab.config import PRECISIONS, DeviceUnavailableError
 from kdlib.lab.data import DatasetNotFoundError
-from kdlib.lab.config import DeviceUnavailableError
 from kdlib.lab.experiments import (
     EXPERIMENTS,
     PROFILES,
@@ -33,7 +34,6 @@ from kdlib.lab.experiments import (
 from kdlib.lab.run import run_experiment
 from kdlib.lab.store import SCRATCH, ResultsFileError, RunInProgressError, results_path
 from kdlib.report.tables import report_text
-
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,8 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, help="results root (default results/, smoke: results/_scratch/)")
     run.add_argument("--cache", default=None, help="teacher cache directory")
     run.add_argument("--threads", type=int, default=None,
-                     help="CPU threads for torch (default: the profile's, smoke 1, else torch's; "
-                          "1 is often faster on a busy machine)")
+                     help="CPU threads for torch (default: the profile's, smoke 1, else $KDLIB_THREADS or "
+                          "the usable cores; recorded in each record)")
+    run.add_argument("--precision", default=None, choices=PRECISIONS,
+                     help="fp32, bf16 (autocast, fp32 master weights) or auto (bf16 where the hardware has "
+                          "native bf16 matmuls); default: the profile's (smoke/cpu fp32, full auto). Part of "
+                          "each run's key")
     report = sub.add_parser("report", help="summary table of an experiment's results")
     report.add_argument("name")
     report.add_argument("--profile", default=None, help="one profile (default: every profile with results)")
@@ -69,10 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         exp = get_experiment(args.name)
         if args.command == "run":
             exp.profile(args.profile)  # validate before touching anything
-
-            out = args.out if args.out is not None else (Path("results") / SCRATCH if args.profile == "smoke" else "results")
+            default_out = Path("results") / SCRATCH if args.profile == "smoke" else Path("results")
+            out = args.out if args.out is not None else default_out
             path = run_experiment(exp.name, args.profile, device=args.device, out=out, cache_dir=args.cache,
-                                  threads=args.threads, log=lambda msg: print(msg, file=sys.stderr))
+                                  threads=args.threads, precision=args.precision,
+                                  log=lambda msg: print(msg, file=sys.stderr))
             print(f"results: {path}")
             return 0
         profiles = [args.profile] if args.profile else list(exp.profiles)

@@ -1,9 +1,8 @@
-"""kdlib.lab.data: our IDX and CIFAR readers on tiny files in the real formats, splits, errors."""
+"""kdlib.lab.data: our IDX reader on tiny files in the real formats, splits, errors."""
 
 from __future__ import annotations
 
 import gzip
-import pickle
 import struct
 from pathlib import Path
 
@@ -46,7 +45,7 @@ def make_idx_dataset(directory: Path, n_train: int = 50, n_test: int = 20, seed:
 @pytest.fixture
 def no_data(tmp_path, monkeypatch):
     """No dataset anywhere: empty KDLIB_DATA_DIR, no env dirs, no Debian directory."""
-    for var in ("KDLIB_FASHION_MNIST_DIR", "KDLIB_MNIST_DIR", "KDLIB_CIFAR10_DIR", "KDLIB_DOWNLOAD"):
+    for var in ("KDLIB_FASHION_MNIST_DIR", "KDLIB_MNIST_DIR", "KDLIB_DOWNLOAD"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("KDLIB_DATA_DIR", str(tmp_path / "empty"))
     monkeypatch.setattr(D, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
@@ -125,7 +124,6 @@ def test_mnist_in_torchvision_layout_uncompressed(tmp_path, no_data, monkeypatch
     ("fashion_mnist", ["apt-get install dataset-fashion-mnist", "KDLIB_FASHION_MNIST_DIR",
                        "torchvision.datasets.FashionMNIST"]),
     ("mnist", ["KDLIB_MNIST_DIR", "torchvision.datasets.MNIST"]),
-    ("cifar10", ["KDLIB_CIFAR10_DIR", "torchvision.datasets.CIFAR10"]),
 ])
 def test_missing_data_says_how_to_get_it(no_data, name, hints):
     with pytest.raises(D.DatasetNotFoundError) as err:
@@ -148,47 +146,6 @@ def test_download_route_is_used_when_allowed(tmp_path, no_data, monkeypatch):
     assert calls == []
     monkeypatch.setenv("KDLIB_DOWNLOAD", "1")
     assert len(D.load_dataset("fashion_mnist").y_test) == 20 and calls == ["fashion_mnist"]
-
-
-def write_cifar_batch(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    """A batch as in the "python version" of CIFAR-10: a pickled dict with bytes keys."""
-    batch = {b"batch_label": b"testing batch", b"labels": [int(v) for v in labels],
-             b"data": images.reshape(len(images), 3072), b"filenames": [b"x.png"] * len(images)}
-    with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)
-
-
-def test_cifar10_reader_and_loader(tmp_path, no_data, monkeypatch):
-    rng = np.random.default_rng(2)
-    d = tmp_path / "cifar-10-batches-py"
-    d.mkdir()
-    images = {}
-    for name, n in [*((f"data_batch_{i}", 4) for i in range(1, 6)), ("test_batch", 6)]:
-        images[name] = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
-        write_cifar_batch(d / name, images[name], rng.integers(0, 10, n))
-    x, y = D.read_cifar_batch(d / "test_batch")
-    np.testing.assert_array_equal(x, images["test_batch"])
-    # the row layout: 1024 red, then green, then blue values, each 32 rows of 32
-    row = images["test_batch"][0].reshape(3072)
-    assert x[0, 1, 2, 3] == row[1024 + 2 * 32 + 3]
-    monkeypatch.setenv("KDLIB_CIFAR10_DIR", str(d))
-    s = D.load_dataset("cifar10", val_fraction=0.25)
-    assert s.x_train.shape == (15, 3, 32, 32) and len(s.y_val) == 5 and len(s.y_test) == 6
-    assert len(s.info["normalization"]["mean"]) == 3  # one statistic per channel
-
-
-def test_cifar_reader_refuses_arbitrary_pickles(tmp_path):
-    class Evil:
-        def __reduce__(self):
-            return (print, ("should never run",))
-
-    p = tmp_path / "evil"
-    p.write_bytes(pickle.dumps({b"data": Evil(), b"labels": []}))
-    with pytest.raises(ValueError, match="not allowed"):
-        D.read_cifar_batch(p)
-    p.write_bytes(pickle.dumps({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}))
-    with pytest.raises(ValueError, match="shape"):
-        D.read_cifar_batch(p)
 
 
 def test_digits_embedded_default():

@@ -20,11 +20,6 @@ Datasets (``name`` for :func:`load_dataset`):
     ``/usr/share/datasets/fashion-mnist``. With ``download=True`` (or
     ``KDLIB_DOWNLOAD=1``) torchvision fetches them into ``$KDLIB_DATA_DIR`` (default
     ``./data``) where a network exists. Parsed by :func:`read_idx`, our own reader.
-``cifar10``
-    The "python version" pickle batches (``cifar-10-batches-py/data_batch_1..5``,
-    ``test_batch``), 50,000 + 10,000 images 3×32×32, in ``$KDLIB_CIFAR10_DIR`` or
-    ``$KDLIB_DATA_DIR/cifar-10-batches-py``, or downloaded by torchvision. Parsed by
-    :func:`read_cifar_batch`, which unpickles only plain containers and numpy arrays.
 
 Splits: the validation split is the last ``val_fraction`` (default 10%) of the official
 training images under ``torch.randperm`` with a ``torch.Generator`` seeded by
@@ -41,7 +36,6 @@ from __future__ import annotations
 import gzip
 import io
 import os
-import pickle
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-DATASETS = ("digits", "fashion_mnist", "mnist", "cifar10")
+DATASETS = ("digits", "fashion_mnist", "mnist")
 """Names accepted by :func:`load_dataset`."""
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -60,18 +54,12 @@ IDX_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-CIFAR_TEST_BATCH = "test_batch"
 CLASS_NAMES = {
     "digits": tuple(str(i) for i in range(10)),
     "mnist": tuple(str(i) for i in range(10)),
     "fashion_mnist": (
         "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-    ),
-    "cifar10": (
-        "airplane", "automobile", "bird", "cat", "deer",
-        "dog", "frog", "horse", "ship", "truck",
     ),
 }
 
@@ -162,51 +150,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """Unpickler that reconstructs only numpy arrays and plain Python containers."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"CIFAR batch refers to {module}.{name}, which is not allowed")
-
-
-def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR-10 "python version" batch file.
-
-    The file is a pickled dict with ``b"data"``: uint8 ``(N, 3072)`` (1024 red, 1024
-    green, 1024 blue values per image, rows in C order) and ``b"labels"``: N ints.
-
-    Returns:
-        ``(images, labels)``: uint8 ``(N, 3, 32, 32)`` and int64 ``(N,)``.
-
-    Raises:
-        ValueError: if the file is not such a dict (also for disallowed pickle contents).
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            batch = _CifarUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError) as e:
-        raise ValueError(f"{path}: not a CIFAR-10 batch file ({e})") from None
-    if not isinstance(batch, dict):
-        raise ValueError(f"{path}: not a CIFAR-10 batch file (expected a dict)")
-    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
-    if "data" not in batch or "labels" not in batch:
-        raise ValueError(f"{path}: CIFAR-10 batch lacks 'data' or 'labels'")
-    data = np.asarray(batch["data"], dtype=np.uint8)
-    labels = np.asarray(batch["labels"], dtype=np.int64)
-    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
-        raise ValueError(f"{path}: CIFAR-10 data has shape {data.shape}, labels {labels.shape}")
-    return data.reshape(-1, 3, 32, 32), labels
-
-
 # ----------------------------------------------------------------------------- locating files
 
 def _env_dir(var: str) -> Path | None:
@@ -251,18 +194,16 @@ def _download_allowed(download: bool | None) -> bool:
 
 def _missing_message(name: str, searched: list[Path]) -> str:
     where = ", ".join(str(p) for p in searched)
-    env = {"fashion_mnist": "KDLIB_FASHION_MNIST_DIR", "mnist": "KDLIB_MNIST_DIR",
-           "cifar10": "KDLIB_CIFAR10_DIR"}[name]
+    env = {"fashion_mnist": "KDLIB_FASHION_MNIST_DIR", "mnist": "KDLIB_MNIST_DIR"}[name]
     how = [f"{name} files not found (searched: {where}). To obtain them:"]
     if name == "fashion_mnist":
         how.append("  * Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist "
                    f"(installs the four IDX .gz files in {DEBIAN_FASHION_MNIST});")
-    tv = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST", "cifar10": "CIFAR10"}[name]
+    tv = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}[name]
     how.append(f"  * on a machine with a network: python -c \"import torchvision; "
                f"torchvision.datasets.{tv}('data', download=True)\" (fetches both splits) and copy "
                "data/ here (or set KDLIB_DATA_DIR to it), or run kdlib with KDLIB_DOWNLOAD=1;")
-    files = (", ".join(f"{s}.gz" for s in IDX_FILES.values()) if name != "cifar10"
-             else "cifar-10-batches-py/{data_batch_1..5,test_batch}")
+    files = ", ".join(f"{s}.gz" for s in IDX_FILES.values())
     how.append(f"  * or put the files ({files}) in a directory and set {env}=that directory "
                "(or KDLIB_DATA_DIR to the parent of torchvision's layout).")
     return "\n".join(how)
@@ -271,7 +212,7 @@ def _missing_message(name: str, searched: list[Path]) -> str:
 def _torchvision_download(name: str, root: Path) -> None:
     import torchvision.datasets as tvd  # imported lazily: only needed with a network
 
-    cls = {"fashion_mnist": tvd.FashionMNIST, "mnist": tvd.MNIST, "cifar10": tvd.CIFAR10}[name]
+    cls = {"fashion_mnist": tvd.FashionMNIST, "mnist": tvd.MNIST}[name]
     root.mkdir(parents=True, exist_ok=True)
     for train in (True, False):
         cls(str(root), train=train, download=True)
@@ -291,28 +232,6 @@ def _load_idx_dataset(name: str, download: bool | None) -> tuple[np.ndarray, ...
             raise ValueError(f"{directory}: {split} images and labels differ in number")
     return (arrays["train_images"][:, None], arrays["train_labels"].astype(np.int64),
             arrays["test_images"][:, None], arrays["test_labels"].astype(np.int64), str(directory))
-
-
-def _load_cifar10(download: bool | None) -> tuple[np.ndarray, ...]:
-    candidates = [p for p in [_env_dir("KDLIB_CIFAR10_DIR")] if p is not None]
-    candidates.append(_data_root() / "cifar-10-batches-py")
-
-    def find() -> Path | None:
-        for d in candidates:
-            if all((d / b).is_file() for b in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH)):
-                return d
-        return None
-
-    directory = find()
-    if directory is None and _download_allowed(download):
-        _torchvision_download("cifar10", _data_root())
-        directory = find()
-    if directory is None:
-        raise DatasetNotFoundError(_missing_message("cifar10", candidates))
-    train = [read_cifar_batch(directory / b) for b in CIFAR_TRAIN_BATCHES]
-    x_test, y_test = read_cifar_batch(directory / CIFAR_TEST_BATCH)
-    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]),
-            x_test, y_test, str(directory))
 
 
 def _load_digits(split_seed: int) -> tuple[np.ndarray, ...]:
@@ -370,9 +289,6 @@ def load_dataset(
     if name == "digits":
         x_tr, y_tr, x_te, y_te, source = _load_digits(split_seed)
         scale = 16.0
-    elif name == "cifar10":
-        x_tr, y_tr, x_te, y_te, source = _load_cifar10(download)
-        scale = 255.0
     else:
         x_tr, y_tr, x_te, y_te, source = _load_idx_dataset(name, download)
         scale = 255.0

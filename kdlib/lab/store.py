@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdlib.lab.config import cpu_flags
+
 SCHEMA_VERSION = 1
 
 
@@ -201,14 +203,31 @@ def device_name(device: torch.device | str) -> str:
     return f"cpu: {cpu} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()})"
 
 
+#: CPU features that decide how fast (and, in the last bits, how) matrix products are computed.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+
+
 def environment(device: torch.device | str) -> dict[str, Any]:
-    """Provenance shared by every record of one run (no host name, no paths)."""
+    """Provenance shared by every record of one run (no host name, no paths).
+
+    Besides versions and the git state: the device and its name, torch's thread count and,
+    on a CPU, the instruction-set features of :data:`ISA_FLAGS` it has (``cpu_isa``) and the
+    kernel torch's CPU dispatch uses (``cpu_capability``), since CPUs of one model family can
+    round differently.
+    """
     import numpy
 
-    return {**{f"git_{k}": v for k, v in git_state().items()},
-            "device": str(torch.device(device)), "device_name": device_name(device),
-            "torch": torch.__version__, "numpy": numpy.__version__,
-            "python": platform.python_version(), "platform": platform.system()}
+    device = torch.device(device)
+    env = {**{f"git_{k}": v for k, v in git_state().items()},
+           "device": str(device), "device_name": device_name(device),
+           "torch": torch.__version__, "numpy": numpy.__version__,
+           "python": platform.python_version(), "platform": platform.system(),
+           "threads": torch.get_num_threads()}
+    if device.type == "cpu":
+        flags = cpu_flags()
+        env["cpu_isa"] = [f for f in ISA_FLAGS if f in flags]
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return env
 
 
 # ----------------------------------------------------------------------------- where results live
