@@ -1,0 +1,83 @@
+"""kdlib.functional: the one implementation of the distillation loss, for one model and for a stack."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdlib import DistillationLoss
+from kdlib.functional import distillation_loss, distillation_loss_components
+
+INF = math.inf
+G = torch.Generator().manual_seed(3)
+S, B, C = 5, 7, 10
+Z = torch.randn(S, B, C, generator=G, dtype=torch.float64) * 3  # five stacked students
+V = torch.randn(B, C, generator=G, dtype=torch.float64) * 3     # one teacher
+Y = torch.randint(0, C, (B,), generator=G)
+HYPER = [  # (alpha, T, beta, normalize_by_alpha) per student
+    (1.0, 4.0, 0.9, False), (0.5, 2.0, 1.0, True), (INF, 8.0, 0.9, False), (2.0, 1.0, 0.5, True),
+    (4.0, 20.0, 0.0, False),
+]
+
+
+def column(i, dtype=torch.float64):
+    return torch.tensor([h[i] for h in HYPER], dtype=dtype).unsqueeze(1)
+
+
+def test_stacked_call_equals_one_call_per_student():
+    got = distillation_loss(Z, V, Y, alpha=column(0), T=column(1), beta=column(2),
+                            normalize_by_alpha=column(3, torch.bool), reduction="none").mean(-1)
+    assert got.shape == (S,)
+    for s, (alpha, T, beta, norm) in enumerate(HYPER):
+        one = distillation_loss(Z[s], V, Y, alpha=alpha, T=T, beta=beta, normalize_by_alpha=norm)
+        torch.testing.assert_close(got[s], one, rtol=1e-12, atol=1e-12)
+        module = DistillationLoss(alpha, T, beta, normalize_by_alpha=norm)
+        torch.testing.assert_close(module(Z[s], V, Y), one, rtol=0, atol=0)
+
+
+def test_kl_is_hintons_loss_and_components_add_up():
+    z = Z[0]
+    by_hand = 0.1 * F.cross_entropy(z, Y) + 0.9 * 16 * F.kl_div(
+        F.log_softmax(z / 4, -1), F.softmax(V / 4, -1), reduction="batchmean")
+    torch.testing.assert_close(distillation_loss(z, V, Y, alpha=1.0, T=4.0, beta=0.9), by_hand,
+                               rtol=1e-12, atol=1e-12)
+    total, ce, soft = distillation_loss_components(z, V, Y, alpha=2.0, T=3.0, beta=0.25, reduction="sum")
+    torch.testing.assert_close(total, 0.75 * ce + 0.25 * soft, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ce, F.cross_entropy(z, Y, reduction="sum"), rtol=1e-12, atol=1e-12)
+
+
+def test_normalize_by_alpha_divides_the_soft_term_only_where_set():
+    norm = torch.tensor([[True], [False]])
+    alpha = torch.tensor([[4.0], [4.0]], dtype=torch.float64)
+    got = distillation_loss(Z[:2], V, Y, alpha=alpha, T=2.0, beta=1.0, normalize_by_alpha=norm,
+                            reduction="none").mean(-1)
+    plain = distillation_loss(Z[:2], V, Y, alpha=4.0, T=2.0, beta=1.0, reduction="none").mean(-1)
+    torch.testing.assert_close(got, plain * torch.tensor([0.25, 1.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"reduction": "batchmean"}, "reduction must be one of"),
+    ({"alpha": column(0), "normalize_by_alpha": torch.ones(S, 1, dtype=torch.bool)},
+     "alpha must be in \\(0, inf\\)"),
+    ({"alpha": 0.0, "normalize_by_alpha": True}, "alpha must be in \\(0, inf\\)"),
+    ({"normalize_by_alpha": torch.ones(S, 1)}, "normalize_by_alpha as a tensor must have dtype torch.bool"),
+    ({"normalize_by_alpha": "yes"}, "normalize_by_alpha must be a bool"),
+    ({"beta": torch.full((3, 1), 0.5, dtype=torch.float64)}, "beta .* must broadcast to the row shape"),
+    ({"beta": 1.5}, "beta must be in \\[0, 1\\]"),
+    ({"T": -1.0}, "T must be"),
+    ({"alpha": -2.0}, "alpha must be in \\[0, inf\\]"),
+])
+def test_bad_arguments_name_the_parameter(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        distillation_loss(Z, V, Y, **kwargs)
+
+
+def test_gradient_flows_to_each_student_only_through_its_own_loss():
+    z = Z.clone().requires_grad_(True)
+    losses = distillation_loss(z, V, Y, alpha=column(0), T=column(1), beta=column(2),
+                               normalize_by_alpha=column(3, torch.bool), reduction="none").mean(-1)
+    losses[1].backward()
+    assert z.grad[1].abs().sum() > 0 and z.grad[[0, 2, 3, 4]].abs().sum() == 0

@@ -1,0 +1,83 @@
+"""kdlib.lab: the table of scales, run keys of the committed results, precision and threads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import kdlib.lab.config as C
+from kdlib.lab.data import load_dataset
+from kdlib.lab.experiments import EXPERIMENTS, PROFILES, SCALES, expected_keys, student_config, teacher_config
+from kdlib.lab.models import StackedMLP
+from kdlib.lab.store import run_key
+from kdlib.lab.train import distillation_objective, fit
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_builds_at_every_scale(name):
+    for profile in PROFILES:
+        p = EXPERIMENTS[name].profile(profile)
+        assert p.students and p.student_train.epochs >= 1
+        assert p.dataset == (SCALES[profile].dataset or p.dataset)
+
+
+def test_committed_records_keep_their_keys():
+    """Every committed record is a run of the current definition of its profile (keys are stable)."""
+    files = sorted(RESULTS.glob("*/*.jsonl"))
+    assert files, "no committed results found"
+    for path in files:
+        keys = {json.loads(line)["key"] for line in path.read_text().splitlines() if line.strip()}
+        missing = keys - expected_keys(path.parent.name, path.stem)
+        assert not missing, f"{path}: {len(missing)} records no longer match their experiment's definition"
+
+
+def test_precision_is_part_of_the_key():
+    p = EXPERIMENTS["renyi_grid"].profile("smoke")
+    fp32, bf16 = run_key(teacher_config(p, "fp32")), run_key(teacher_config(p, "bf16"))
+    assert fp32 != bf16 and teacher_config(p)["dtype"] == "float32"
+    s = p.students[1]
+    keys = {run_key(student_config("renyi_grid", "smoke", p, s, t, prec)) for t, prec in ((fp32, "fp32"),
+                                                                                           (bf16, "bf16"))}
+    assert len(keys) == 2 and keys < expected_keys("renyi_grid", "smoke")
+
+
+def test_resolve_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(C, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    assert C.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(C, "cpu_flags", lambda: {"avx2"})
+    assert C.resolve_precision("auto", cpu) == "fp32" and C.resolve_precision("bf16", cpu) == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
+        C.resolve_precision("fp16", cpu)
+
+
+def test_default_threads(monkeypatch):
+    monkeypatch.setenv("KDLIB_THREADS", "3")
+    assert C.default_threads() == 3
+    monkeypatch.setenv("KDLIB_THREADS", "0")
+    with pytest.raises(ValueError, match="KDLIB_THREADS must be an integer >= 1"):
+        C.default_threads()
+    monkeypatch.delenv("KDLIB_THREADS")
+    assert C.default_threads() >= 1
+
+
+def test_bf16_training_keeps_fp32_weights_and_learns():
+    s = load_dataset("digits")
+    specs = [C.StudentSpec(alpha=a, T=4.0, beta=0.9, seed=i, hidden=(32, 32))
+             for i, a in enumerate((1.0, 2.0))]
+    teacher = torch.randn(len(s.y_train), 10, generator=torch.Generator().manual_seed(0))
+    teacher[torch.arange(len(s.y_train)), s.y_train] += 6.0  # a teacher that knows the labels
+    cfg = C.TrainConfig(epochs=6, batch_size=64, lr=0.05)
+    curves = {}
+    for precision in ("fp32", "bf16"):
+        model = StackedMLP(64, (32, 32), 10, [sp.seed for sp in specs])
+        curves[precision] = fit(model, s.x_train, distillation_objective(s.y_train, teacher, specs), cfg,
+                                data_seed=0, val=(s.x_val, s.y_val), precision=precision)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+    for acc32, acc16 in zip(curves["fp32"]["val_accuracy"], curves["bf16"]["val_accuracy"], strict=True):
+        assert acc16[-1] > 0.85 and abs(acc16[-1] - acc32[-1]) < 0.05
