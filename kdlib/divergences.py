@@ -688,14 +688,8 @@ def _check_logits_args(teacher_logits, student_logits, alpha, T, validate):
     return alpha, T
 
 
-def renyi_gradient(
-    teacher_logits: torch.Tensor,
-    student_logits: torch.Tensor,
-    alpha: float | torch.Tensor,
-    T: float | torch.Tensor = 1.0,
-    *,
-    validate: bool = True,
-) -> torch.Tensor:
+def renyi_gradient(teacher_logits: torch.Tensor, student_logits: torch.Tensor, alpha: float | torch.Tensor,
+                   T: float | torch.Tensor = 1.0, *, validate: bool = True) -> torch.Tensor:
     r"""Analytic gradient of :func:`renyi_divergence_logits` with respect to the student logits.
 
     .. math:: \frac{\partial D_\alpha(P^T\|Q^T)}{\partial z_j} = \frac{1}{T}\,(q_j - w_j),

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from kdlib._validation import check_beta, check_logits_pair, check_order, check_temperature_arg
 from kdlib.divergences import renyi_divergence_logits
 
-__all__ = ["distillation_loss", "distillation_loss_components", "LossComponents", "REDUCTIONS"]
+__all__ = ["distillation_loss", "LossComponents", "REDUCTIONS"]
 
 #: The reductions of :func:`distillation_loss`.
 REDUCTIONS = ("mean", "sum", "none")
@@ -59,7 +59,8 @@ def distillation_loss(
     normalize_by_alpha: bool | torch.Tensor = False,
     reduction: str = "mean",
     validate: bool = True,
-) -> torch.Tensor:
+    return_components: bool = False,
+) -> torch.Tensor | LossComponents:
     r"""Rényi knowledge-distillation loss: cross-entropy mixed with a tempered Rényi divergence.
 
     Computes :math:`\ell_b` of the module docstring for every row and reduces it: ``"mean"`` over
@@ -94,6 +95,8 @@ def distillation_loss(
         validate: check the values of the arguments (finite logits, targets in range,
             hyperparameters in range: one host sync). ``False`` in hot loops whose inputs are
             valid by construction; shapes and dtypes are still checked.
+        return_components: return :class:`LossComponents` ``(total, ce, soft)``, each reduced
+            alike, instead of the loss alone.
 
     Returns:
         The loss in nats: a scalar for ``"mean"``/``"sum"``, the row shape for ``"none"``; in the
@@ -104,27 +107,6 @@ def distillation_loss(
             targets not integer class indices in ``[0, n)``; ``alpha`` NaN or negative; ``T`` not
             finite and ``> 0``; ``beta`` outside ``[0, 1]``; an unknown ``reduction``;
             ``normalize_by_alpha`` with an order 0 or ``inf``.
-    """
-    return distillation_loss_components(
-        student_logits, teacher_logits, targets, alpha=alpha, T=T, beta=beta,
-        normalize_by_alpha=normalize_by_alpha, reduction=reduction, validate=validate).total
-
-
-def distillation_loss_components(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    alpha: float | torch.Tensor = 1.0,
-    T: float | torch.Tensor = 4.0,
-    beta: float | torch.Tensor = 0.9,
-    normalize_by_alpha: bool | torch.Tensor = False,
-    reduction: str = "mean",
-    validate: bool = True,
-) -> LossComponents:
-    """:func:`distillation_loss` and its two terms, ``(total, ce, soft)``, each reduced alike.
-
-    Arguments, shapes and errors as in :func:`distillation_loss`.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -150,7 +132,8 @@ def distillation_loss_components(
     if isinstance(beta, torch.Tensor):
         beta = beta.to(d.dtype)
     total = (1.0 - beta) * ce + beta * soft
-    return LossComponents(*(_reduce(x, reduction).to(student_logits.dtype) for x in (total, ce, soft)))
+    parts = LossComponents(*(_reduce(x, reduction).to(student_logits.dtype) for x in (total, ce, soft)))
+    return parts if return_components else parts.total
 
 
 def _check_rows(x: torch.Tensor, rows: torch.Size, name: str) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kdlib._validation import check_beta, check_order, check_temperature_arg
-from kdlib.functional import REDUCTIONS, LossComponents, distillation_loss, distillation_loss_components
+from kdlib.functional import REDUCTIONS, LossComponents, distillation_loss
 
 __all__ = ["DistillationLoss", "LossComponents"]
 
@@ -146,7 +146,8 @@ class DistillationLoss(nn.Module):
         Useful for logging; ``total`` is what :meth:`forward` returns. See the class docstring for
         shapes and errors.
         """
-        return distillation_loss_components(student_logits, teacher_logits, targets, **self._options())
+        return distillation_loss(student_logits, teacher_logits, targets, **self._options(),
+                                 return_components=True)
 
     def forward(
         self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kdlib import DistillationLoss
-from kdlib.functional import distillation_loss, distillation_loss_components
+from kdlib.functional import distillation_loss
 
 INF = math.inf
 G = torch.Generator().manual_seed(3)
@@ -44,7 +44,8 @@ def test_kl_is_hintons_loss_and_components_add_up():
         F.log_softmax(z / 4, -1), F.softmax(V / 4, -1), reduction="batchmean")
     torch.testing.assert_close(distillation_loss(z, V, Y, alpha=1.0, T=4.0, beta=0.9), by_hand,
                                rtol=1e-12, atol=1e-12)
-    total, ce, soft = distillation_loss_components(z, V, Y, alpha=2.0, T=3.0, beta=0.25, reduction="sum")
+    total, ce, soft = distillation_loss(z, V, Y, alpha=2.0, T=3.0, beta=0.25, reduction="sum",
+                                       return_components=True)
     torch.testing.assert_close(total, 0.75 * ce + 0.25 * soft, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ce, F.cross_entropy(z, Y, reduction="sum"), rtol=1e-12, atol=1e-12)
 

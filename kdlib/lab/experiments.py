@@ -59,14 +59,12 @@ class Scale:
         student_train: how every student is trained.
         transfer_size: the students' transfer set, the first this-many training images (``None``: all).
         val_size: validation images (learning curves, bias-shift choice; ``None``: the split's).
-        big, small: hidden widths of Hinton's large and small students.
-        grid_hidden, omit_hidden: student widths of the Rényi grid and the omitted-class experiment.
-        seeds: student seeds of ``hinton``; grid and omitted class use ``grid_seeds``.
-        grid_seeds: student seeds of ``renyi_grid`` and ``omitted_class``.
-        confirm_seeds: fresh seeds of ``renyi_confirm``.
-        big_T, small_T: temperatures of Hinton's large and small students.
-        grid_alphas, grid_T: orders and temperatures of the grid.
-        omit_alphas, omit_T: orders and temperatures of the omitted-class experiment.
+        hidden: student widths by role: ``big`` and ``small`` (Hinton's two students), ``grid``
+            (the Rényi grid and the confirmation) and ``omit`` (the omitted-class experiment).
+        seeds: student seeds by role: ``hinton``, ``grid`` (the grid and the omitted class) and
+            ``confirm`` (fresh seeds of the confirmation).
+        temperatures: by role: ``big``, ``small``, ``grid``, ``omit``.
+        orders: Rényi orders by role: ``grid``, ``omit``.
         threads: torch CPU threads (``None``: :func:`kdlib.lab.config.default_threads`). The smoke
             scale uses 1: its tensors are too small to gain from threads.
         precision: ``fp32``, ``bf16`` or ``auto`` (see :mod:`kdlib.lab.config`); the committed
@@ -81,25 +79,18 @@ class Scale:
     student_train: TrainConfig
     transfer_size: int | None
     val_size: int | None
-    big: tuple[int, ...]
-    small: tuple[int, ...]
-    grid_hidden: tuple[int, ...]
-    omit_hidden: tuple[int, ...]
-    seeds: tuple[int, ...]
-    grid_seeds: tuple[int, ...]
-    confirm_seeds: tuple[int, ...]
-    big_T: tuple[float, ...]
-    small_T: tuple[float, ...]
-    grid_alphas: tuple[float, ...]
-    grid_T: tuple[float, ...]
-    omit_alphas: tuple[float, ...]
-    omit_T: tuple[float, ...]
+    hidden: dict[str, tuple[int, ...]]
+    seeds: dict[str, tuple[int, ...]]
+    temperatures: dict[str, tuple[float, ...]]
+    orders: dict[str, tuple[float, ...]]
     threads: int | None = None
     precision: str = "fp32"
 
 
 HINTON_TEACHER = {"kind": "mlp", "hidden": [1200, 1200], "dropout": 0.5, "input_dropout": 0.2}
 ORDERS = (0.25, 0.5, 1.0, 2.0, 4.0, INF)
+TEMPERATURES = {"big": (2.0, 4.0, 8.0, 20.0), "small": (1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 16.0),
+                "grid": (1.0, 2.0, 4.0, 8.0, 16.0), "omit": (2.0, 4.0, 8.0)}
 
 SCALES: dict[str, Scale] = {s.name: s for s in [
     #      teacher: 64-256-256-10 on digits, 30 epochs (a second of CPU); students 12 epochs.
@@ -107,28 +98,25 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
           teacher_model={"kind": "mlp", "hidden": [256, 256], "dropout": 0.2},
           teacher_train=TrainConfig(epochs=30, batch_size=64, lr=0.05), teacher_train_size=None,
           student_train=TrainConfig(epochs=12, batch_size=64, lr=0.05), transfer_size=None, val_size=None,
-          big=(64, 64), small=(16, 16), grid_hidden=(32, 32), omit_hidden=(32, 32),
-          seeds=(0,), grid_seeds=(0,), confirm_seeds=(3, 4), big_T=(2.0, 4.0), small_T=(2.0, 4.0),
-          grid_alphas=(0.5, 1.0, INF), grid_T=(2.0, 8.0), omit_alphas=(0.5, 1.0, INF), omit_T=(4.0,),
-          threads=1),
+          hidden={"big": (64, 64), "small": (16, 16), "grid": (32, 32), "omit": (32, 32)},
+          seeds={"hinton": (0,), "grid": (0,), "confirm": (3, 4)},
+          temperatures={"big": (2.0, 4.0), "small": (2.0, 4.0), "grid": (2.0, 8.0), "omit": (4.0,)},
+          orders={"grid": (0.5, 1.0, INF), "omit": (0.5, 1.0, INF)}, threads=1),
     #      teacher: 6 epochs on 20,000 images (7.4 min measured on two shared cores); students
     #      8 epochs on a 5,000-image transfer set.
     Scale("cpu", dataset=None, teacher_model=HINTON_TEACHER,
           teacher_train=TrainConfig(epochs=6, batch_size=128, lr=0.05), teacher_train_size=20_000,
           student_train=TrainConfig(epochs=8, batch_size=128, lr=0.05), transfer_size=5_000, val_size=2_000,
-          big=(800, 800), small=(30, 30), grid_hidden=(100, 100), omit_hidden=(300, 300),
-          seeds=(0, 1, 2), grid_seeds=(0, 1, 2), confirm_seeds=tuple(range(3, 13)),
-          big_T=(2.0, 4.0, 8.0, 20.0), small_T=(1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 16.0),
-          grid_alphas=ORDERS, grid_T=(1.0, 2.0, 4.0, 8.0, 16.0), omit_alphas=ORDERS, omit_T=(2.0, 4.0, 8.0)),
+          hidden={"big": (800, 800), "small": (30, 30), "grid": (100, 100), "omit": (300, 300)},
+          seeds={"hinton": (0, 1, 2), "grid": (0, 1, 2), "confirm": tuple(range(3, 13))},
+          temperatures=TEMPERATURES, orders={"grid": ORDERS, "omit": ORDERS}),
     #      Hinton scale: the teacher 60 epochs and students 30 epochs on all training images.
     Scale("full", dataset=None, teacher_model=HINTON_TEACHER,
           teacher_train=TrainConfig(epochs=60, batch_size=128, lr=0.05), teacher_train_size=None,
           student_train=TrainConfig(epochs=30, batch_size=128, lr=0.05), transfer_size=None, val_size=None,
-          big=(800, 800), small=(30, 30), grid_hidden=(800, 800), omit_hidden=(800, 800),
-          seeds=(0, 1, 2, 3, 4), grid_seeds=(0, 1, 2), confirm_seeds=tuple(range(3, 13)),
-          big_T=(2.0, 4.0, 8.0, 20.0), small_T=(1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 16.0),
-          grid_alphas=ORDERS, grid_T=(1.0, 2.0, 4.0, 8.0, 16.0), omit_alphas=ORDERS, omit_T=(2.0, 4.0, 8.0),
-          precision="auto"),
+          hidden={"big": (800, 800), "small": (30, 30), "grid": (800, 800), "omit": (800, 800)},
+          seeds={"hinton": (0, 1, 2, 3, 4), "grid": (0, 1, 2), "confirm": tuple(range(3, 13))},
+          temperatures=TEMPERATURES, orders={"grid": ORDERS, "omit": ORDERS}, precision="auto"),
 ]}
 PROFILES = tuple(SCALES)
 
@@ -214,16 +202,17 @@ def alone(hidden: tuple[int, ...], seeds: Sequence[int]) -> list[StudentSpec]:
 def hinton(scale: Scale, dataset: str = "fashion_mnist") -> Profile:
     """Hinton-style reproduction: teacher, 2×800 student alone and distilled, 2×30 student across T.
 
-    Per seed: a ``big`` student alone and distilled with KL (alpha = 1, beta = 0.9) at ``big_T``
-    (20 is the temperature Hinton et al. report for 2×800), a ``small`` student alone and at
-    ``small_T`` (they found 2.5-4 best for 30 units).
+    Per seed: a ``big`` student alone and distilled with KL (alpha = 1, beta = 0.9) at the
+    ``big`` temperatures (20 is the one Hinton et al. report for 2×800), a ``small`` student alone
+    and at the ``small`` temperatures (they found 2.5-4 best for 30 units).
     """
     students: list[StudentSpec] = []
-    for s in scale.seeds:
-        students += alone(scale.big, [s])
-        students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=scale.big) for T in scale.big_T]
-        students += alone(scale.small, [s])
-        students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=scale.small) for T in scale.small_T]
+    for s in scale.seeds["hinton"]:
+        for role in ("big", "small"):
+            hidden = scale.hidden[role]
+            students += alone(hidden, [s])
+            students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=hidden)
+                         for T in scale.temperatures[role]]
     return profile_of(scale, dataset, students)
 
 
@@ -258,8 +247,9 @@ def renyi_grid(scale: Scale) -> Profile:
     2×100 on the 5,000-image transfer set (2×100 keeps 303 students affordable and leaves a clear
     teacher-student gap). full: 2×800 on all images.
     """
-    return profile_of(scale, "fashion_mnist", grid_students(scale.grid_alphas, scale.grid_T, GRID_BETAS,
-                                                            scale.grid_seeds, scale.grid_hidden))
+    students = grid_students(scale.orders["grid"], scale.temperatures["grid"], GRID_BETAS, scale.seeds["grid"],
+                             scale.hidden["grid"])
+    return profile_of(scale, "fashion_mnist", students)
 
 
 BIAS_SHIFTS = tuple(0.25 * i for i in range(1, 81))  # 0.25 ... 20
@@ -268,16 +258,17 @@ BIAS_SHIFTS = tuple(0.25 * i for i in range(1, 81))  # 0.25 ... 20
 def omitted_class(scale: Scale, dataset: str = "fashion_mnist", omit: int = 3) -> Profile:
     """Class ``omit`` left out of the transfer set; KL against Rényi orders, before/after a bias shift.
 
-    Students (beta = 0.9, Hinton's mix of hard and soft targets): ``omit_alphas`` × ``omit_T``
+    Students (beta = 0.9, Hinton's mix of hard and soft targets): the ``omit`` orders × temperatures
     plus one student alone, per seed. The shift of the omitted class's output bias is chosen per
     student from 0.25, 0.5, ..., 20 to maximise validation accuracy (Hinton et al. chose theirs
     on the test set).
     """
     students: list[StudentSpec] = []
-    for s in scale.grid_seeds:
-        students += alone(scale.omit_hidden, [s])
-        students += [StudentSpec(alpha=a, T=T, beta=0.9, seed=s, hidden=scale.omit_hidden)
-                     for a in scale.omit_alphas for T in scale.omit_T]
+    hidden = scale.hidden["omit"]
+    for s in scale.seeds["grid"]:
+        students += alone(hidden, [s])
+        students += [StudentSpec(alpha=a, T=T, beta=0.9, seed=s, hidden=hidden)
+                     for a in scale.orders["omit"] for T in scale.temperatures["omit"]]
     return profile_of(scale, dataset, students, omit_class=omit, bias_shifts=BIAS_SHIFTS)
 
 
@@ -293,8 +284,8 @@ def renyi_confirm(scale: Scale) -> Profile:
     not use: per seed, KL and alpha = 4 at T = 2, for beta 0.9 and 1, with the grid's student
     width and training (same teacher).
     """
-    students = [StudentSpec(alpha=a, T=CONFIRM_T, beta=b, seed=s, hidden=scale.grid_hidden)
-                for s in scale.confirm_seeds for b in GRID_BETAS for a in (1.0, CONFIRM_ALPHA)]
+    students = [StudentSpec(alpha=a, T=CONFIRM_T, beta=b, seed=s, hidden=scale.hidden["grid"])
+                for s in scale.seeds["confirm"] for b in GRID_BETAS for a in (1.0, CONFIRM_ALPHA)]
     return profile_of(scale, "fashion_mnist", students)
 
 
