@@ -247,8 +247,8 @@ def renyi_grid(scale: Scale) -> Profile:
     2×100 on the 5,000-image transfer set (2×100 keeps 303 students affordable and leaves a clear
     teacher-student gap). full: 2×800 on all images.
     """
-    students = grid_students(scale.orders["grid"], scale.temperatures["grid"], GRID_BETAS, scale.seeds["grid"],
-                             scale.hidden["grid"])
+    students = grid_students(scale.orders["grid"], scale.temperatures["grid"], GRID_BETAS,
+                             scale.seeds["grid"], scale.hidden["grid"])
     return profile_of(scale, "fashion_mnist", students)
 
 
