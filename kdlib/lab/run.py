@@ -34,6 +34,7 @@ from kdlib.lab.store import (
     TeacherCache,
     dumps,
     environment,
+    make_record,
     results_path,
     results_root,
     run_key,
@@ -85,16 +86,20 @@ def _teacher_stage(experiment: str, profile: str, p: Profile, splits: Any, devic
         curves = {k: v[0] for k, v in curves.items()}
         logits = {k: predict_logits(model, getattr(splits, f"x_{k}")) for k in ("train", "val", "test")}
         metrics = evaluate_logits(logits["test"], splits.y_test, splits.num_classes)[0]
-        metrics.update(final_train_loss=curves["train_loss"][-1],
-                       final_val_accuracy=curves["val_accuracy"][-1], curves=curves)
-        record = {"schema": 1, "key": key, "kind": "teacher",
-                  "config": {**tconf, "experiment": experiment, "profile": profile, "label": "teacher",
-                             "data_info": splits.info},
-                  "metrics": metrics,
-                  "provenance": {**env, "started": start, "finished": utc_now(),
-                                 "wall_seconds": round(time.perf_counter() - t0, 3)}}
+        metrics.update(_curve_metrics(curves))
+        record = make_record("teacher", key,
+                             {**tconf, "experiment": experiment, "profile": profile, "label": "teacher",
+                              "data_info": splits.info}, metrics,
+                             {**env, "started": start, "finished": utc_now(),
+                              "wall_seconds": round(time.perf_counter() - t0, 3)})
         cache.save(key, model, logits, dumps(record))
         return key, logits, record
+
+
+def _curve_metrics(curves: dict[str, list[float]]) -> dict[str, Any]:
+    """The per-epoch curves of one model and their last values, as stored in its record."""
+    return {"final_train_loss": curves["train_loss"][-1], "final_val_accuracy": curves["val_accuracy"][-1],
+            "curves": curves}
 
 
 def _groups(pending: list[tuple[StudentSpec, dict, str]], max_group: int) -> list[list]:
@@ -209,13 +214,9 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
                 "wall_seconds": round(time.perf_counter() - t0, 3), "group_size": len(specs),
                 "teacher_test_accuracy": trecord["metrics"]["test_accuracy"]}
         for s, ((_, conf, key), m) in enumerate(zip(group, metrics, strict=True)):
-            m["diverged"] = not math.isfinite(curves["train_loss"][s][-1])
-            m.update(final_train_loss=curves["train_loss"][s][-1],
-                     final_val_accuracy=curves["val_accuracy"][s][-1],
-                     curves={"train_loss": curves["train_loss"][s],
-                             "val_accuracy": curves["val_accuracy"][s]})
-            store.append({"schema": 1, "key": key, "kind": "student",
-                          "config": {**conf, "data_info": splits.info}, "metrics": m, "provenance": prov})
+            m.update(_curve_metrics({k: v[s] for k, v in curves.items()}))
+            m["diverged"] = not math.isfinite(m["final_train_loss"])
+            store.append(make_record("student", key, {**conf, "data_info": splits.info}, m, prov))
         bar.update(len(specs))
     bar.close()
     return store.path

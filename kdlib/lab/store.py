@@ -44,7 +44,7 @@ from torch import nn
 
 from kdlib.lab.config import cpu_flags
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  #: the ``schema`` of every record :func:`make_record` builds
 
 
 class ResultsFileError(ValueError):
@@ -160,6 +160,19 @@ def dumps(record: dict[str, Any]) -> str:
 def run_key(config: dict[str, Any]) -> str:
     """First 16 hex digits of the SHA-256 of the canonical JSON of ``config``."""
     return hashlib.sha256(dumps(config).encode()).hexdigest()[:16]
+
+
+def make_record(kind: str, key: str, config: dict[str, Any], metrics: dict[str, Any],
+                provenance: dict[str, Any]) -> dict[str, Any]:
+    """One record of the store: ``{"schema", "key", "kind", "config", "metrics", "provenance"}``.
+
+    Raises:
+        ValueError: ``kind`` is not ``"teacher"`` or ``"student"``.
+    """
+    if kind not in ("teacher", "student"):
+        raise ValueError(f"kind must be 'teacher' or 'student', got {kind!r}")
+    return {"schema": SCHEMA_VERSION, "key": key, "kind": kind, "config": config, "metrics": metrics,
+            "provenance": provenance}
 
 
 # ----------------------------------------------------------------------------- provenance
