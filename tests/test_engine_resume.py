@@ -97,3 +97,24 @@ def test_sigkill_at_random_times_loses_only_students_in_flight(tmp_path):
     run_experiment("renyi_grid", "killtest", device="cpu", out=out, cache_dir=out, profile_override=profile,
                    log=lambda m: None)
     assert store.path.stat().st_size == size  # nothing left to do, nothing written
+
+
+def test_a_damaged_teacher_cache_gives_the_same_teacher_and_students(tmp_path):
+    """Damaged cache files make the run retrain the teacher from its seed, never from cached weights."""
+    scope: dict = {}
+    exec(PROFILE, scope)
+    profile = scope["profile"]
+    kw = {"device": "cpu", "profile_override": profile, "log": lambda m: None}
+    clean = run_experiment("renyi_grid", "killtest", out=tmp_path / "a", cache_dir=tmp_path / "cache", **kw)
+    tkey = run_key(teacher_config(profile))
+    cache_files = sorted((tmp_path / "cache" / "teachers").glob(f"{tkey}*"))
+    logits = tmp_path / "cache" / "teachers" / f"{tkey}.logits.pt"
+    logits.write_bytes(logits.read_bytes()[:-50])  # torn: the weights beside it are intact
+    again = run_experiment("renyi_grid", "killtest", out=tmp_path / "b", cache_dir=tmp_path / "cache", **kw)
+
+    def metrics(path):
+        return {r["key"]: (r["metrics"]["test_accuracy"], r["metrics"]["final_train_loss"])
+                for r in ResultsStore(path).load()}
+
+    assert metrics(again) == metrics(clean) and len(metrics(clean)) == 13
+    assert (tmp_path / "cache" / "teachers" / f"{tkey}.logits.pt.damaged").exists() and len(cache_files) >= 3

@@ -226,20 +226,79 @@ def test_bias_shift_against_brute_force():
         M.bias_shift(torch.tensor(zv), torch.tensor(yv), torch.tensor(zt), torch.tensor(yt), cls, [2, 1])
 
 
-def test_teacher_cache_round_trip(tmp_path):
+ROWS = {"train": 5, "val": 2, "test": 3}
+
+
+def cached_teacher(tmp_path):
     cache = St.TeacherCache(tmp_path)
     model = MLP(64, (8,), 10)
-    logits = {"train": torch.randn(5, 10), "val": torch.randn(2, 10), "test": torch.randn(3, 10)}
-    assert cache.load("k", MLP(64, (8,), 10), torch.device("cpu")) is None
+    logits = {k: torch.randn(n, 10) for k, n in ROWS.items()}
     with cache.lock("k"):
-        cache.save("k", model, logits, '{"key": "k"}')
-    fresh = MLP(64, (8,), 10)
-    got, record = cache.load("k", fresh, torch.device("cpu"))
-    assert record == '{"key": "k"}' and torch.equal(got["val"], logits["val"])
-    assert torch.equal(fresh.linears()[0].weight, model.linears()[0].weight)
+        record = cache.save("k", model.state_dict(), logits, {"key": "k", "provenance": {"x": 1}})
+    return cache, model, logits, record
+
+
+def test_teacher_cache_round_trip(tmp_path):
+    assert St.TeacherCache(tmp_path).load("k", ROWS, 10) is None
+    cache, model, logits, record = cached_teacher(tmp_path)
+    assert set(record["provenance"]["cache"]) == {"weights_sha256", "logits_sha256"}
+    got, rec = cache.load("k", ROWS, 10)
+    assert rec == record and all(torch.equal(got[k], logits[k]) for k in ROWS)
     assert not [p for p in cache.dir.iterdir() if p.name.endswith(".tmp")]
-    cache.paths("k")[0].write_bytes(b"not a checkpoint")  # damaged -> treated as absent
-    assert cache.load("k", fresh, torch.device("cpu")) is None
+    state = torch.load(cache.paths("k")[0], weights_only=True)  # weights load without pickle code
+    assert torch.equal(state["net.1.weight"], model.state_dict()["net.1.weight"])
+
+
+def _nan_logits(path):
+    d = torch.load(path, weights_only=True)
+    d["val"][0, 0] = math.nan
+    torch.save(d, path)
+
+
+def _short_logits(path):
+    d = torch.load(path, weights_only=True)
+    d["train"] = d["train"][:4]
+    torch.save(d, path)
+
+
+def _missing_split(path):
+    d = torch.load(path, weights_only=True)
+    del d["test"]
+    torch.save(d, path)
+
+
+def _permuted_logits(path):
+    d = torch.load(path, weights_only=True)
+    d["train"] = d["train"].flip(0)
+    torch.save(d, path)
+
+
+@pytest.mark.parametrize("which,damage", [
+    (0, lambda p: p.write_bytes(b"not a checkpoint")),               # weights: garbage
+    (0, lambda p: p.write_bytes(p.read_bytes()[:40])),                # weights: truncated
+    (1, lambda p: p.write_bytes(p.read_bytes()[:-7])),                # logits: truncated
+    (1, _nan_logits), (1, _short_logits), (1, _missing_split),         # logits: wrong values or shapes
+    (1, _permuted_logits),                                            # logits: valid, but not the teacher's
+    (2, lambda p: p.write_text("garbage")),                            # record: not JSON
+    (2, lambda p: p.write_text('{"key": "k"}')),                       # record: no checksums
+    (2, lambda p: p.write_text(p.read_text().replace('"k"', '"other"'))),  # record: another key
+    (0, lambda p: p.unlink()),                                         # a file missing
+])
+def test_a_damaged_cache_entry_is_moved_aside_and_reported(tmp_path, which, damage):
+    cache, *_ = cached_teacher(tmp_path)
+    damage(cache.paths("k")[which])
+    messages = []
+    assert cache.load("k", ROWS, 10, log=messages.append) is None
+    assert len(messages) == 1 and "damaged" in messages[0] and str(cache.paths("k")[2]) in messages[0]
+    assert not any(p.exists() for p in cache.paths("k"))  # absent now: the teacher is retrained
+    assert any(p.name.endswith(".damaged") for p in cache.dir.iterdir())  # nothing deleted
+
+
+def test_a_kill_during_save_leaves_no_temporary_files(tmp_path):
+    cache, *_ = cached_teacher(tmp_path)
+    (cache.dir / ".k.pt.abc123.tmp").write_bytes(b"half")
+    with cache.lock("k"):
+        assert not list(cache.dir.glob("*.tmp"))
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path):

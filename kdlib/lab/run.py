@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -32,7 +31,6 @@ from kdlib.lab.store import (
     SCRATCH,
     ResultsStore,
     TeacherCache,
-    dumps,
     environment,
     make_record,
     results_path,
@@ -67,24 +65,24 @@ def requested_device() -> str:
 
 
 def _teacher_stage(experiment: str, profile: str, p: Profile, splits: Any, device: torch.device,
-                   precision: str, cache: TeacherCache, env: dict[str, Any]
+                   precision: str, cache: TeacherCache, env: dict[str, Any], log: Callable[[str], None]
                    ) -> tuple[str, dict[str, torch.Tensor], dict]:
     tconf = teacher_config(p, precision)
     key = run_key(tconf)
-    torch.manual_seed(p.teacher_seed)  # the teacher's initial weights come from its seed
-    model = build_model(p.teacher_model, splits.input_shape, splits.num_classes).to(device)
+    rows = {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test)}
     with cache.lock(key):
-        cached = cache.load(key, model, device)
+        cached = cache.load(key, rows, splits.num_classes, device, log)
         if cached is not None:
-            logits, text = cached
-            return key, logits, json.loads(text)
+            return key, *cached
+        torch.manual_seed(p.teacher_seed)  # the teacher's initial weights come from its seed
+        model = build_model(p.teacher_model, splits.input_shape, splits.num_classes).to(device)
         start, t0 = utc_now(), time.perf_counter()
         n = p.teacher_train_size or len(splits.y_train)
         curves = fit(model, splits.x_train[:n], cross_entropy_objective(splits.y_train[:n]), p.teacher_train,
                      data_seed=p.teacher_seed, val=(splits.x_val, splits.y_val), precision=precision,
                      desc="teacher")
         curves = {k: v[0] for k, v in curves.items()}
-        logits = {k: predict_logits(model, getattr(splits, f"x_{k}")) for k in ("train", "val", "test")}
+        logits = {k: predict_logits(model, getattr(splits, f"x_{k}")) for k in rows}
         metrics = evaluate_logits(logits["test"], splits.y_test, splits.num_classes)[0]
         metrics.update(_curve_metrics(curves))
         record = make_record("teacher", key,
@@ -92,8 +90,7 @@ def _teacher_stage(experiment: str, profile: str, p: Profile, splits: Any, devic
                               "data_info": splits.info}, metrics,
                              {**env, "started": start, "finished": utc_now(),
                               "wall_seconds": round(time.perf_counter() - t0, 3)})
-        cache.save(key, model, logits, dumps(record))
-        return key, logits, record
+        return key, logits, cache.save(key, model.state_dict(), logits, record)
 
 
 def _curve_metrics(curves: dict[str, list[float]]) -> dict[str, Any]:
@@ -176,7 +173,7 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     env = {**environment(dev), "tf32": dev.type == "cuda", "precision": precision}
-    tkey, tlogits, trecord = _teacher_stage(name, profile, p, splits, dev, precision, cache, env)
+    tkey, tlogits, trecord = _teacher_stage(name, profile, p, splits, dev, precision, cache, env, log)
     if tkey not in done:
         store.append(trecord)
     log(f"teacher {tkey}: test accuracy {trecord['metrics']['test_accuracy']:.4f}")
@@ -212,7 +209,8 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
                 m.update(sh)
         prov = {**env, "started": start, "finished": utc_now(),
                 "wall_seconds": round(time.perf_counter() - t0, 3), "group_size": len(specs),
-                "teacher_test_accuracy": trecord["metrics"]["test_accuracy"]}
+                "teacher_test_accuracy": trecord["metrics"]["test_accuracy"],
+                "teacher_logits_sha256": trecord["provenance"].get("cache", {}).get("logits_sha256")}
         for s, ((_, conf, key), m) in enumerate(zip(group, metrics, strict=True)):
             m.update(_curve_metrics({k: v[s] for k, v in curves.items()}))
             m["diverged"] = not math.isfinite(m["final_train_loss"])

@@ -31,16 +31,14 @@ import io
 import json
 import math
 import os
-import pickle
 import platform
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from kdlib.lab.config import cpu_flags
 
@@ -402,8 +400,14 @@ class TeacherCache:
     """Teachers' weights and logits on disk, one set of files per teacher key.
 
     ``<dir>/<key>.pt``: the ``state_dict``; ``<dir>/<key>.logits.pt``: ``{"train", "val",
-    "test"}`` logits ``(N, C)`` at temperature 1; ``<dir>/<key>.json``: the teacher's record.
-    Default directory: ``$KDLIB_CACHE_DIR`` or ``~/.cache/kdlib/teachers``.
+    "test"}`` logits ``(N, C)`` at temperature 1; ``<dir>/<key>.json``: the teacher's record,
+    written last, whose ``provenance.cache`` holds the SHA-256 of the two other files. Default
+    directory: ``$KDLIB_CACHE_DIR`` or ``~/.cache/kdlib`` (files in its ``teachers/``).
+
+    :meth:`load` trusts nothing: an entry whose record is not JSON, names another key, lacks
+    the checksums, or whose files do not match them, whose logits miss a split, have the wrong
+    shape or hold non-finite values, is *damaged*. It is moved aside (``<name>.damaged``, so
+    nothing is lost) and reported as absent, and the teacher is trained afresh.
     """
 
     def __init__(self, directory: str | os.PathLike | None = None) -> None:
@@ -417,33 +421,87 @@ class TeacherCache:
         """``(weights, logits, record)`` paths of teacher ``key``."""
         return self.dir / f"{key}.pt", self.dir / f"{key}.logits.pt", self.dir / f"{key}.json"
 
-    def load(self, key: str, model: nn.Module, device: torch.device
-             ) -> tuple[dict[str, torch.Tensor], str] | None:
-        """Load weights into ``model``; return ``(logits, record_json)``, ``None`` if absent or damaged."""
-        weights, logits, record = self.paths(key)
-        if not (weights.is_file() and logits.is_file() and record.is_file()):
+    def load(self, key: str, rows: dict[str, int], num_classes: int, device: torch.device | str = "cpu",
+             log: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """The cached ``(logits, record)`` of teacher ``key``, or ``None`` when absent or damaged.
+
+        Args:
+            key: the teacher's run key.
+            rows: the number of rows each split's logits must have, e.g. ``{"train": 54000, ...}``.
+            num_classes: columns of the logits.
+            device: where the logits go.
+            log: told why an entry is damaged (it is then moved aside).
+        """
+        paths = self.paths(key)
+        if not any(p.exists() for p in paths):
             return None
         try:
-            model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-            cached = torch.load(logits, map_location=device, weights_only=True)
-            text = record.read_text()
-        except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError):
+            return self._read(key, rows, num_classes, device)
+        except Exception as e:  # anything unreadable is damage: never a different teacher under this key
+            for p in paths:
+                if p.exists():
+                    os.replace(p, p.with_name(p.name + ".damaged"))
+            log(f"teacher cache entry {paths[2]} is damaged ({e}); moved aside as *.damaged, "
+                "the teacher is trained again")
             return None
-        return cached, text
+
+    def _read(self, key: str, rows: dict[str, int], num_classes: int, device: torch.device | str
+              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        weights, logits_path, record_path = self.paths(key)
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{record_path.name} is not a JSON record: {e}") from None
+        sums = record.get("provenance", {}).get("cache") if isinstance(record, dict) else None
+        if not isinstance(record, dict) or record.get("key") != key or not isinstance(sums, dict):
+            raise ValueError(f"{record_path.name} is not the record of teacher {key} with checksums")
+        blobs = {}
+        for name, path in (("weights", weights), ("logits", logits_path)):
+            blobs[name] = path.read_bytes()
+            if hashlib.sha256(blobs[name]).hexdigest() != sums.get(f"{name}_sha256"):
+                raise ValueError(f"{path.name} does not match the checksum in {record_path.name}")
+        state = torch.load(io.BytesIO(blobs["weights"]), weights_only=True)
+        logits = torch.load(io.BytesIO(blobs["logits"]), map_location=device, weights_only=True)
+        if not isinstance(state, dict) or not isinstance(logits, dict):
+            raise ValueError("the weights or logits file does not hold a dict of tensors")
+        for split, n in rows.items():
+            t = logits.get(split)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n, num_classes):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else "missing"
+                raise ValueError(f"{split} logits must have shape {(n, num_classes)}, got {got}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{split} logits hold NaN or infinite values")
+        return logits, record
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """Hold an exclusive lock on teacher ``key``, so concurrent runs train it only once."""
+        """Hold an exclusive lock on teacher ``key``, so concurrent runs train it only once.
+
+        Temporary files of ``key`` left by a writer killed mid-save are removed once the lock
+        is held (nobody else can be writing them then).
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         with file_lock(self.dir / f"{key}.lock"):
+            for tmp in self.dir.glob(f".{key}.*.tmp"):
+                tmp.unlink(missing_ok=True)
             yield
 
-    def save(self, key: str, model: nn.Module, logits: dict[str, torch.Tensor], record_json: str) -> None:
-        """Write the three files atomically (the record last, so its presence means complete)."""
-        weights, logit_path, record = self.paths(key)
-        atomic_write(weights, _torch_bytes({k: v.detach().cpu() for k, v in model.state_dict().items()}))
-        atomic_write(logit_path, _torch_bytes({k: v.detach().cpu() for k, v in logits.items()}))
-        atomic_write(record, record_json.encode())
+    def save(self, key: str, state_dict: dict[str, torch.Tensor], logits: dict[str, torch.Tensor],
+             record: dict[str, Any]) -> dict[str, Any]:
+        """Write weights, logits and then ``record`` (with their checksums added) atomically.
+
+        Returns:
+            ``record`` with ``provenance.cache = {"weights_sha256", "logits_sha256"}``, as written.
+        """
+        weights, logits_path, record_path = self.paths(key)
+        blobs = {"weights": _torch_bytes({k: v.detach().cpu() for k, v in state_dict.items()}),
+                 "logits": _torch_bytes({k: v.detach().cpu() for k, v in logits.items()})}
+        atomic_write(weights, blobs["weights"])
+        atomic_write(logits_path, blobs["logits"])
+        sums = {f"{k}_sha256": hashlib.sha256(v).hexdigest() for k, v in blobs.items()}
+        record = {**record, "provenance": {**record.get("provenance", {}), "cache": sums}}
+        atomic_write(record_path, dumps(record).encode())
+        return record
 
 
 def _torch_bytes(obj: Any) -> bytes:
