@@ -1,4 +1,7 @@
-"""kdlib.results: strict JSON with alpha = inf, atomic appends, torn-line repair, summaries."""
+"""kdlib.lab.store: strict JSON with alpha = inf, atomic appends, torn-line repair.
+
+The summaries of the records are tested in test_report.py.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +12,9 @@ import os
 import socket
 import subprocess
 
-import numpy as np
 import pytest
-from scipy import stats
 
-import kdlib.results as R
+import kdlib.lab.store as R
 
 
 def record(key: str, alpha: float = 1.0, acc: float = 0.9, seed: int = 0, **cfg) -> dict:
@@ -77,7 +78,7 @@ def test_damaged_middle_line_or_directory_is_an_error(tmp_path):
     with pytest.raises(R.ResultsFileError, match="line 2"):
         R.ResultsStore(p).load()
     p.write_text('{"no": "key"}\n')
-    with pytest.raises(R.ResultsFileError, match="no 'key'"):
+    with pytest.raises(R.ResultsFileError, match="line 1: not a result record"):
         R.ResultsStore(p).load()
     (tmp_path / "d.jsonl").mkdir()
     with pytest.raises(R.ResultsFileError, match="cannot read"):
@@ -103,26 +104,6 @@ def test_concurrent_writers_never_interleave(tmp_path):
         assert p.exitcode == 0
     keys = [r["key"] for r in R.ResultsStore(path).load()]
     assert sorted(keys) == sorted(f"w{w}-{i}" for w in range(4) for i in range(40))
-
-
-def test_summaries_against_numpy_and_scipy():
-    accs = {0: [0.91, 0.93, 0.92], 1: [0.88, 0.87]}
-    recs = [record(f"{a}-{s}", alpha=[1.0, math.inf][a], acc=v, seed=s)
-            for a, vals in accs.items() for s, v in enumerate(vals)]
-    rows = R.summarize(recs)
-    assert len(rows) == 2 and rows[1]["alpha"] == math.inf and rows[0]["model"] == "mlp30x30"
-    for row, vals in zip(rows, accs.values(), strict=True):
-        v = np.array(vals)
-        assert row["n"] == len(v) and row["seeds"] == list(range(len(v)))
-        assert row["mean"] == pytest.approx(v.mean()) and row["std"] == pytest.approx(v.std(ddof=1))
-        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-        assert row["ci95"] == pytest.approx(half, rel=1e-3)
-    for df in range(1, 31):
-        assert R.t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-3)
-    one = R.mean_std_ci([0.5])
-    assert one["n"] == 1 and math.isnan(one["std"])
-    table = R.format_table(rows, ["alpha", "n", "mean"])
-    assert table.splitlines()[2].split() == ["inf", "2", "0.8750"]
 
 
 def test_git_state_and_environment(tmp_path):
@@ -170,3 +151,82 @@ def test_run_lock_refuses_a_second_writer(tmp_path):
     with R.run_lock(target, tmp_path / "locks"):
         pass  # released
     assert not target.parent.exists()  # the lock lives elsewhere
+
+
+@pytest.mark.parametrize("broken,problem", [
+    ({"metrics": {}}, "metrics.test_accuracy missing"),
+    ({"config": None}, "field 'config' missing"),
+    ({"kind": "ghost"}, "kind must be"),
+    ({"schema": "1"}, "field 'schema'"),
+])
+def test_a_record_lacking_a_field_is_refused_not_taken_as_done(tmp_path, broken, problem):
+    p = tmp_path / "r.jsonl"
+    p.write_text(R.dumps(record("k0")) + "\n" + R.dumps({**record("k1"), **broken}) + "\n")
+    with pytest.raises(R.ResultsFileError, match=f"line 2: not a result record .*{problem}"):
+        R.ResultsStore(p).keys()
+
+
+def test_duplicated_lines_count_once(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for path, keys in ((a, ["k0", "k1"]), (b, ["k1", "k2"])):
+        for k in keys:
+            R.ResultsStore(path).append(record(k, acc=0.5 if path == b else 0.9))
+    merged = tmp_path / "m.jsonl"
+    merged.write_bytes(a.read_bytes() + b.read_bytes() + a.read_bytes())  # cat a b a
+    got = R.load_records(merged)
+    assert [r["key"] for r in got] == ["k0", "k1", "k2"]
+    assert got[1]["metrics"]["test_accuracy"] == 0.9  # the first record of a key wins
+
+
+def read_only(monkeypatch, path):
+    """Make ``path`` read-only for this process, also for root (who ignores the mode bits)."""
+    real_open, real_access = os.open, os.access
+    writes = os.O_WRONLY | os.O_RDWR | os.O_APPEND
+
+    def fake_open(p, flags, *a, **kw):
+        if str(p) == str(path) and flags & writes:
+            raise PermissionError(13, "Permission denied", str(p))
+        return real_open(p, flags, *a, **kw)
+
+    monkeypatch.setattr(R.os, "open", fake_open)
+    monkeypatch.setattr(R.os, "access", lambda p, m: False if str(p) == str(path) and m & os.W_OK
+                        else real_access(p, m))
+
+
+def test_read_only_results_file_reads_and_refuses_writes_clearly(tmp_path, monkeypatch):
+    store = R.ResultsStore(tmp_path / "r.jsonl")
+    store.append(record("k0"))
+    read_only(monkeypatch, store.path)
+    assert store.keys() == {"k0"}
+    with pytest.raises(R.ResultsFileError, match="cannot write results file .*Permission denied"):
+        store.append(record("k1"))
+    with pytest.raises(R.ResultsFileError, match="cannot write results file"):
+        store.check_writable()
+
+
+def test_a_full_disk_leaves_no_partial_line_and_says_so(tmp_path, monkeypatch):
+    store = R.ResultsStore(tmp_path / "r.jsonl")
+    store.append(record("k0"))
+    before = store.path.read_bytes()
+    real_write = os.write
+
+    def write_half_then_fail(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(R.os, "write", write_half_then_fail)
+    with pytest.raises(R.ResultsFileError, match="No space left on device; the records already in it"):
+        store.append(record("k1"))
+    monkeypatch.undo()
+    assert store.path.read_bytes() == before and store.keys() == {"k0"}
+
+
+def test_check_writable_refuses_a_path_below_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(R.ResultsFileError, match="cannot write results file"):
+        R.ResultsStore(tmp_path / "f" / "exp" / "cpu.jsonl").check_writable()
+    monkey_free = R.ResultsStore(tmp_path / "ok" / "cpu.jsonl")
+    monkey_free.check_writable()
+    with pytest.raises(R.ResultsFileError, match="MiB free"):
+        monkey_free.check_writable(min_free=1 << 62)
+

@@ -1,125 +1,72 @@
-"""Analysis of committed experiment results for the chapter-2 pages.
+"""Experiment results as tables: the one reporting path of ``python -m kdlib report`` and the book.
 
-The records themselves come from :mod:`kdlib.results` (one JSON line per finished run, with
-provenance); this module turns them into what a book page shows:
+The records come from :mod:`kdlib.lab.store` (one JSON line per finished run, with provenance);
+this module turns them into what a reader sees, always through a :class:`pandas.DataFrame`:
 
-* which results to show: the best committed profile (``full`` if present, else ``cpu``), or the
-  profile named by the environment switch ``KDLIB_PROFILE`` (see :func:`requested_profile`);
-* one row per student run (:func:`student_frame`), summaries over seeds (mean, sample standard
-  deviation, 95% Student-t interval; :func:`summarize_frame`, which reuses
-  :func:`kdlib.results.mean_std_ci`);
-* paired comparisons against a reference (KL, alpha = 1) on the same seeds, with two-sided
-  t-test p-values and Holm's step-down correction for multiple comparisons
-  (:func:`paired_differences`, :func:`holm`), and a comparison where every order gets the
-  temperature that is best on the *validation* split (:func:`tuned_comparison`);
-* deterministic text for tables (fixed float formats) and the book's figures (heatmaps,
-  accuracy against temperature, learning curves);
-* a provenance line built from the records (:func:`provenance_line`), never typed by hand.
+* **which results** (:func:`load_results`): the best committed profile (``full`` if present, else
+  ``cpu``), or the profile named by the rerun switch ``$KDLIB_PROFILE``
+  (:func:`kdlib.lab.run.requested_profile`);
+* **one row per student run** (:func:`student_frame`), its cell given by :data:`CELL_FIELDS`;
+* **summaries over seeds** (:func:`summarize_frame`, :func:`interval`): n, mean, sample standard
+  deviation and the 95% Student-t interval (quantile from :data:`scipy.stats.t`);
+* **paired comparisons** with a reference cell on the same seeds (:func:`paired_differences`):
+  :func:`scipy.stats.ttest_rel` and its confidence interval, Holm's step-down correction
+  (:func:`holm`, family-wise error) for the verdicts and Benjamini–Hochberg
+  (:func:`scipy.stats.false_discovery_control`, false discovery rate) alongside; and the
+  comparison where every arm gets the temperature that is best on *validation* data
+  (:func:`tuned_comparison`);
+* **deterministic text** (fixed float formats): the book's tables (:func:`summary_table`,
+  :func:`paired_table`, :func:`pivot_means`) and the command line's report (:func:`report_text`);
+* **provenance** built from the records (:func:`provenance`, :func:`provenance_line`), never typed
+  by hand.
 
-Accuracies are fractions in [0, 1]; tables show them in percent.
-
-The Student-t distribution and Holm's correction come from :mod:`kdlib.stats` (re-exported
-here), since scipy is only a test dependency.
+Accuracies are fractions in [0, 1]; tables show them in percent (``scale=100``).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from scipy import stats
 
-from kdlib.results import load_records, mean_std_ci
-from kdlib.stats import holm as holm
-from kdlib.stats import t_cdf as t_cdf
-from kdlib.stats import t_quantile as t_quantile
-from kdlib.stats import t_two_sided_p as t_two_sided_p
+from kdlib.lab.experiments import expected_keys, get_experiment
+from kdlib.lab.run import requested_profile
+from kdlib.lab.store import load_records, results_path, results_root
 
+#: Profiles shown as results, best first (``smoke`` numbers are never findings).
 PROFILE_PREFERENCE = ("full", "cpu")
-ENV_PROFILE = "KDLIB_PROFILE"
-ENV_DEVICE = "KDLIB_DEVICE"
-ENV_RESULTS = "KDLIB_RESULTS_DIR"
+
+#: The config fields that make a cell of an experiment: runs that agree on all of them are the same
+#: treatment repeated over seeds. ``model`` is written as in :func:`model_name` (``"mlp800x800"``).
+CELL_FIELDS = ("label", "model", "alpha", "T", "beta", "normalize_by_alpha")
 
 #: Metrics copied from each record into :func:`student_frame` (missing ones become NaN).
 METRICS = ("test_accuracy", "test_errors", "final_val_accuracy", "teacher_agreement", "test_kl_from_teacher",
            "omitted_class_accuracy_before_shift", "omitted_class_accuracy_after_shift",
            "test_accuracy_before_shift", "test_accuracy_after_shift", "bias_shift", "diverged")
 
-
-def interval(values: Sequence[float]) -> dict[str, float]:
-    """``n``, ``mean``, ``std`` (ddof 1), ``ci95`` half-width, ``ci_low``, ``ci_high`` of ``values``.
-
-    From :func:`kdlib.results.mean_std_ci` (exact Student-t quantile). NaN spread for n < 2.
-    """
-    s = mean_std_ci([float(v) for v in values])
-    return {**s, "ci_low": s["mean"] - s["ci95"], "ci_high": s["mean"] + s["ci95"]}
+#: Significance level of the verdicts of :func:`paired_differences`.
+LEVEL = 0.05
 
 
 # ----------------------------------------------------------------------------- which results
 
-def results_root() -> Path:
-    """Directory of the committed results: ``$KDLIB_RESULTS_DIR`` or ``results/`` of this repository."""
-    env = os.environ.get(ENV_RESULTS)
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "results"
-
-
-def requested_profile() -> str | None:
-    """The profile named by ``$KDLIB_PROFILE`` (``None`` when unset or empty): the rerun switch.
-
-    Raises:
-        ValueError: the variable names no profile of :data:`kdlib.experiments.PROFILES`.
-    """
-    from kdlib.experiments import PROFILES
-
-    value = os.environ.get(ENV_PROFILE, "").strip()
-    if not value:
-        return None
-    if value not in PROFILES:
-        raise ValueError(f"{ENV_PROFILE} must be one of {', '.join(PROFILES)} (or unset), got {value!r}")
-    return value
-
-
-def requested_device() -> str:
-    """``$KDLIB_DEVICE`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), ``auto`` when unset."""
-    return os.environ.get(ENV_DEVICE, "").strip() or "auto"
-
-
-def _path(experiment: str, profile: str, root: Path) -> Path:
-    return root / experiment / f"{profile}.jsonl"
-
-
 def committed_profile(experiment: str, root: str | os.PathLike | None = None) -> str | None:
-    """The best profile with a results file for ``experiment``: ``full`` if present, else ``cpu``."""
+    """The best profile with a non-empty results file for ``experiment`` (:data:`PROFILE_PREFERENCE`)."""
     root = Path(root) if root is not None else results_root()
     for profile in PROFILE_PREFERENCE:
-        path = _path(experiment, profile, root)
+        path = results_path(root, experiment, profile)
         if path.is_file() and path.stat().st_size > 0:
             return profile
     return None
-
-
-def rerun_if_requested(experiment: str, root: str | os.PathLike | None = None,
-                       log: Callable[[str], None] = print) -> str | None:
-    """If ``$KDLIB_PROFILE`` is set, run (or resume) ``experiment`` at that profile into ``root``.
-
-    The device comes from ``$KDLIB_DEVICE`` (default ``auto``: CUDA when present). Finished runs
-    already in ``root`` are skipped (the store resumes). A ``smoke`` request writes to
-    ``root/_scratch`` so committed results are never touched. Returns the profile run, or
-    ``None`` when no rerun was asked for.
-    """
-    profile = requested_profile()
-    if profile is None:
-        return None
-    from kdlib.experiments import run_experiment
-
-    root = Path(root) if root is not None else results_root()
-    out = root / "_scratch" if profile == "smoke" else root
-    run_experiment(experiment, profile, device=requested_device(), out=out, log=log)
-    return profile
 
 
 @dataclass(frozen=True)
@@ -164,37 +111,26 @@ def load_results(experiment: str, profile: str | None = None,
     """Load ``root/<experiment>/<profile>.jsonl``.
 
     ``profile`` defaults to ``$KDLIB_PROFILE`` when set, else the best committed profile
-    (:func:`committed_profile`).
+    (:func:`committed_profile`); ``root`` to :func:`kdlib.lab.store.results_root`.
 
     Raises:
         FileNotFoundError: no results file; the message says how to produce one.
-        kdlib.results.ResultsFileError: the file is not a results file.
+        kdlib.lab.store.ResultsFileError: the file is not a results file.
     """
     root = Path(root) if root is not None else results_root()
     profile = profile or requested_profile() or committed_profile(experiment, root)
-    if profile is None or not _path(experiment, profile, root).is_file():
+    if profile is None or not results_path(root, experiment, profile).is_file():
         raise FileNotFoundError(
             f"no results for experiment {experiment!r} (profile {profile or 'full/cpu'}) under {root}; "
             f"run `python -m kdlib run {experiment} --profile cpu` (or full on a GPU)")
-    path = _path(experiment, profile, root)
+    path = results_path(root, experiment, profile)
     return ExperimentResults(experiment, profile, path, tuple(load_records(path)))
-
-
-def glue_number(key: str, value: Any) -> None:
-    """Glue ``value`` under ``key`` for the book's prose (myst-nb), as a plain Python number.
-
-    numpy and torch scalars are converted with ``.item()`` first, so the text a page shows does
-    not depend on which library computed the number.
-    """
-    from myst_nb import glue  # a book dependency, imported only where a page glues
-
-    glue(key, value.item() if hasattr(value, "item") else value, display=False)
 
 
 # ----------------------------------------------------------------------------- provenance
 
 def provenance(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """What produced ``records``: profiles, devices, commits, date range, run counts, CPU/GPU time.
+    """What produced ``records``: profiles, devices, commits, date range, run counts, training time.
 
     Returns:
         dict with ``profiles``, ``devices``, ``torch``, ``commits`` (short hash, ``+dirty`` when the
@@ -234,28 +170,31 @@ def provenance_line(results: ExperimentResults) -> str:
             f"{p['wall_seconds'] / 60:.0f} min of training)")
 
 
-# ----------------------------------------------------------------------------- tables
+# ----------------------------------------------------------------------------- frames
 
-def _width(cfg: dict[str, Any]) -> str:
-    hidden = cfg.get("model", {}).get("hidden") or []
-    return "x".join(str(h) for h in hidden)
+def model_name(config: dict[str, Any]) -> str:
+    """The ``model`` cell field of a run config: its kind and hidden widths, e.g. ``"mlp800x800"``."""
+    model = config.get("model") or {}
+    if not isinstance(model, dict):
+        return str(model)
+    return f"{model.get('kind', '')}{'x'.join(str(h) for h in model.get('hidden') or [])}"
 
 
 def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per student record, sorted by (hidden, label, beta, normalize_by_alpha, alpha, T, seed).
+    """One row per student record, sorted by the :data:`CELL_FIELDS`, then the seed.
 
-    Columns: ``key, label, hidden`` (e.g. ``"800x800"``), ``alpha`` (float, ``inf`` allowed),
-    ``T, beta, normalize_by_alpha, seed, epochs``, the :data:`METRICS` (NaN where a record lacks
-    one), and ``curve_val_accuracy`` / ``curve_train_loss`` (lists, one value per epoch).
+    Columns: ``key``, the :data:`CELL_FIELDS` (``model`` from :func:`model_name`; ``alpha`` a float,
+    ``inf`` allowed), ``seed, epochs``, the :data:`METRICS` (NaN where a record lacks one;
+    ``diverged`` a bool), and ``curve_val_accuracy`` / ``curve_train_loss`` (lists, one value per
+    epoch). Teacher records are skipped.
     """
     rows = []
     for r in records:
         if r.get("kind") != "student":
             continue
         c, m = r["config"], r["metrics"]
-        alpha = c.get("alpha", 1.0)
-        row = {"key": r["key"], "label": c.get("label"), "hidden": _width(c),
-               "alpha": float(alpha),  # "inf" strings are decoded by float() too
+        row = {"key": r["key"], "label": c.get("label"), "model": model_name(c),
+               "alpha": float(c.get("alpha", 1.0)),  # "inf" strings are decoded by float() too
                "T": float(c.get("T")), "beta": float(c.get("beta")),
                "normalize_by_alpha": bool(c.get("normalize_by_alpha", False)),
                "seed": int(c.get("seed")), "epochs": c.get("epochs")}
@@ -269,22 +208,109 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    order = ["hidden", "label", "beta", "normalize_by_alpha", "alpha", "T", "seed"]
-    return df.sort_values(order, kind="mergesort").reset_index(drop=True)
+    return df.sort_values([*CELL_FIELDS, "seed"], kind="mergesort").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- summaries
+
+def interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """``n``, ``mean``, ``std`` (ddof 1), ``ci95`` (half-width), ``ci_low``, ``ci_high`` of ``values``.
+
+    The interval is Student's: ``mean ± t_{n-1}((1 + confidence) / 2) · std / sqrt(n)``, the quantile
+    from :data:`scipy.stats.t`. Sums are exactly rounded (:func:`math.fsum`), so the result does not
+    depend on the order of ``values``. ``std`` and the interval are NaN for ``n < 2``; everything is
+    NaN for ``n = 0``.
+    """
+    x = [float(v) for v in values]
+    n = len(x)
+    mean = math.fsum(x) / n if n else math.nan
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in x) / (n - 1)) if n >= 2 else math.nan
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n) if n >= 2 else math.nan
+    return {"n": n, "mean": mean, "std": std, "ci95": half, "ci_low": mean - half, "ci_high": mean + half}
 
 
 def summarize_frame(df: pd.DataFrame, by: Sequence[str], metric: str = "test_accuracy") -> pd.DataFrame:
-    """Per group of ``by``: ``n, mean, std, ci95, ci_low, ci_high`` of ``metric`` over the rows (seeds).
+    """Per group of ``by``: ``n, mean, std, ci95, ci_low, ci_high`` of ``metric`` (:func:`interval`),
+    and the ``seeds``.
 
-    Rows with a NaN metric are dropped first. Groups are sorted by ``by``.
+    Rows with a NaN ``metric`` are dropped first. Groups are sorted by ``by``.
     """
-    rows = []
+    by = list(by)
     sub = df.dropna(subset=[metric])
-    for key, g in sub.groupby(list(by), sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key, strict=True)), **interval(g[metric].tolist()),
-                     "seeds": sorted(int(s) for s in g["seed"])})
-    return pd.DataFrame(rows)
+    columns = [*by, "n", "mean", "std", "ci95", "ci_low", "ci_high", "seeds"]
+    if sub.empty:
+        return pd.DataFrame(columns=columns)
+    rows = [{**dict(zip(by, key, strict=True)), **interval(g[metric]),
+             "seeds": sorted(int(s) for s in g["seed"])} for key, g in sub.groupby(by, sort=True)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control), in the input order.
+
+    scipy has no function for it (:func:`scipy.stats.false_discovery_control` adjusts for the false
+    discovery rate, a weaker guarantee). With the ``m`` p-values sorted ascending,
+    ``p_(i)`` becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))`` (Holm 1979): reject ``H_(i)`` at level
+    ``a`` when its adjusted p is below ``a``. NaN p-values stay NaN and do not count towards ``m``.
+
+    Example: ``holm([0.01, 0.04, 0.03, 0.005]) == [0.03, 0.06, 0.06, 0.02]`` (sorted: 4·0.005, 3·0.01,
+    2·0.03 = 0.06, then 1·0.04 raised to the running maximum 0.06).
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    factors = len(order) - np.arange(len(order))
+    out[order] = np.maximum.accumulate(np.minimum(1.0, factors * p[order]))
+    return out.tolist()
+
+
+def benjamini_hochberg(pvalues: Sequence[float]) -> list[float]:
+    """Benjamini–Hochberg adjusted p-values (false discovery rate control).
+
+    From :func:`scipy.stats.false_discovery_control`; NaN p-values stay NaN and do not count towards
+    the number of tests.
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = ~np.isnan(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return out.tolist()
+
+
+def paired_test(values: Sequence[float], reference: Sequence[float],
+                confidence: float = 0.95) -> dict[str, float]:
+    """The paired t-test of ``values`` against ``reference`` (same seeds, same order): ``n, mean_diff,
+    std_diff, ci_low, ci_high, t, p`` of the differences ``d = values - reference``.
+
+    From :func:`scipy.stats.ttest_rel` (two-sided, df = n - 1) and its ``confidence_interval``; the mean
+    and standard deviation from :func:`interval`. Edge cases, where scipy would warn: ``n < 2`` gives
+    NaN; differences that are all equal give ``t = 0, p = 1`` when they are 0 and ``t = ±inf, p = 0``
+    otherwise (the interval is then the point).
+
+    Raises:
+        ValueError: ``values`` and ``reference`` differ in length.
+    """
+    a, b = [float(v) for v in values], [float(v) for v in reference]
+    if len(a) != len(b):
+        raise ValueError(f"values and reference must have the same length, got {len(a)} and {len(b)}")
+    d = [x - y for x, y in zip(a, b, strict=True)]
+    s = interval(d, confidence)
+    out = {"n": s["n"], "mean_diff": s["mean"], "std_diff": s["std"], "ci_low": s["ci_low"],
+           "ci_high": s["ci_high"], "t": math.nan, "p": math.nan}
+    if s["n"] < 2:
+        return out
+    if max(d) == min(d):
+        out.update(ci_low=d[0], ci_high=d[0], t=0.0 if d[0] == 0 else math.copysign(math.inf, d[0]),
+                   p=1.0 if d[0] == 0 else 0.0)
+        return out
+    with warnings.catch_warnings():  # near-constant differences: scipy warns about precision; values stand
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = stats.ttest_rel(a, b)
+        ci = res.confidence_interval(confidence)
+    out.update(ci_low=float(ci.low), ci_high=float(ci.high), t=float(res.statistic), p=float(res.pvalue))
+    return out
 
 
 def paired_differences(df: pd.DataFrame, metric: str, cells: Sequence[str], reference: dict[str, Any],
@@ -293,11 +319,10 @@ def paired_differences(df: pd.DataFrame, metric: str, cells: Sequence[str], refe
 
     For every group of ``cells`` that is not itself a reference, the reference rows are those
     whose fields equal ``reference`` and whose ``match`` fields equal the cell's; the two are
-    joined on ``seed`` and the differences ``d = cell - reference`` summarised: ``n,
-    mean_diff, std_diff, ci_low, ci_high`` (95% t-interval), the paired t statistic
-    ``t = mean / (std / sqrt(n))``, its two-sided ``p`` (df = n - 1) and ``p_holm`` over all
-    rows returned. ``verdict``: ``"better"`` / ``"worse"`` when ``p_holm < 0.05``, else
-    ``"no difference"``.
+    joined on ``seed`` and the differences ``d = cell - reference`` tested with :func:`paired_test`:
+    ``n, mean_diff, std_diff, ci_low, ci_high`` (95% t-interval), ``t``, the two-sided ``p``, then
+    over all rows returned ``p_holm`` (:func:`holm`) and ``p_bh`` (:func:`benjamini_hochberg`).
+    ``verdict``: ``"better"`` / ``"worse"`` when ``p_holm < LEVEL`` (0.05), else ``"no difference"``.
 
     Raises:
         ValueError: a name in ``reference`` or ``match`` is not in ``cells``.
@@ -316,23 +341,13 @@ def paired_differences(df: pd.DataFrame, metric: str, cells: Sequence[str], refe
         for k in match:
             r = r[r[k] == cell[k]]
         joined = g[["seed", metric]].merge(r[["seed", metric]], on="seed", suffixes=("", "_ref")).dropna()
-        d = (joined[metric] - joined[f"{metric}_ref"]).tolist()
-        s = interval(d)
-        se = s["std"] / math.sqrt(s["n"]) if s["n"] >= 2 else math.nan
-        if s["n"] >= 2 and se > 0:
-            t = s["mean"] / se
-            p = t_two_sided_p(t, s["n"] - 1)
-        elif s["n"] >= 2 and s["mean"] == 0:
-            t, p = 0.0, 1.0
-        else:
-            t = p = math.nan
-        rows.append({**cell, "n": s["n"], "mean_diff": s["mean"], "std_diff": s["std"],
-                     "ci_low": s["ci_low"], "ci_high": s["ci_high"], "t": t, "p": p})
+        rows.append({**cell, **paired_test(joined[metric].tolist(), joined[f"{metric}_ref"].tolist())})
     out = pd.DataFrame(rows)
     if out.empty:
         return out
     out["p_holm"] = holm(out["p"].tolist())
-    out["verdict"] = [("better" if md > 0 else "worse") if ph < 0.05 else "no difference"
+    out["p_bh"] = benjamini_hochberg(out["p"].tolist())
+    out["verdict"] = [("better" if md > 0 else "worse") if ph < LEVEL else "no difference"
                       for md, ph in zip(out["mean_diff"], out["p_holm"], strict=True)]
     return out
 
@@ -361,7 +376,10 @@ def fmt_alpha(alpha: float) -> str:
 
 
 def fmt_mean_std(mean: float, std: float, scale: float = 100.0, digits: int = 2) -> str:
-    """``'85.12 ± 0.31'`` (``mean`` and ``std`` times ``scale``); ``'85.12'`` when std is NaN."""
+    """``'85.12 ± 0.31'`` (``mean`` and ``std`` times ``scale``).
+
+    ``'85.12'`` when std is NaN; ``'-'`` when the mean is.
+    """
     if math.isnan(mean):
         return "-"
     head = f"{mean * scale:.{digits}f}"
@@ -382,32 +400,27 @@ def fmt_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def _key_column(frame: pd.DataFrame, key: str) -> list[Any]:
-    """A key column for display: orders via :func:`fmt_alpha`, floats ``%g``, booleans yes/no."""
-    out = []
-    for v in frame[key]:
-        if key == "alpha":
-            out.append(fmt_alpha(float(v)))
-        elif isinstance(v, bool) or type(v).__name__ == "bool_":
-            out.append("yes" if v else "no")
-        elif isinstance(v, float):
-            out.append(f"{v:g}")
-        else:
-            out.append(v)
-    return out
+def fmt_key(name: str, value: Any) -> Any:
+    """A cell field for display: an order via :func:`fmt_alpha`, floats ``%g``, booleans ``yes``/``no``."""
+    if name == "alpha":
+        return fmt_alpha(float(value))
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return value
 
 
 def summary_table(summary: pd.DataFrame, keys: Sequence[str], labels: dict[str, str] | None = None,
                   scale: float = 100.0, digits: int = 2) -> pd.DataFrame:
-    """Strings for a page: the ``keys`` columns, ``n``, ``mean ± std`` and the 95% interval.
+    """Strings for a page: the ``keys`` columns (:func:`fmt_key`), ``n``, ``mean ± std`` and the 95% interval.
 
-    Key columns: ``alpha`` via :func:`fmt_alpha`, other floats ``%g``, booleans ``yes``/``no``;
     ``labels`` renames columns.
     """
-    out = pd.DataFrame({k: _key_column(summary, k) for k in keys})
+    out = pd.DataFrame({k: [fmt_key(k, v) for v in summary[k]] for k in keys})
     out["n"] = summary["n"].astype(int).tolist()
-    out["mean ± std"] = [fmt_mean_std(m, s, scale, digits) for m, s in zip(summary["mean"], summary["std"],
-                                                                          strict=True)]
+    out["mean ± std"] = [fmt_mean_std(m, s, scale, digits)
+                         for m, s in zip(summary["mean"], summary["std"], strict=True)]
     out["95% interval"] = [fmt_interval(lo, hi, scale, digits)
                            for lo, hi in zip(summary["ci_low"], summary["ci_high"], strict=True)]
     return out.rename(columns=labels or {})
@@ -416,7 +429,7 @@ def summary_table(summary: pd.DataFrame, keys: Sequence[str], labels: dict[str, 
 def paired_table(paired: pd.DataFrame, keys: Sequence[str], labels: dict[str, str] | None = None,
                  scale: float = 100.0, digits: int = 2) -> pd.DataFrame:
     """Strings for :func:`paired_differences`: keys, n, mean difference, interval, p, Holm p, verdict."""
-    out = pd.DataFrame({k: _key_column(paired, k) for k in keys})
+    out = pd.DataFrame({k: [fmt_key(k, v) for v in paired[k]] for k in keys})
     out["n"] = paired["n"].astype(int).tolist()
     out["diff ± std"] = [fmt_mean_std(m, s, scale, digits)
                          for m, s in zip(paired["mean_diff"], paired["std_diff"], strict=True)]
@@ -431,7 +444,7 @@ def paired_table(paired: pd.DataFrame, keys: Sequence[str], labels: dict[str, st
 def pivot_means(summary: pd.DataFrame, index: str = "alpha", columns: str = "T",
                 scale: float = 100.0, digits: int = 2) -> pd.DataFrame:
     """A grid of ``'mean ± std'`` strings (rows ``index``, columns ``columns``), sorted both ways."""
-    table = {}
+    table: dict[Any, dict[Any, str]] = {}
     for _, row in summary.sort_values([index, columns]).iterrows():
         r = fmt_alpha(row[index]) if index == "alpha" else row[index]
         c = f"T = {row[columns]:g}" if columns == "T" else row[columns]
@@ -441,73 +454,86 @@ def pivot_means(summary: pd.DataFrame, index: str = "alpha", columns: str = "T",
     return out
 
 
-# ----------------------------------------------------------------------------- figures
+# ----------------------------------------------------------------------------- the command line's report
 
-def heatmap(ax: Any, summary: pd.DataFrame, index: str = "alpha", columns: str = "T", value: str = "mean",
-            scale: float = 100.0, vmin: float | None = None, vmax: float | None = None,
-            cmap: str = "viridis", digits: int = 1) -> Any:
-    """Draw ``summary[value]`` (times ``scale``) as an annotated grid on ``ax``; returns the image."""
-    rows = sorted(summary[index].unique())
-    cols = sorted(summary[columns].unique())
-    grid = [[math.nan] * len(cols) for _ in rows]
-    for _, r in summary.iterrows():
-        grid[rows.index(r[index])][cols.index(r[columns])] = float(r[value]) * scale
-    im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", origin="upper")
-    ax.set_xticks(range(len(cols)), [f"{c:g}" for c in cols])
-    ax.set_yticks(range(len(rows)), [fmt_alpha(r) if index == "alpha" else str(r) for r in rows])
-    ax.set_xlabel(columns)
-    ax.set_ylabel("α" if index == "alpha" else index)
-    ax.grid(False)
-    finite = [v for row in grid for v in row if not math.isnan(v)]
-    lo = vmin if vmin is not None else (min(finite) if finite else 0.0)
-    hi = vmax if vmax is not None else (max(finite) if finite else 1.0)
-    mid = (lo + hi) / 2
-    for i, row in enumerate(grid):
-        for j, v in enumerate(row):
-            if not math.isnan(v):
-                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=8,
-                        color="white" if v < mid else "black")
-    return im
+#: Metrics counted in units (errors, nats of logit shift), shown with one decimal; others are fractions.
+COUNT_METRICS = ("test_errors", "bias_shift")
 
 
-def plot_against_temperature(ax: Any, summary: pd.DataFrame, scale: float = 100.0,
-                             offset: float = 0.02) -> None:
-    """Mean ± 95% interval of each order (``alpha`` column) against ``T`` (log axis), book colours.
+def cell_summary(df: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """One row per cell (:data:`CELL_FIELDS`): ``n``, then per metric its ``mean``/``std``/``ci95``.
 
-    Orders are shifted by a small multiplicative ``offset`` along T so that error bars do not overlap.
+    Columns ``<metric>`` (mean), ``<metric> std`` and ``<metric> ci95``; ``n`` counts the runs of the
+    first metric. Cells where the first metric is missing everywhere are left out.
     """
-    from kdlib.plotting import order_color, order_label
-
-    alphas = sorted(summary["alpha"].unique())
-    for i, a in enumerate(alphas):
-        s = summary[summary["alpha"] == a].sort_values("T")
-        shift = (1 + offset) ** (i - (len(alphas) - 1) / 2)
-        ci = s["ci95"].fillna(0.0) * scale
-        ax.errorbar(s["T"] * shift, s["mean"] * scale, yerr=ci, marker="o", markersize=3, capsize=2,
-                    color=order_color(a), label=order_label(a), linewidth=1.2 if a != 1.0 else 2.0)
-    ax.set_xscale("log")
-    temps = sorted(summary["T"].unique())
-    ax.set_xticks(temps, [f"{t:g}" for t in temps])
-    ax.minorticks_off()
-    ax.set_xlabel("temperature T")
+    out = None
+    for i, metric in enumerate(metrics):
+        s = summarize_frame(df, CELL_FIELDS, metric)
+        s = s[[*CELL_FIELDS, *(["n"] if i == 0 else []), "mean", "std", "ci95"]].rename(
+            columns={"mean": metric, "std": f"{metric} std", "ci95": f"{metric} ci95"})
+        out = s if out is None else out.merge(s, on=list(CELL_FIELDS), how="left")
+    return out
 
 
-def plot_learning_curves(ax: Any, df: pd.DataFrame, group: str = "alpha", curve: str = "curve_val_accuracy",
-                         scale: float = 100.0, labels: dict[Any, str] | None = None) -> None:
-    """Seed-mean of the per-epoch ``curve`` for each value of ``group``, in sorted order.
+def _cli_number(metric: str, mean: float, std: float) -> str:
+    digits = 1 if metric in COUNT_METRICS else 4
+    return fmt_mean_std(mean, std, scale=1.0, digits=digits)
 
-    Orders (``group == "alpha"``) get the book's colours and labels; otherwise ``labels`` maps a
-    group value to its legend label (default ``str(value)``).
+
+def report_text(experiment: str, path: str | os.PathLike, include_stale: bool = False) -> str:
+    """The command line's report of one results file: provenance, teachers, one line per cell.
+
+    Cells are summarised by :func:`cell_summary` (the same :func:`summarize_frame` as the book) over
+    the metrics the experiment declares (``report_metrics``): ``mean ± std`` over seeds, ``n`` and the
+    95% t half-width of the first metric. Records that the current definition of the profile would not
+    produce (:func:`kdlib.lab.experiments.expected_keys`) are left out unless ``include_stale``.
+
+    Raises:
+        kdlib.lab.store.ResultsFileError: the file is missing or not a results file.
+        kdlib.lab.experiments.UnknownExperimentError: ``experiment`` is not defined.
     """
-    from kdlib.plotting import order_color, order_label
-
-    for value, g in df.groupby(group, sort=True):
-        curves = [c for c in g[curve] if len(c)]
-        if not curves:
-            continue
-        n = min(len(c) for c in curves)
-        mean = [math.fsum(c[e] for c in curves) / len(curves) * scale for e in range(n)]
-        kw = ({"color": order_color(value), "label": order_label(value)} if group == "alpha"
-              else {"label": (labels or {}).get(value, str(value))})
-        ax.plot(range(1, n + 1), mean, marker="o", markersize=2.5, **kw)
-    ax.set_xlabel("epoch")
+    exp = get_experiment(experiment)
+    path = Path(path)
+    records = load_records(path)
+    stale = 0
+    if not include_stale and path.stem in exp.profiles:
+        keep = expected_keys(experiment, path.stem)
+        stale = sum(r["key"] not in keep for r in records)
+        records = [r for r in records if r["key"] in keep]
+    teachers = [r for r in records if r.get("kind") == "teacher"]
+    df = student_frame(records)
+    lines = [f"== {experiment} / {path.stem}: {len(df)} student runs, {len(teachers)} teacher(s) =="]
+    if stale:
+        lines.append(f"left out: {stale} records of an earlier definition of this profile "
+                     "(--all includes them)")
+    if records:
+        p = provenance(records)
+        lines.append(f"commits: {', '.join(p['commits'])}; devices: {'; '.join(p['devices'])}; "
+                     f"run {p['started']} .. {p['finished']}")
+    for t in teachers:
+        m = t["metrics"]
+        lines.append(f"teacher {t['key']}: test accuracy {m['test_accuracy']:.4f}, "
+                     f"test errors {m.get('test_errors', '-')}")
+    if df.empty:
+        return "\n".join(lines)
+    diverged = df[df["diverged"].fillna(False).astype(bool)]
+    if len(diverged):
+        cells = sorted({f"alpha={r.alpha:g} T={r.T:g} beta={r.beta:g}"
+                        f"{' /alpha' if r.normalize_by_alpha else ''}" for r in diverged.itertuples()})
+        lines.append(f"diverged (non-finite training loss): {len(diverged)} runs: {'; '.join(cells)}")
+    metrics = list(exp.report_metrics)
+    summary = cell_summary(df, metrics)
+    hard = summary["beta"] == 0  # trained on the labels alone: the order and temperature are unused
+    table = pd.DataFrame({
+        "label": summary["label"], "model": summary["model"],
+        "alpha": ["-" if h else f"{a:g}" for a, h in zip(summary["alpha"], hard, strict=True)],
+        "T": ["-" if h else f"{t:g}" for t, h in zip(summary["T"], hard, strict=True)],
+        "beta": [f"{b:g}" for b in summary["beta"]],
+        "normalize_by_alpha": ["yes" if v else "no" for v in summary["normalize_by_alpha"]],
+        "n": summary["n"].astype(int),
+        **{m: [_cli_number(m, mean, std) for mean, std in zip(summary[m], summary[f"{m} std"], strict=True)]
+           for m in metrics},
+        f"{metrics[0]} ci95": [_cli_number(metrics[0], h, math.nan) for h in summary[f"{metrics[0]} ci95"]],
+    })
+    lines.append(table.to_string(index=False))
+    return "\n".join(lines)

@@ -1,0 +1,226 @@
+"""Helpers for the book's notebooks, so that no notebook repeats another's code.
+
+Every page:
+    :func:`setup_page` (the figure style, pandas' display width, no tqdm notebook warning).
+
+Chapter 1 (derivations):
+    :func:`show` displays ``lhs = rhs`` typeset; :func:`assert_identity` and :func:`assert_differs`
+    turn a symbolic identity (or a deliberately false one, to show that a check can fail) into an
+    assertion that fails with the residual.
+
+Chapter 2 (experiments):
+    :func:`smoke_run` runs an experiment at the ``smoke`` scale into a temporary folder and checks
+    that every run was recorded; :func:`results_page` reruns the experiment if ``$KDLIB_PROFILE``
+    asks for it, loads the committed results and prints the page header (:func:`page_header`:
+    results and provenance, data, teacher).
+
+Both:
+    :func:`glue_many` glues many numbers for the prose (``{glue:text}`key``` in MyST) in one call,
+    :func:`glue_figure` glues a figure and closes it.
+
+This module needs the ``book`` extra (myst-nb, IPython, sympy); ``python -m kdlib report`` does not
+import it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import textwrap
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import sympy as sp
+from IPython.display import Math, display
+from myst_nb import glue
+from tqdm import TqdmWarning
+
+from kdlib.lab.experiments import expected_keys, get_experiment
+from kdlib.lab.run import rerun_if_requested, run_experiment
+from kdlib.report.figures import use_book_style
+from kdlib.report.tables import PROFILE_PREFERENCE, ExperimentResults, load_results, provenance_line
+
+#: Width at which the page header wraps its lines (the book's code cells show about 100 characters).
+WIDTH = 100
+
+
+def setup_page() -> None:
+    """Prepare a notebook: the book's figure style, tables up to 120 characters wide, and no
+    "IProgress not found" warning from tqdm (progress bars are off under ``TQDM_DISABLE=1`` anyway)."""
+    use_book_style()
+    pd.set_option("display.width", 120)
+    warnings.filterwarnings("ignore", category=TqdmWarning)
+
+
+# ----------------------------------------------------------------------------- chapter 1
+
+def show(lhs: str, rhs: sp.Expr) -> None:
+    """Display ``lhs = rhs``: ``lhs`` is LaTeX, ``rhs`` a sympy expression typeset by :func:`sympy.latex`
+    (deterministic for a pinned sympy, so nbval can compare it)."""
+    display(Math(lhs + " = " + sp.latex(rhs)))
+
+
+def expand_logs(expr: sp.Expr) -> sp.Expr:
+    """``sympy.expand_log(expr, force=True)``: ``log(a b) = log a + log b`` and ``log(a^k) = k log a``
+    without asking sympy to prove positivity (every probability in chapter 1 is positive). A
+    ``prepare`` for :func:`assert_identity`."""
+    return sp.expand_log(expr, force=True)
+
+
+def _residual(lhs: Any, rhs: Any, prepare: Callable[[sp.Expr], sp.Expr] | None,
+              simplify: Callable[[sp.Expr], sp.Expr]) -> Any:
+    difference = sp.sympify(lhs) - sp.sympify(rhs)
+
+    def reduce(e: sp.Expr) -> sp.Expr:
+        return simplify(prepare(e) if prepare is not None else e)
+
+    if isinstance(difference, sp.MatrixBase):
+        return difference.applyfunc(reduce)
+    return reduce(difference)
+
+
+def _is_zero(residual: Any) -> bool:
+    if isinstance(residual, sp.MatrixBase):
+        return all(e == 0 for e in residual)
+    return residual == 0
+
+
+def assert_identity(lhs: Any, rhs: Any = 0, *, prepare: Callable[[sp.Expr], sp.Expr] | None = None,
+                    simplify: Callable[[sp.Expr], sp.Expr] = sp.simplify, what: str = "") -> None:
+    """Assert the symbolic identity ``lhs = rhs``: ``simplify(prepare(lhs - rhs)) == 0``.
+
+    The assertion of every derivation in chapter 1, in place of ``assert sp.simplify(lhs - rhs) == 0``.
+
+    Args:
+        lhs, rhs: sympy expressions, numbers or matrices (compared entry by entry); ``rhs``
+            defaults to 0.
+        prepare: applied to the difference before ``simplify``: :func:`expand_logs`, a ``Sum``
+            expansion (``lambda e: kdlib.symbolic.expand_sums(e, index=k)``), ...
+        simplify: the normal form; :func:`sympy.simplify` by default, :func:`sympy.expand` for
+            polynomials (much faster).
+        what: named in the error message (the equation, say).
+
+    Raises:
+        AssertionError: the difference does not reduce to 0; the message shows what it reduced to.
+    """
+    residual = _residual(lhs, rhs, prepare, simplify)
+    if not _is_zero(residual):
+        raise AssertionError(f"{what + ': ' if what else ''}lhs - rhs reduces to {residual}, not 0")
+
+
+def assert_differs(lhs: Any, rhs: Any = 0, *, prepare: Callable[[sp.Expr], sp.Expr] | None = None,
+                   simplify: Callable[[sp.Expr], sp.Expr] = sp.simplify, what: str = "") -> None:
+    """Assert that ``lhs = rhs`` is *not* an identity (the reduction of :func:`assert_identity` leaves a
+    non-zero residual): the control that shows a check can fail.
+
+    Raises:
+        AssertionError: the difference reduces to 0.
+    """
+    if _is_zero(_residual(lhs, rhs, prepare, simplify)):
+        raise AssertionError(f"{what + ': ' if what else ''}lhs - rhs reduces to 0: it is an identity")
+
+
+# ----------------------------------------------------------------------------- glue
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def glue_many(prefix_or_mapping: str | Mapping[str, Any], numbers: Mapping[str, Any] | None = None) -> None:
+    """Glue numbers for the book's prose (myst-nb ``glue``, not displayed), as plain Python numbers.
+
+    ``glue_many({"hinton-teacher-errors": 1337, ...})`` glues each key as given;
+    ``glue_many("hinton", {"teacher-errors": 1337, ...})`` glues ``hinton-teacher-errors``, ...
+    numpy and torch scalars are converted with ``.item()`` first, so the text a page shows does not
+    depend on which library computed a number.
+
+    Nothing is returned (a notebook cell ending in the call shows no output).
+
+    Raises:
+        TypeError: a prefix is given without a mapping of numbers, or a mapping with a second mapping.
+    """
+    if isinstance(prefix_or_mapping, str):
+        if numbers is None:
+            raise TypeError("glue_many(prefix, numbers): numbers (a mapping) is missing")
+        glued = {f"{prefix_or_mapping}-{k}": _plain(v) for k, v in numbers.items()}
+    else:
+        if numbers is not None:
+            raise TypeError("glue_many(mapping) takes no second mapping; merge them, or pass a prefix first")
+        glued = {str(k): _plain(v) for k, v in prefix_or_mapping.items()}
+    for key, value in glued.items():
+        glue(key, value, display=False)
+
+
+def glue_figure(key: str, fig: Any) -> None:
+    """Glue ``fig`` under ``key`` for a ``{glue:figure}`` directive, then close it (so it is shown once)."""
+    glue(key, fig, display=False)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- chapter 2
+
+def smoke_run(experiment: str) -> ExperimentResults:
+    """Run ``experiment`` at the ``smoke`` scale on the CPU, into a temporary folder, and check it.
+
+    Seconds on two cores (scikit-learn's 8×8 digits); it proves the code path, its numbers are not
+    findings. Checked here: the records are the teacher and every student of the profile, once each
+    (keys from :func:`kdlib.lab.experiments.expected_keys`), and every student has one validation
+    accuracy per epoch. The folder is deleted; the records stay in the result.
+
+    Raises:
+        AssertionError: a run is missing, duplicated or unexpected, or a learning curve is incomplete.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        run_experiment(experiment, "smoke", device="cpu", out=tmp, cache_dir=tmp, log=lambda msg: None)
+        res = load_results(experiment, "smoke", tmp)
+    keys = [r["key"] for r in res.records]
+    assert len(keys) == len(set(keys)) and set(keys) <= expected_keys(experiment, "smoke"), \
+        "every record is a run of the smoke profile, recorded once"
+    assert len(res.teachers) == 1, "the teacher is recorded"
+    assert len(res.students) == len(get_experiment(experiment).profile("smoke").students), \
+        "every student is recorded"
+    for r in res.students:
+        assert len(r["metrics"]["curves"]["val_accuracy"]) == r["config"]["epochs"], "one value per epoch"
+    return res
+
+
+def page_header(res: ExperimentResults, details: bool = True) -> str:
+    """The header of a chapter-2 page: the provenance line (:func:`~kdlib.report.tables.provenance_line`)
+    and, with ``details``, the data (dataset, split sizes, transfer set) and the teacher (architecture,
+    test accuracy and errors); wrapped at :data:`WIDTH`."""
+    lines = [textwrap.fill(provenance_line(res), WIDTH)]
+    if details:
+        teacher = res.teachers[0]
+        info, tconf = teacher["config"]["data_info"], teacher["config"]
+        lines.append(f"data: {info['dataset']}, {info['n_train']} training images (teacher: first "
+                     f"{tconf['data']['train_size'] or info['n_train']}), {info['n_val']} validation, "
+                     f"{info['n_test']} test; students' transfer set: first {res.transfer_size} "
+                     "training images")
+        lines.append(f"teacher: MLP with hidden layers {'-'.join(map(str, tconf['model']['hidden']))}, test "
+                     f"accuracy {100 * teacher['metrics']['test_accuracy']:.2f}% "
+                     f"({teacher['metrics']['test_errors']} errors)")
+    return "\n".join(lines)
+
+
+def results_page(experiment: str, details: bool = True) -> ExperimentResults:
+    """The results a chapter-2 page shows, with its header printed.
+
+    If ``$KDLIB_PROFILE`` is set, the experiment is first run (or resumed) at that profile into
+    ``results/`` (:func:`kdlib.lab.run.rerun_if_requested`, device ``$KDLIB_DEVICE``); then the best
+    committed profile is loaded (:func:`~kdlib.report.tables.load_results`) and :func:`page_header`
+    printed.
+
+    Raises:
+        AssertionError: the results are not of a profile shown as findings (``full``, ``cpu``), or
+            every student diverged.
+        FileNotFoundError: no results file (the message says how to produce one).
+    """
+    rerun_if_requested(experiment)
+    res = load_results(experiment)
+    assert res.profile in PROFILE_PREFERENCE, "smoke numbers are never shown as results"
+    diverged = [bool(r["metrics"].get("diverged")) for r in res.students]
+    assert not diverged or not all(diverged), f"every student of {experiment} diverged"
+    print(page_header(res, details))
+    return res

@@ -1,0 +1,455 @@
+"""kdlib.report: tables, figures and book helpers on synthetic records, and the committed results.
+
+Expected values are computed independently here (numpy, scipy, worked examples by hand).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from kdlib.lab.run import ENV_PROFILE  # noqa: E402
+from kdlib.lab.store import ResultsStore  # noqa: E402
+from kdlib.report import figures  # noqa: E402
+from kdlib.report import tables as analysis  # noqa: E402
+
+#: Two-sided 95% Student-t quantiles for df = 1 ... 30 as printed in statistics tables (3 decimals):
+#: an independent reference for the intervals.
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+        2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+        2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+# ----------------------------------------------------------------------------- synthetic records
+
+
+def student(alpha, T, beta, seed, acc, val=None, norm=False, label="distilled", hidden=(8, 8),
+            commit="a" * 40, dirty=False, started="2026-01-02T10:00:00Z", finished="2026-01-02T10:05:00Z",
+            wall=300.0, extra=None):
+    metrics = {"test_accuracy": acc, "test_errors": round((1 - acc) * 1000),
+               "final_val_accuracy": acc if val is None else val,
+               "curves": {"val_accuracy": [acc / 2, acc], "train_loss": [1.0, 0.5]}, "diverged": False}
+    metrics.update(extra or {})
+    return {"schema": 1, "key": f"{alpha}-{T}-{beta}-{seed}-{norm}-{label}-{hidden}", "kind": "student",
+            "config": {"experiment": "synth", "profile": "cpu",
+                       "alpha": "inf" if math.isinf(alpha) else alpha, "T": T, "beta": beta, "seed": seed,
+                       "normalize_by_alpha": norm, "label": label,
+                       "model": {"kind": "mlp", "hidden": list(hidden)}, "epochs": 2},
+            "metrics": metrics,
+            "provenance": {"git_commit": commit, "git_dirty": dirty, "device_name": "cpu: test",
+                           "torch": "9.9", "started": started, "finished": finished, "wall_seconds": wall}}
+
+
+def teacher():
+    return {"schema": 1, "key": "teacher", "kind": "teacher",
+            "config": {"profile": "cpu", "label": "teacher"}, "metrics": {"test_accuracy": 0.9},
+            "provenance": {"git_commit": "b" * 40, "git_dirty": False, "device_name": "cpu: test",
+                           "torch": "9.9", "started": "2026-01-01T09:00:00Z",
+                           "finished": "2026-01-01T09:10:00Z", "wall_seconds": 600.0}}
+
+
+def write(root, experiment, profile, records):
+    store = ResultsStore(root / experiment / f"{profile}.jsonl")
+    for r in records:
+        store.append(r)
+    return store.path
+
+
+RNG = np.random.default_rng(12345)
+ALPHAS = (0.5, 1.0, math.inf)
+TEMPS = (2.0, 4.0)
+SEEDS = (0, 1, 2, 3)
+ACC = {(a, T, s): float(0.8 + 0.01 * i + RNG.normal(0, 0.01))
+       for i, (a, T, s) in enumerate(itertools.product(ALPHAS, TEMPS, SEEDS))}
+
+
+def grid_records():
+    return [teacher()] + [student(a, T, 0.9, s, ACC[(a, T, s)]) for (a, T, s) in ACC]
+
+
+# ----------------------------------------------------------------------------- intervals, tests, corrections
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 9, 31])
+def test_interval_matches_the_printed_t_table(n):
+    values = [0.5 + 0.01 * ((7 * i) % 5) for i in range(n)]
+    s = analysis.interval(values)
+    std = np.std(values, ddof=1)
+    assert s["n"] == n and s["mean"] == pytest.approx(np.mean(values), abs=1e-15)
+    assert s["std"] == pytest.approx(std, abs=1e-15)
+    assert s["ci95"] == pytest.approx(T975[n - 2] * std / math.sqrt(n), rel=3e-4)
+    assert s["ci_low"] == s["mean"] - s["ci95"] and s["ci_high"] == s["mean"] + s["ci95"]
+
+
+def test_interval_of_one_or_no_value():
+    one, none = analysis.interval([0.5]), analysis.interval([])
+    assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["std"]) and math.isnan(one["ci_low"])
+    assert none["n"] == 0 and math.isnan(none["mean"])
+    # exactly rounded: the order of the values does not change a bit of the mean
+    vals = [0.1, 0.7, 1e-9, 0.3, 0.9]
+    assert analysis.interval(vals)["mean"] == analysis.interval(vals[::-1])["mean"]
+
+
+def test_holm_worked_example():
+    # Holm (1979), by hand: sorted 0.005, 0.01, 0.03, 0.04 get factors 4, 3, 2, 1:
+    # 0.02, 0.03, 0.06, 0.04 -> running maximum 0.02, 0.03, 0.06, 0.06; back in the input order:
+    assert analysis.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert analysis.holm([0.5, 0.9]) == [1.0, 1.0]
+    assert analysis.holm([0.02]) == [0.02] and analysis.holm([]) == []
+    out = analysis.holm([0.01, math.nan, 0.02])  # NaN does not count towards m
+    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
+
+
+def test_holm_is_never_below_benjamini_hochberg():
+    p = np.random.default_rng(0).uniform(0, 0.2, 40).tolist()
+    holm, bh = np.array(analysis.holm(p)), np.array(analysis.benjamini_hochberg(p))
+    assert (holm >= bh - 1e-15).all() and (bh >= np.array(p) - 1e-15).all()
+    # Benjamini-Hochberg by hand: sorted 0.005, 0.01, 0.03, 0.04 -> min over k >= i of m p_(k) / k
+    assert analysis.benjamini_hochberg([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    out = analysis.benjamini_hochberg([math.nan, 0.01])
+    assert math.isnan(out[0]) and out[1] == pytest.approx(0.01)
+
+
+def test_paired_test_matches_scipy_and_handles_degenerate_differences():
+    a, b = [0.81, 0.84, 0.80, 0.86], [0.80, 0.82, 0.80, 0.83]
+    got = analysis.paired_test(a, b)
+    ref = stats.ttest_rel(a, b)
+    d = np.subtract(a, b)
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert got["n"] == 4 and got["mean_diff"] == pytest.approx(d.mean(), abs=1e-15)
+    assert got["t"] == pytest.approx(ref.statistic) and got["p"] == pytest.approx(ref.pvalue)
+    assert (got["ci_low"], got["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    same = analysis.paired_test([0.5, 0.6], [0.5, 0.6])
+    assert (same["t"], same["p"], same["ci_low"], same["ci_high"]) == (0.0, 1.0, 0.0, 0.0)
+    shifted = analysis.paired_test([0.6, 0.7], [0.5, 0.6])
+    assert shifted["t"] == math.inf and shifted["p"] == 0.0
+    one = analysis.paired_test([0.6], [0.5])
+    assert one["n"] == 1 and math.isnan(one["p"]) and one["mean_diff"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="same length"):
+        analysis.paired_test([0.1, 0.2], [0.1])
+
+
+# ----------------------------------------------------------------------------- loading, provenance
+
+
+def test_committed_profile_prefers_full_and_env_switch(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_PROFILE, raising=False)
+    assert analysis.committed_profile("synth", tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="python -m kdlib run synth --profile cpu"):
+        analysis.load_results("synth", root=tmp_path)
+    write(tmp_path, "synth", "cpu", grid_records())
+    assert analysis.committed_profile("synth", tmp_path) == "cpu"
+    full = [dict(r, config={**r["config"], "profile": "full"}) for r in grid_records()[:3]]
+    write(tmp_path, "synth", "full", full)
+    assert analysis.committed_profile("synth", tmp_path) == "full"
+    assert len(analysis.load_results("synth", root=tmp_path).records) == 3
+    monkeypatch.setenv(ENV_PROFILE, "cpu")
+    res = analysis.load_results("synth", root=tmp_path)
+    assert res.profile == "cpu" and len(res.students) == len(ACC) and len(res.teachers) == 1
+    monkeypatch.setenv(ENV_PROFILE, "huge")
+    with pytest.raises(ValueError, match="KDLIB_PROFILE must be one of smoke, cpu, full"):
+        analysis.load_results("synth", root=tmp_path)
+
+
+def test_provenance_from_records(tmp_path):
+    recs = grid_records()
+    recs[3] = student(1.0, 2.0, 0.9, 9, 0.5, commit="c" * 40, dirty=True, started="2026-01-03T08:00:00Z",
+                      finished="2026-01-03T08:30:00Z", wall=1800.0)
+    write(tmp_path, "synth", "cpu", recs)
+    res = analysis.load_results("synth", "cpu", tmp_path)
+    p = analysis.provenance(res.records)
+    assert p["commits"] == ["aaaaaaaaaa", "bbbbbbbbbb", "cccccccccc+dirty"]
+    assert p["started"] == "2026-01-01T09:00:00Z" and p["finished"] == "2026-01-03T08:30:00Z"
+    assert p["students"] == len(recs) - 1 and p["teachers"] == 1
+    assert p["seeds"] == [0, 1, 2, 3, 9]
+    # three distinct groups: the teacher (600 s), the shared student group (300 s), the odd one (1800 s)
+    assert p["wall_seconds"] == pytest.approx(2700.0)
+    line = analysis.provenance_line(res)
+    assert "profile cpu" in line and "cccccccccc+dirty" in line and "2026-01-01 to 2026-01-03" in line
+    assert "45 min of training" in line
+
+
+# ----------------------------------------------------------------------------- summaries
+
+
+def test_student_frame_and_summary_match_numpy(tmp_path):
+    write(tmp_path, "synth", "cpu", grid_records())
+    df = analysis.load_results("synth", "cpu", tmp_path).frame()
+    assert len(df) == len(ACC) and set(df["model"]) == {"mlp8x8"}
+    assert math.isinf(df["alpha"].max())
+    assert df["curve_val_accuracy"].iloc[0] == pytest.approx([df["test_accuracy"].iloc[0] / 2,
+                                                              df["test_accuracy"].iloc[0]])
+    assert df["omitted_class_accuracy_after_shift"].isna().all()
+    summ = analysis.summarize_frame(df, ["alpha", "T"])
+    assert len(summ) == len(ALPHAS) * len(TEMPS)
+    for _, row in summ.iterrows():
+        vals = np.array([ACC[(row["alpha"], row["T"], s)] for s in SEEDS])
+        half = stats.t.ppf(0.975, len(vals) - 1) * vals.std(ddof=1) / np.sqrt(len(vals))
+        assert row["n"] == 4 and row["seeds"] == [0, 1, 2, 3]
+        assert row["mean"] == pytest.approx(vals.mean(), abs=1e-12)
+        assert row["std"] == pytest.approx(vals.std(ddof=1), abs=1e-12)
+        assert row["ci_low"] == pytest.approx(vals.mean() - half, abs=1e-10)
+        assert row["ci_high"] == pytest.approx(vals.mean() + half, abs=1e-10)
+
+
+def test_paired_differences_match_scipy_ttest_rel():
+    df = analysis.student_frame(grid_records())
+    paired = analysis.paired_differences(df, "test_accuracy", ["alpha", "T", "beta"], {"alpha": 1.0},
+                                         match=["T", "beta"])
+    assert len(paired) == 4 and not (paired["alpha"] == 1.0).any()
+    pvals = []
+    for _, row in paired.iterrows():
+        a = np.array([ACC[(row["alpha"], row["T"], s)] for s in SEEDS])
+        b = np.array([ACC[(1.0, row["T"], s)] for s in SEEDS])
+        ref = stats.ttest_rel(a, b)
+        assert row["mean_diff"] == pytest.approx((a - b).mean(), abs=1e-12)
+        assert row["std_diff"] == pytest.approx((a - b).std(ddof=1), abs=1e-12)
+        assert row["t"] == pytest.approx(ref.statistic, rel=1e-9)
+        assert row["p"] == pytest.approx(ref.pvalue, abs=1e-9)
+        ci = ref.confidence_interval()
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
+        pvals.append(ref.pvalue)
+    order = np.argsort(pvals)
+    expected = np.empty(4)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (4 - rank) * pvals[i]))
+        expected[i] = running
+    assert paired["p_holm"].to_numpy() == pytest.approx(expected)
+    assert paired["p_bh"].to_numpy() == pytest.approx(stats.false_discovery_control(pvals))
+    for _, row in paired.iterrows():
+        want = ("better" if row["mean_diff"] > 0 else "worse") if row["p_holm"] < 0.05 else "no difference"
+        assert row["verdict"] == want
+
+
+def test_paired_differences_detects_a_clear_effect_and_pairs_by_seed():
+    # order 2 is KL plus 0.05 on every seed, with seed effects far larger than the gap:
+    # unpaired intervals overlap, the paired test must still see it
+    seed_effect = {0: -0.2, 1: 0.0, 2: 0.2}
+    recs = [student(1.0, 4.0, 0.9, s, 0.6 + e) for s, e in seed_effect.items()]
+    recs += [student(2.0, 4.0, 0.9, s, 0.65 + e + 0.001 * s) for s, e in seed_effect.items()]
+    df = analysis.student_frame(recs)
+    paired = analysis.paired_differences(df, "test_accuracy", ["alpha", "T"], {"alpha": 1.0}, ["T"])
+    row = paired.iloc[0]
+    assert row["mean_diff"] == pytest.approx(0.051, abs=1e-12) and row["verdict"] == "better"
+    summ = analysis.summarize_frame(df, ["alpha"])
+    assert summ["ci_low"].max() < summ["ci_high"].min()  # unpaired intervals overlap
+    with pytest.raises(ValueError, match="reference and match fields must be among cells"):
+        analysis.paired_differences(df, "test_accuracy", ["alpha"], {"alpha": 1.0}, ["T"])
+
+
+def test_tuned_comparison_chooses_on_validation_not_test():
+    recs = []
+    for s in (0, 1, 2):
+        recs.append(student(2.0, 2.0, 0.9, s, acc=0.95, val=0.70))  # best on test, poor on validation
+        recs.append(student(2.0, 4.0, 0.9, s, acc=0.80, val=0.90))
+        recs.append(student(1.0, 2.0, 0.9, s, acc=0.81, val=0.85))
+        recs.append(student(1.0, 4.0, 0.9, s, acc=0.82, val=0.85))  # tie on validation: smaller T wins
+    tuned = analysis.tuned_comparison(analysis.student_frame(recs), ["alpha", "beta"])
+    chosen = {a: set(g["T"]) for a, g in tuned.groupby("alpha")}
+    assert chosen == {1.0: {2.0}, 2.0: {4.0}} and len(tuned) == 6
+
+
+# ----------------------------------------------------------------------------- formatting and figures
+
+
+def test_formatting():
+    assert analysis.fmt_alpha(math.inf) == "∞" and analysis.fmt_alpha(0.25) == "0.25"
+    assert analysis.fmt_mean_std(0.85123, 0.0031) == "85.12 ± 0.31"
+    assert analysis.fmt_mean_std(0.5, math.nan) == "50.00"
+    assert analysis.fmt_interval(0.844, 0.8584) == "[84.40, 85.84]"
+    assert analysis.fmt_p(0.0004) == "<0.001" and analysis.fmt_p(0.0456) == "0.046"
+    assert analysis.fmt_p(math.nan) == "-"
+    df = analysis.student_frame(grid_records())
+    summ = analysis.summarize_frame(df, ["alpha", "T"])
+    grid = analysis.pivot_means(summ)
+    assert list(grid.columns) == ["T = 2", "T = 4"] and list(grid.index) == ["0.5", "1", "∞"]
+    vals = np.array([ACC[(math.inf, 4.0, s)] for s in SEEDS])
+    assert grid.loc["∞", "T = 4"] == f"{vals.mean() * 100:.2f} ± {vals.std(ddof=1) * 100:.2f}"
+    table = analysis.summary_table(summ, ["alpha", "T"], {"alpha": "α"})
+    assert list(table.columns) == ["α", "T", "n", "mean ± std", "95% interval"]
+    assert table.to_string() == analysis.summary_table(summ, ["alpha", "T"], {"alpha": "α"}).to_string()
+
+
+def test_figures_draw_every_cell():
+    df = analysis.student_frame(grid_records())
+    summ = analysis.summarize_frame(df, ["alpha", "T"])
+    fig, axes = plt.subplots(1, 3)
+    figures.heatmap(axes[0], summ)
+    assert len(axes[0].texts) == len(ALPHAS) * len(TEMPS)
+    figures.plot_against_temperature(axes[1], summ)
+    assert axes[1].get_legend_handles_labels()[1] == ["α = 0.5", "α = 1 (KL)", "α = ∞"]
+    figures.plot_learning_curves(axes[2], df)
+    assert len(axes[2].lines) == len(ALPHAS)
+    plt.close(fig)
+
+
+def _with_transfer(record, size):
+    record["config"]["data"] = {"transfer_size": size}
+    return record
+
+
+def test_transfer_size_is_the_one_recorded_size(tmp_path):
+    write(tmp_path, "synth", "cpu", [teacher()] + [_with_transfer(student(1.0, 2.0, 0.9, s, 0.8), 500)
+                                                   for s in range(3)])
+    assert analysis.load_results("synth", "cpu", tmp_path).transfer_size == 500
+
+
+def test_transfer_size_refuses_mixed_sizes(tmp_path):
+    write(tmp_path, "synth", "cpu", [_with_transfer(student(1.0, 2.0, 0.9, 0, 0.8), 500),
+                                     _with_transfer(student(1.0, 2.0, 0.9, 1, 0.8), 700)])
+    with pytest.raises(ValueError, match=r"must share one transfer_size, got \[500, 700\]"):
+        _ = analysis.load_results("synth", "cpu", tmp_path).transfer_size
+
+
+
+
+# ----------------------------------------------------------------------------- the command line's report
+
+
+def test_report_text_uses_the_frame_summaries(tmp_path):
+    recs = grid_records() + [student(1.0, 2.0, 0.0, s, 0.7 + 0.01 * s, label="alone") for s in SEEDS]
+    # a profile name that no experiment defines: no record is left out as stale
+    path = write(tmp_path, "hinton", "synthetic", recs)
+    text = analysis.report_text("hinton", path)
+    lines = text.splitlines()
+    assert lines[0] == f"== hinton / synthetic: {len(ACC) + len(SEEDS)} student runs, 1 teacher(s) =="
+    assert "teacher teacher: test accuracy 0.9000" in text
+    summ = analysis.summarize_frame(analysis.student_frame(recs), analysis.CELL_FIELDS)
+    rows = [ln.split() for ln in lines if ln.strip().startswith(("distilled", "alone"))]
+    assert len(rows) == len(summ) == len(ALPHAS) * len(TEMPS) + 1
+    alone = next(r for r in rows if r[0] == "alone")
+    assert alone[:7] == ["alone", "mlp8x8", "-", "-", "0", "no", "4"]  # order and T unused
+    vals = np.array([0.7 + 0.01 * s for s in SEEDS])
+    assert alone[7:10] == [f"{vals.mean():.4f}", "±", f"{vals.std(ddof=1):.4f}"]
+    assert alone[-1] == f"{stats.t.ppf(0.975, 3) * vals.std(ddof=1) / 2:.4f}"
+    assert any(r[2] == "inf" for r in rows)
+
+
+def test_cell_summary_merges_metrics_per_cell():
+    df = analysis.student_frame(grid_records())
+    cells = analysis.cell_summary(df, ["test_accuracy", "test_errors"])
+    assert list(cells.columns[:7]) == [*analysis.CELL_FIELDS, "n"]
+    assert len(cells) == len(ALPHAS) * len(TEMPS) and (cells["n"] == len(SEEDS)).all()
+    for _, row in cells.iterrows():
+        errs = [round((1 - ACC[(row["alpha"], row["T"], s)]) * 1000) for s in SEEDS]
+        assert row["test_errors"] == pytest.approx(np.mean(errs))
+
+
+COMMITTED = sorted(analysis.results_root().glob("*/*.jsonl"))
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[f"{p.parent.name}/{p.stem}" for p in COMMITTED])
+def test_every_committed_results_file_loads_and_reports(path, capsys, monkeypatch):
+    from kdlib.cli import main
+
+    monkeypatch.delenv(ENV_PROFILE, raising=False)
+    experiment, profile = path.parent.name, path.stem
+    res = analysis.load_results(experiment, profile)
+    df = res.frame()
+    assert len(res.teachers) >= 1 and len(df) == len(res.students) > 0
+    assert df["test_accuracy"].between(0, 1).all() and not df["model"].eq("").any()
+    cells = analysis.summarize_frame(df, analysis.CELL_FIELDS)
+    assert cells["n"].sum() == len(df)
+    assert main(["report", experiment, "--profile", profile, "--out", str(analysis.results_root())]) == 0
+    out = capsys.readouterr().out
+    # every committed record is still a record of the current definition of its profile
+    assert f"== {experiment} / {profile}: {len(df)} student runs, {len(res.teachers)} teacher(s) ==" in out
+    assert "left out" not in out
+    assert len([ln for ln in out.splitlines() if ln.strip().startswith(("distilled", "alone"))]) == len(cells)
+
+
+def test_the_committed_results_are_there():
+    assert {p.parent.name for p in COMMITTED} >= {"hinton", "renyi_grid", "omitted_class", "renyi_confirm",
+                                                   "renyi_scale_control"}
+
+
+# ----------------------------------------------------------------------------- book helpers
+
+
+def test_glue_many_glues_plain_numbers_with_or_without_a_prefix(monkeypatch):
+    import torch
+
+    from kdlib.report import book
+
+    glued = {}
+    monkeypatch.setattr(book, "glue", lambda key, value, display: glued.update({key: (value, display)}))
+    assert book.glue_many("pre", {"a": np.float64(2.5), "b": 3, "c": torch.tensor(1.5)}) is None
+    assert glued == {"pre-a": (2.5, False), "pre-b": (3, False), "pre-c": (1.5, False)}
+    assert list(glued) == ["pre-a", "pre-b", "pre-c"]  # in order: the stored outputs keep their order
+    assert type(glued["pre-a"][0]) is float and type(glued["pre-c"][0]) is float
+    book.glue_many({"x-y": np.int64(4)})
+    assert glued["x-y"] == (4, False) and type(glued["x-y"][0]) is int
+    with pytest.raises(TypeError, match="numbers"):
+        book.glue_many("pre")
+    with pytest.raises(TypeError, match="no second mapping"):
+        book.glue_many({"a": 1}, {"b": 2})
+
+
+def test_glue_figure_glues_and_closes(monkeypatch):
+    from kdlib.report import book
+
+    glued = {}
+    monkeypatch.setattr(book, "glue", lambda key, value, display: glued.update({key: (value, display)}))
+    fig, _ = plt.subplots()
+    book.glue_figure("fig-x", fig)
+    assert glued == {"fig-x": (fig, False)} and not plt.fignum_exists(fig.number)
+
+
+def test_assert_identity_and_assert_differs():
+    import sympy as sp
+
+    from kdlib.report import book
+
+    x, y = sp.symbols("x y", positive=True)
+    book.assert_identity((x + 1) ** 2, x**2 + 2 * x + 1)
+    book.assert_identity((x + 1) ** 2 - x**2 - 2 * x - 1, simplify=sp.expand)
+    book.assert_identity(sp.log(x * y), sp.log(x) + sp.log(y), prepare=book.expand_logs)
+    book.assert_identity(sp.Matrix([[x, 1], [0, x]]) ** 2, sp.Matrix([[x**2, 2 * x], [0, x**2]]))
+    book.assert_differs((x + 1) ** 2, x**2 + 1)
+    with pytest.raises(AssertionError, match=r"eq 1\.5: lhs - rhs reduces to 2\*x, not 0"):
+        book.assert_identity((x + 1) ** 2, x**2 + 1, what="eq 1.5")
+    with pytest.raises(AssertionError, match="it is an identity"):
+        book.assert_differs(sp.sin(x) ** 2 + sp.cos(x) ** 2, 1)
+    with pytest.raises(AssertionError, match="not 0"):
+        book.assert_identity(sp.Matrix([x, 1]), sp.Matrix([x, 2]))
+
+
+def test_show_displays_typeset_math(monkeypatch):
+    import sympy as sp
+
+    from kdlib.report import book
+
+    shown = []
+    monkeypatch.setattr(book, "display", shown.append)
+    book.show(r"\frac{\partial}{\partial z}", sp.Symbol("q") - sp.Symbol("p"))
+    assert len(shown) == 1 and shown[0].data == r"\frac{\partial}{\partial z} = - p + q"
+
+
+def test_page_header_and_results_page(tmp_path, monkeypatch, capsys):
+    from kdlib.report import book
+
+    monkeypatch.delenv(ENV_PROFILE, raising=False)
+    res = book.results_page("hinton")
+    printed = capsys.readouterr().out
+    assert printed == book.page_header(res) + "\n"
+    lines = printed.splitlines()
+    assert lines[0].startswith("Results: experiment hinton, profile cpu;")
+    assert max(len(ln) for ln in printed.splitlines()[:-2]) <= book.WIDTH
+    assert lines[-2].startswith("data: fashion_mnist,") and "transfer set: first 5000" in lines[-2]
+    assert lines[-1].startswith("teacher: MLP with hidden layers 1200-1200, test accuracy 86.63%")
+    assert printed.startswith(book.page_header(res, details=False) + "\ndata: ")
+    # results of the smoke profile are never shown as findings
+    write(tmp_path, "synth", "smoke", grid_records())
+    monkeypatch.setenv("KDLIB_RESULTS_DIR", str(tmp_path))
+    monkeypatch.setenv(ENV_PROFILE, "smoke")
+    monkeypatch.setattr(book, "rerun_if_requested", lambda name: None)
+    with pytest.raises(AssertionError, match="smoke numbers are never shown"):
+        book.results_page("synth")
