@@ -11,8 +11,9 @@
 ``report NAME [--profile P] [--out DIR]``
     Summary tables (mean ± sample std over seeds, n, 95% t-interval) of the results files.
 
-Errors (unknown experiment or profile, unreadable results file, missing dataset, CUDA
-requested but absent) print one message on stderr and exit with status 2.
+Errors (unknown experiment or profile, a results file that cannot be read or written, an
+unusable ``--out`` or ``--cache``, a full disk, a missing dataset, CUDA requested but absent)
+print one line on stderr and exit with status 2; finished runs are never lost.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UnknownExperimentError, ResultsFileError, DatasetNotFoundError, DeviceUnavailableError,
             RunInProgressError, ValueError) as e:
         print(f"kdlib: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. a full disk while the teacher is saved: one line, finished runs are kept
+        print(f"kdlib: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; finished runs are "
+              "saved, rerun the same command to resume", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `report ... | head`: stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

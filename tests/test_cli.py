@@ -15,8 +15,7 @@ import torch
 from kdlib.cli import main
 from kdlib.lab.experiments import EXPERIMENTS, get_experiment
 from kdlib.lab.run import run_experiment
-from kdlib.lab.store import results_path
-from kdlib.lab.store import load_records, run_key, run_lock
+from kdlib.lab.store import load_records, results_path, run_key, run_lock
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +110,9 @@ def test_missing_dataset(tmp_path, capsys, monkeypatch):
 def test_unreadable_results_file_is_left_alone(tmp_path, capsys):
     path = tmp_path / "out" / "hinton" / "smoke.jsonl"
     path.parent.mkdir(parents=True)
-    damaged = b'{"key": "a"}\nthis is not json\n{"key": "b"}\n'
+    good = json.dumps({"schema": 1, "key": "a", "kind": "student", "config": {},
+                       "metrics": {"test_accuracy": 0.5}, "provenance": {}}).encode()
+    damaged = good + b"\nthis is not json\n" + good + b"\n"
     path.write_bytes(damaged)
     for argv in (["run", "hinton", "--profile", "smoke"], ["report", "hinton"]):
         assert main([*argv, "--out", str(tmp_path / "out"), *(["--cache", str(tmp_path)] if argv[0] == "run"
@@ -147,7 +148,7 @@ def test_report_leaves_out_records_of_another_definition(smoke_run, tmp_path, ca
 
 def test_a_second_run_into_the_same_file_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
-    with run_lock(results_path(out, "hinton", "smoke"), tmp_path / "cache" / "locks"):
+    with run_lock(results_path(out, "hinton", "smoke")):
         rc = main(["run", "hinton", "--profile", "smoke", "--out", str(out),
                    "--cache", str(tmp_path / "cache")])
     assert rc == 2 and "another kdlib run is writing" in capsys.readouterr().err
@@ -161,3 +162,68 @@ def test_transfer_set_larger_than_the_data_is_refused(tmp_path):
         run_experiment("hinton", "smoke", device="cpu", out=tmp_path / "out", cache_dir=tmp_path,
                        profile_override=too_big, log=lambda m: None)
     assert not (tmp_path / "out").exists()
+
+
+def one_error_line(capsys) -> str:
+    """The one error line on stderr (a busy-machine warning may stand before it)."""
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("warning: this machine")]
+    assert len(lines) == 1 and lines[0].startswith("kdlib: error:"), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("where,value,message", [
+    ("--out", "FILE", "out must be a directory"),
+    ("--out", "/dev/null", "out must be a directory"),
+    ("--out", "", "out must name a directory, got an empty path"),
+    ("--cache", "FILE", "cache must be a directory"),
+    ("--cache", "/dev/null", "cache must be a directory"),
+    ("--cache", "", "cache must name a directory, got an empty path"),
+])
+def test_unusable_out_or_cache_is_one_line_and_exit_2(tmp_path, capsys, where, value, message):
+    f = tmp_path / "a_file"
+    f.write_text("keep me")
+    value = str(f) if value == "FILE" else value
+    argv = {"--out": str(tmp_path / "out"), "--cache": str(tmp_path / "cache"), where: value}
+    rc = main(["run", "hinton", "--profile", "smoke", *(x for kv in argv.items() for x in kv)])
+    assert rc == 2 and message in one_error_line(capsys)
+    assert f.read_text() == "keep me" and not (tmp_path / "out").exists()
+
+
+def test_read_only_out_is_refused_before_training_and_fine_when_nothing_is_left(smoke_run, tmp_path, capsys,
+                                                                                monkeypatch):
+    import kdlib.lab.store as store_module
+
+    _, cwd = smoke_run
+    done = cwd / "results" / "_scratch"
+    real_open, real_access = os.open, os.access
+    writes = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT
+
+    def no_writes(path, flags, *a, **kw):
+        if flags & writes:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(store_module.os, "open", no_writes)
+    monkeypatch.setattr(store_module.os, "access", lambda p, m: False if m & os.W_OK else real_access(p, m))
+    size = (done / "renyi_grid" / "smoke.jsonl").stat().st_size
+    # every run is done: reading is all it takes
+    argv = ["--out", str(done), "--cache", str(cwd / "cache")]
+    assert main(["run", "renyi_grid", "--profile", "smoke", *argv]) == 0
+    assert (done / "renyi_grid" / "smoke.jsonl").stat().st_size == size
+    # runs remain: refused at once, before any training, in one line
+    capsys.readouterr()
+    rc = main(["run", "hinton", "--profile", "smoke", *argv])
+    assert rc == 2 and "cannot write results file" in one_error_line(capsys)
+
+
+def test_a_full_disk_while_the_teacher_is_saved_is_one_line(tmp_path, capsys, monkeypatch):
+    import kdlib.lab.store as store_module
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module, "atomic_write", full)
+    rc = main(["run", "hinton", "--profile", "smoke", "--out", str(tmp_path / "out"),
+               "--cache", str(tmp_path / "cache")])
+    assert rc == 2 and "cannot write the teacher cache" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()  # nothing half-written

@@ -142,15 +142,18 @@ def test_append_never_duplicates_a_key(tmp_path):
 
 def test_run_lock_refuses_a_second_writer(tmp_path):
     target = tmp_path / "out" / "x.jsonl"
-    with R.run_lock(target, tmp_path / "locks"):
+    with R.run_lock(target):
         with pytest.raises(R.RunInProgressError, match="another kdlib run"):
-            with R.run_lock(tmp_path / "out" / ".." / "out" / "x.jsonl", tmp_path / "locks"):
+            with R.run_lock(tmp_path / "out" / ".." / "out" / "x.jsonl"):
                 pass
-        with R.run_lock(tmp_path / "out" / "y.jsonl", tmp_path / "locks"):
+        with R.run_lock(tmp_path / "out" / "y.jsonl"):
             pass  # another file is free
-    with R.run_lock(target, tmp_path / "locks"):
+    with R.run_lock(target):
         pass  # released
-    assert not target.parent.exists()  # the lock lives elsewhere
+    assert not target.parent.exists()  # a run that wrote nothing leaves nothing behind
+    with R.run_lock(target):
+        R.ResultsStore(target).append(record("k"))
+    assert sorted(p.name for p in target.parent.iterdir()) == [".x.jsonl.lock", "x.jsonl"]
 
 
 @pytest.mark.parametrize("broken,problem", [

@@ -360,16 +360,17 @@ def student_config(experiment: str, profile: str, p: Profile, spec: StudentSpec,
             "dtype": PRECISION_DTYPE[precision]}
 
 
-def expected_keys(name: str, profile: str, p: Profile | None = None) -> set[str]:
+def expected_keys(name: str, profile: str, p: Profile | None = None,
+                  precisions: tuple[str, ...] = tuple(PRECISION_DTYPE)) -> set[str]:
     """Keys of all runs (the teacher and every student) of the *current* definition of a profile.
 
     A results file can hold records of an earlier definition (other epochs, sizes, ...); they
-    have other keys, and reports use only the records whose keys are here. Runs of either
-    precision count (the precision is part of the key).
+    have other keys, and reports use only the records whose keys are here. Runs of every
+    precision in ``precisions`` count (the precision is part of the key).
     """
     p = p if p is not None else get_experiment(name).profile(profile)
     keys = set()
-    for precision in PRECISION_DTYPE:
+    for precision in precisions:
         tkey = run_key(teacher_config(p, precision))
         keys |= {tkey} | {run_key(student_config(name, profile, p, s, tkey, precision)) for s in p.students}
     return keys

@@ -126,11 +126,15 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
 
     Raises:
         UnknownExperimentError: unknown experiment or profile.
-        kdlib.lab.store.ResultsFileError: the results file exists but is not readable.
+        kdlib.lab.store.ResultsFileError: the results file is not readable, or not writable when
+            runs remain to be done (checked before any training).
+        kdlib.lab.store.CacheError: the teacher cache is not a directory, or cannot be written
+            when a teacher must be saved.
         kdlib.lab.store.RunInProgressError: another process is running into the same file.
         kdlib.lab.data.DatasetNotFoundError: the dataset is missing.
         kdlib.lab.config.DeviceUnavailableError: ``cuda`` requested but absent.
-        ValueError: ``threads`` < 1 or an unknown ``precision``.
+        ValueError: ``threads`` < 1, an unknown ``precision``, or ``out``/``cache_dir`` empty or
+            naming an existing file.
     """
     exp = get_experiment(name)
     p = profile_override if profile_override is not None else exp.profile(profile)
@@ -142,17 +146,28 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
     before = torch.get_num_threads()
     if dev.type == "cpu":
         torch.set_num_threads(threads)
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        if load > (os.cpu_count() or 1):
-            log(f"warning: this machine is busy (load {load:.1f} on {os.cpu_count()} cores); a run with "
-                f"{threads} threads can take several times longer than on a quiet machine")
     try:
-        store = ResultsStore(results_path(out, name, profile))
-        cache = TeacherCache(cache_dir)
-        with run_lock(store.path, cache.root / "locks"):
+        store = ResultsStore(results_path(_directory(out, "out"), name, profile))
+        cache = TeacherCache(_directory(cache_dir, "cache") if cache_dir is not None else None)
+        cache.check()
+        if expected_keys(name, profile, p, (prec,)) <= store.keys():
+            log(f"{store.path}: every run of {name}/{profile} ({prec}) is done; nothing to do")
+            return store.path
+        store.check_writable()
+        with run_lock(store.path):
             return _run_locked(name, profile, p, dev, prec, store, cache, log)
     finally:
         torch.set_num_threads(before)
+
+
+def _directory(path: str | os.PathLike, name: str) -> Path:
+    """``path`` as a directory path; refuses ``""`` and paths of existing non-directories."""
+    if not str(path).strip():
+        raise ValueError(f"{name} must name a directory, got an empty path")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} must be a directory, but {path} exists and is not one")
+    return path
 
 
 def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precision: str, store: ResultsStore,
@@ -173,6 +188,10 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     env = {**environment(dev), "tf32": dev.type == "cuda", "precision": precision}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if dev.type == "cpu" and load > (os.cpu_count() or 1):
+        log(f"warning: this machine is busy (load {load:.1f} on {os.cpu_count()} cores); a run with "
+            f"{env['threads']} threads can take several times longer than on a quiet machine")
     tkey, tlogits, trecord = _teacher_stage(name, profile, p, splits, dev, precision, cache, env, log)
     if tkey not in done:
         store.append(trecord)

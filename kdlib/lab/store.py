@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -46,7 +47,11 @@ SCHEMA_VERSION = 1  #: the ``schema`` of every record :func:`make_record` builds
 
 
 class ResultsFileError(ValueError):
-    """A results file exists but cannot be read as a sequence of records."""
+    """A results file cannot be read as a sequence of records, or cannot be written."""
+
+
+class CacheError(ValueError):
+    """The teacher cache directory cannot be used (not a directory, or not writable when it must be)."""
 
 
 class RunInProgressError(RuntimeError):
@@ -73,18 +78,31 @@ def file_lock(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[int
 
 
 @contextlib.contextmanager
-def run_lock(results_path: str | os.PathLike, lock_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold a non-blocking exclusive lock for ``results_path`` (a file in ``lock_dir``, not next to it).
+def run_lock(results_path: str | os.PathLike) -> Iterator[None]:
+    """Hold a non-blocking exclusive lock for ``results_path``: the file ``.<name>.lock`` beside it.
+
+    Beside the results file, not in the teacher cache, so two runs into one results file are
+    refused whatever caches they use. A run that ends without a results file (it failed before
+    finishing anything) leaves nothing behind: the lock file and the directories made for it
+    are removed.
 
     Raises:
         RunInProgressError: another process holds the lock.
     """
-    lock_dir = Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(str(Path(results_path).resolve()).encode()).hexdigest()[:16]
+    path = Path(results_path)
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
     try:
-        with file_lock(lock_dir / f"{name}.lock", blocking=False):
-            yield
+        with file_lock(lock, blocking=False):
+            try:
+                yield
+            finally:
+                if not path.exists():
+                    lock.unlink(missing_ok=True)
+                    for d in made:  # innermost first
+                        with contextlib.suppress(OSError):
+                            d.rmdir()
     except BlockingIOError:
         raise RunInProgressError(f"another kdlib run is writing {results_path}; wait for it to finish "
                                  "or choose another --out") from None
@@ -270,17 +288,22 @@ class ResultsStore:
         self.path = Path(path)
 
     def load(self, repair: bool = True) -> list[dict[str, Any]]:
-        """All complete records, in file order (empty list when the file does not exist).
+        """All complete records, in file order, one per key (empty list when the file does not exist).
+
+        A key repeated in the file (e.g. after ``cat a.jsonl b.jsonl``) counts once: its first
+        record is kept.
 
         Args:
             repair: truncate a torn last line (one without a final newline) from the file.
 
         Raises:
             ResultsFileError: the path is a directory or unreadable, or a line other than a
-                torn last one is not a JSON object with a ``key``.
+                torn last one is not a record (:func:`check_record`).
         """
         if not self.path.exists():
             return []
+        if repair and not os.access(self.path, os.W_OK):
+            repair = False  # a read-only file is read as it is (a torn last line is skipped)
         try:
             if repair:
                 with file_lock(self.path) as fd:
@@ -291,13 +314,36 @@ class ResultsStore:
                         os.fsync(fd)
             else:
                 data = self.path.read_bytes()
-        except (IsADirectoryError, PermissionError, OSError) as e:
-            raise ResultsFileError(f"cannot read results file {self.path}: {e}") from None
+        except OSError as e:
+            raise ResultsFileError(f"cannot read results file {self.path}: {e.strerror or e}") from None
         return _parse(data[:_complete_length(data)], self.path)
 
     def keys(self) -> set[str]:
         """Keys of all complete records."""
         return {r["key"] for r in self.load()}
+
+    def check_writable(self, min_free: int = 16 << 20) -> None:
+        """Refuse early what :meth:`append` would fail on after hours of training (creates nothing).
+
+        Raises:
+            ResultsFileError: the nearest existing directory above the file is not writable (or
+                is a file), the file cannot be opened for appending, or its file system has less
+                than ``min_free`` bytes free.
+        """
+        try:
+            if self.path.exists():
+                os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND))
+            base = next(d for d in (self.path.parent, *self.path.parent.parents) if d.exists())
+            if not base.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(base))
+            if not os.access(base, os.W_OK):
+                raise PermissionError(13, "Permission denied", str(base))
+            free = shutil.disk_usage(base).free
+        except OSError as e:
+            raise ResultsFileError(f"cannot write results file {self.path}: {e.strerror or e}") from None
+        if free < min_free:
+            raise ResultsFileError(f"cannot write results file {self.path}: only {free >> 20} MiB free "
+                                   f"on its disk (need {min_free >> 20} MiB)")
 
     def append(self, record: dict[str, Any]) -> bool:
         """Append one record as one line: a single ``os.write``, then ``fsync``.
@@ -316,6 +362,16 @@ class ResultsStore:
         line = (dumps(record) + "\n").encode()
         marker = f'"key":{json.dumps(str(record["key"]))}'.encode()  # exact: other keys end in _key
         created = not self.path.exists()
+        try:
+            written = self._append(line, marker)
+        except OSError as e:
+            raise ResultsFileError(f"cannot write results file {self.path}: {e.strerror or e}; the records "
+                                   "already in it are intact") from None
+        if created and written:
+            _fsync_dir(self.path.parent)
+        return written
+
+    def _append(self, line: bytes, marker: bytes) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with file_lock(self.path) as fd:
             data = _read_all(fd)
@@ -324,13 +380,16 @@ class ResultsStore:
                 os.ftruncate(fd, good)
             if marker in data[:good]:
                 return False
-            written = os.write(fd, line)
-            while written < len(line):  # regular files write fully; be safe anyway
-                written += os.write(fd, line[written:])
-            os.fsync(fd)
-        if created:
-            _fsync_dir(self.path.parent)
+            try:
+                written = os.write(fd, line)
+                while written < len(line):  # regular files write fully; be safe anyway
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except OSError:
+                os.ftruncate(fd, good)  # e.g. a full disk: leave no part of the line behind
+                raise
         return True
+
 
 def _read_all(fd: int) -> bytes:
     size = os.fstat(fd).st_size
@@ -353,8 +412,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+#: The fields every record has, with their types (see :func:`make_record`).
+RECORD_FIELDS = {"schema": int, "key": str, "kind": str, "config": dict, "metrics": dict, "provenance": dict}
+
+
+def check_record(rec: object) -> str | None:
+    """What is wrong with ``rec`` as a record (``None`` when nothing is).
+
+    A record is a JSON object with the :data:`RECORD_FIELDS` of their types, ``kind``
+    ``"teacher"`` or ``"student"``, and a numeric ``metrics.test_accuracy``.
+    """
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    for name, kind in RECORD_FIELDS.items():
+        if not isinstance(rec.get(name), kind):
+            return f"field {name!r} missing or not a {kind.__name__}"
+    if rec["kind"] not in ("teacher", "student"):
+        return f"kind must be 'teacher' or 'student', got {rec['kind']!r}"
+    if not isinstance(rec["metrics"].get("test_accuracy"), int | float):
+        return "metrics.test_accuracy missing"
+    return None
+
+
 def _parse(data: bytes, path: Path) -> list[dict[str, Any]]:
-    records = []
+    """The records of ``data``; a repeated key keeps its first record (a merge of files may repeat lines)."""
+    records: dict[str, dict[str, Any]] = {}
     for n, raw in enumerate(data.split(b"\n"), start=1):
         if not raw.strip():
             continue
@@ -362,10 +444,11 @@ def _parse(data: bytes, path: Path) -> list[dict[str, Any]]:
             rec = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ResultsFileError(f"{path}, line {n}: not a JSON record ({e})") from None
-        if not isinstance(rec, dict) or "key" not in rec:
-            raise ResultsFileError(f"{path}, line {n}: not a result record (no 'key')")
-        records.append(rec)
-    return records
+        problem = check_record(rec)
+        if problem is not None:
+            raise ResultsFileError(f"{path}, line {n}: not a result record ({problem})")
+        records.setdefault(rec["key"], rec)
+    return list(records.values())
 
 
 def load_records(path: str | os.PathLike, kind: str | None = None) -> list[dict[str, Any]]:
@@ -480,11 +563,29 @@ class TeacherCache:
         Temporary files of ``key`` left by a writer killed mid-save are removed once the lock
         is held (nobody else can be writing them then).
         """
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.dir / f"{key}.lock"):
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lock = file_lock(self.dir / f"{key}.lock")
+            lock.__enter__()
+        except OSError:  # a read-only cache: reading needs no lock, and save() says what failed
+            yield
+            return
+        try:
             for tmp in self.dir.glob(f".{key}.*.tmp"):
                 tmp.unlink(missing_ok=True)
             yield
+        finally:
+            lock.__exit__(None, None, None)
+
+    def check(self) -> None:
+        """Refuse a cache location that is not a directory (e.g. a file or ``/dev/null``).
+
+        Raises:
+            CacheError: ``root`` or its ``teachers/`` exists and is not a directory.
+        """
+        for d in (self.root, self.dir):
+            if d.exists() and not d.is_dir():
+                raise CacheError(f"the teacher cache must be a directory, but {d} is not one")
 
     def save(self, key: str, state_dict: dict[str, torch.Tensor], logits: dict[str, torch.Tensor],
              record: dict[str, Any]) -> dict[str, Any]:
@@ -492,15 +593,22 @@ class TeacherCache:
 
         Returns:
             ``record`` with ``provenance.cache = {"weights_sha256", "logits_sha256"}``, as written.
+
+        Raises:
+            CacheError: a file cannot be written (read-only directory, full disk).
         """
         weights, logits_path, record_path = self.paths(key)
         blobs = {"weights": _torch_bytes({k: v.detach().cpu() for k, v in state_dict.items()}),
                  "logits": _torch_bytes({k: v.detach().cpu() for k, v in logits.items()})}
-        atomic_write(weights, blobs["weights"])
-        atomic_write(logits_path, blobs["logits"])
         sums = {f"{k}_sha256": hashlib.sha256(v).hexdigest() for k, v in blobs.items()}
         record = {**record, "provenance": {**record.get("provenance", {}), "cache": sums}}
-        atomic_write(record_path, dumps(record).encode())
+        try:
+            atomic_write(weights, blobs["weights"])
+            atomic_write(logits_path, blobs["logits"])
+            atomic_write(record_path, dumps(record).encode())
+        except OSError as e:
+            raise CacheError(f"cannot write the teacher cache in {self.dir}: {e.strerror or e} "
+                             "(choose another with --cache or KDLIB_CACHE_DIR)") from None
         return record
 
 
