@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+from conftest import needs
 
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "_build" / "html"
@@ -338,11 +339,8 @@ def test_equations_typeset_offline_in_chromium(html_dir, tmp_path):
     chromium = (
         os.environ.get("KDLIB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     )
-    if not chromium:
-        _missing(
-            "headless Chromium is needed for the offline-rendering test: `apt-get install chromium` "
-            "(Debian; .ci/run installs it when run as root)"
-        )
+    needs(bool(chromium), "headless Chromium (for the offline-rendering test)",
+          "`sudo apt-get install chromium` (Debian), or set KDLIB_CHROMIUM to a Chromium binary")
 
     _Recorder.log = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Recorder, directory=str(html_dir)))

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs
 
 import kdlib.lab.data as D
 
@@ -157,8 +158,9 @@ def test_digits_embedded_default():
     assert abs(float(s.x_train.mean())) < 1e-5
 
 
-@pytest.mark.skipif(not D.DEBIAN_FASHION_MNIST.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist(monkeypatch):
+    needs(D.DEBIAN_FASHION_MNIST.is_dir(), "Fashion-MNIST (Debian's dataset-fashion-mnist)",
+          "`sudo apt-get install dataset-fashion-mnist`, or set KDLIB_FASHION_MNIST_DIR to the IDX files")
     monkeypatch.delenv("KDLIB_FASHION_MNIST_DIR", raising=False)
     monkeypatch.setenv("KDLIB_DATA_DIR", "/nonexistent")
     s = D.load_dataset("fashion_mnist", val_size=1000)
