@@ -49,8 +49,10 @@ def test_smoke_run_writes_to_scratch_and_resumes(smoke_run, capsys, monkeypatch)
         assert field in first["metrics"]
     assert len(first["metrics"]["curves"]["val_accuracy"]) == first["config"]["epochs"]
     for field in ("git_commit", "git_dirty", "device_name", "torch", "python", "started", "finished",
-                  "wall_seconds"):
+                  "wall_seconds", "threads", "cpu_isa", "cpu_capability", "precision",
+                  "teacher_logits_sha256"):
         assert field in first["provenance"]
+    assert first["provenance"]["threads"] == 1 and first["provenance"]["precision"] == "fp32"  # smoke's
     # the students learn: the alone baseline and KL are far above chance on the 10 digits
     best = max(r["metrics"]["test_accuracy"] for r in students)
     assert best > 0.9
