@@ -229,3 +229,16 @@ def test_a_full_disk_while_the_teacher_is_saved_is_one_line(tmp_path, capsys, mo
                "--cache", str(tmp_path / "cache")])
     assert rc == 2 and "cannot write the teacher cache" in one_error_line(capsys)
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_report_of_a_file_with_every_line_twice_equals_the_report_of_the_file(smoke_run, tmp_path, capsys):
+    _, cwd = smoke_run
+    src = cwd / "results" / "_scratch" / "renyi_grid" / "smoke.jsonl"
+    dst = tmp_path / "out" / "renyi_grid" / "smoke.jsonl"
+    dst.parent.mkdir(parents=True)
+    dst.write_bytes(src.read_bytes() * 2)  # cat a.jsonl a.jsonl
+    capsys.readouterr()
+    assert main(["report", "renyi_grid", "--out", str(src.parents[1])]) == 0
+    once = capsys.readouterr().out
+    assert main(["report", "renyi_grid", "--out", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().out == once and "17 student runs" in once
