@@ -413,6 +413,7 @@ def test_assert_identity_and_assert_differs():
     book.assert_identity((x + 1) ** 2 - x**2 - 2 * x - 1, simplify=sp.expand)
     book.assert_identity(sp.log(x * y), sp.log(x) + sp.log(y), prepare=book.expand_logs)
     book.assert_identity(sp.Matrix([[x, 1], [0, x]]) ** 2, sp.Matrix([[x**2, 2 * x], [0, x**2]]))
+    book.assert_identity(sp.Matrix([[1, -1], [-1, 1]]) * sp.ones(2, 1))  # a matrix that must vanish
     book.assert_differs((x + 1) ** 2, x**2 + 1)
     with pytest.raises(AssertionError, match=r"eq 1\.5: lhs - rhs reduces to 2\*x, not 0"):
         book.assert_identity((x + 1) ** 2, x**2 + 1, what="eq 1.5")

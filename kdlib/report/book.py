@@ -71,7 +71,7 @@ def expand_logs(expr: sp.Expr) -> sp.Expr:
 
 def _residual(lhs: Any, rhs: Any, prepare: Callable[[sp.Expr], sp.Expr] | None,
               simplify: Callable[[sp.Expr], sp.Expr]) -> Any:
-    difference = sp.sympify(lhs) - sp.sympify(rhs)
+    difference = sp.sympify(lhs) if rhs is None else sp.sympify(lhs) - sp.sympify(rhs)
 
     def reduce(e: sp.Expr) -> sp.Expr:
         return simplify(prepare(e) if prepare is not None else e)
@@ -87,15 +87,15 @@ def _is_zero(residual: Any) -> bool:
     return residual == 0
 
 
-def assert_identity(lhs: Any, rhs: Any = 0, *, prepare: Callable[[sp.Expr], sp.Expr] | None = None,
+def assert_identity(lhs: Any, rhs: Any = None, *, prepare: Callable[[sp.Expr], sp.Expr] | None = None,
                     simplify: Callable[[sp.Expr], sp.Expr] = sp.simplify, what: str = "") -> None:
     """Assert the symbolic identity ``lhs = rhs``: ``simplify(prepare(lhs - rhs)) == 0``.
 
     The assertion of every derivation in chapter 1, in place of ``assert sp.simplify(lhs - rhs) == 0``.
 
     Args:
-        lhs, rhs: sympy expressions, numbers or matrices (compared entry by entry); ``rhs``
-            defaults to 0.
+        lhs, rhs: sympy expressions, numbers or matrices (compared entry by entry); without
+            ``rhs``, ``lhs`` is the difference itself (an expression or a matrix that must vanish).
         prepare: applied to the difference before ``simplify``: :func:`expand_logs`, a ``Sum``
             expansion (``lambda e: kdlib.symbolic.expand_sums(e, index=k)``), ...
         simplify: the normal form; :func:`sympy.simplify` by default, :func:`sympy.expand` for
@@ -110,7 +110,7 @@ def assert_identity(lhs: Any, rhs: Any = 0, *, prepare: Callable[[sp.Expr], sp.E
         raise AssertionError(f"{what + ': ' if what else ''}lhs - rhs reduces to {residual}, not 0")
 
 
-def assert_differs(lhs: Any, rhs: Any = 0, *, prepare: Callable[[sp.Expr], sp.Expr] | None = None,
+def assert_differs(lhs: Any, rhs: Any = None, *, prepare: Callable[[sp.Expr], sp.Expr] | None = None,
                    simplify: Callable[[sp.Expr], sp.Expr] = sp.simplify, what: str = "") -> None:
     """Assert that ``lhs = rhs`` is *not* an identity (the reduction of :func:`assert_identity` leaves a
     non-zero residual): the control that shows a check can fail.
