@@ -411,30 +411,30 @@ def fmt_key(name: str, value: Any) -> Any:
     return value
 
 
+def _estimates(frame: pd.DataFrame, keys: Sequence[str], mean: str, std: str, title: str,
+               scale: float, digits: int) -> pd.DataFrame:
+    """The ``keys`` (:func:`fmt_key`), ``n``, ``title`` (``mean ± std``) and ``95% interval`` columns."""
+    out = pd.DataFrame({k: [fmt_key(k, v) for v in frame[k]] for k in keys})
+    out["n"] = frame["n"].astype(int).tolist()
+    out[title] = [fmt_mean_std(m, s, scale, digits) for m, s in zip(frame[mean], frame[std], strict=True)]
+    out["95% interval"] = [fmt_interval(lo, hi, scale, digits)
+                           for lo, hi in zip(frame["ci_low"], frame["ci_high"], strict=True)]
+    return out
+
+
 def summary_table(summary: pd.DataFrame, keys: Sequence[str], labels: dict[str, str] | None = None,
                   scale: float = 100.0, digits: int = 2) -> pd.DataFrame:
     """Strings for a page: the ``keys`` columns (:func:`fmt_key`), ``n``, ``mean ± std`` and the 95% interval.
 
     ``labels`` renames columns.
     """
-    out = pd.DataFrame({k: [fmt_key(k, v) for v in summary[k]] for k in keys})
-    out["n"] = summary["n"].astype(int).tolist()
-    out["mean ± std"] = [fmt_mean_std(m, s, scale, digits)
-                         for m, s in zip(summary["mean"], summary["std"], strict=True)]
-    out["95% interval"] = [fmt_interval(lo, hi, scale, digits)
-                           for lo, hi in zip(summary["ci_low"], summary["ci_high"], strict=True)]
-    return out.rename(columns=labels or {})
+    return _estimates(summary, keys, "mean", "std", "mean ± std", scale, digits).rename(columns=labels or {})
 
 
 def paired_table(paired: pd.DataFrame, keys: Sequence[str], labels: dict[str, str] | None = None,
                  scale: float = 100.0, digits: int = 2) -> pd.DataFrame:
     """Strings for :func:`paired_differences`: keys, n, mean difference, interval, p, Holm p, verdict."""
-    out = pd.DataFrame({k: [fmt_key(k, v) for v in paired[k]] for k in keys})
-    out["n"] = paired["n"].astype(int).tolist()
-    out["diff ± std"] = [fmt_mean_std(m, s, scale, digits)
-                         for m, s in zip(paired["mean_diff"], paired["std_diff"], strict=True)]
-    out["95% interval"] = [fmt_interval(lo, hi, scale, digits)
-                           for lo, hi in zip(paired["ci_low"], paired["ci_high"], strict=True)]
+    out = _estimates(paired, keys, "mean_diff", "std_diff", "diff ± std", scale, digits)
     out["p"] = [fmt_p(p) for p in paired["p"]]
     out["p (Holm)"] = [fmt_p(p) for p in paired["p_holm"]]
     out["verdict"] = paired["verdict"].tolist()
