@@ -31,6 +31,23 @@ Three evaluations are used, chosen per row:
 A centred evaluation that would overflow falls back to log-sum-exp (which is then accurate,
 because the result is no longer small). The orders 0, 1 and :math:`\infty` use their closed
 forms (eq 1.27, 1.31, 1.33).
+
+From logits (:func:`renyi_divergence_logits`), :math:`r` is not formed as the difference of two
+log-probabilities (numbers near :math:`\log n`, whose rounding would swamp a small divergence,
+e.g. at large ``T`` or when the student is close to the teacher). Instead
+:math:`\delta = (v - z)/T` up to a per-row constant is formed from the logits (their difference
+is exact in float64), centred, :math:`d = \delta - \mathbb{E}_P\delta`, and then
+
+.. math:: D_{KL} = A = \log \mathbb{E}_P e^{-d}, \qquad r = d + A, \qquad
+          D_\alpha = A + \frac{1}{\alpha-1}\log \mathbb{E}_P e^{(\alpha-1) d}
+          = \frac{\alpha \log\mathbb{E}_Q e^{e} - \log\mathbb{E}_Q e^{\alpha e}}{1-\alpha},
+
+with :math:`e = \delta - \mathbb{E}_Q\delta`, each :math:`\log\mathbb{E}\,e^{x}` (with
+:math:`\mathbb{E}x = 0`) evaluated as :math:`\log(1 + \mathbb{E}[e^{x} - 1 - x])`, a sum of
+non-negative terms. The P-centred form serves the orders from 1/2 up, the Q-centred one the orders
+below; for orders below 1 they are differences of two non-negative terms, used where the
+cancellation costs less than a factor 16, else log-sum-exp (then accurate). So every value keeps
+its relative accuracy, in float32 as in float64, over the documented range.
 """
 
 from __future__ import annotations
@@ -112,17 +129,18 @@ def _weighted_excess(lb: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """
     b = torch.exp(lb)
     small = u.abs() < _SMALL_U
-    us = torch.where(small, u, torch.zeros_like(u))
-    poly = torch.full_like(us, _PHI2[-1])
-    for c in reversed(_PHI2[:-1]):
-        poly = torch.addcmul(torch.full_like(us, c), poly, us)
-    h_small = us * us * poly
+    us = torch.where(small, u, 0.0)
+    # Horner in place; 5 terms reach float32's precision at |u| = 0.1 (2e-9 relative), 9 float64's
+    coeffs = _PHI2 if u.dtype == torch.float64 else _PHI2[:5]
+    h = torch.full_like(us, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        h.mul_(us).add_(c)
+    h.mul_(us).mul_(us)
     um = u.clamp(max=_BIG_U)
-    h_mid = torch.expm1(um) - um
-    term = b * torch.where(small, h_small, h_mid)
+    term = torch.where(small, h, torch.expm1(um).sub_(um)).mul_(b)
     big = u > _BIG_U
-    term_big = torch.exp(lb + torch.where(big, u, torch.zeros_like(u))) - b * (1.0 + u)
-    term = torch.where(big, term_big, term)
+    ub = torch.where(big, u, 0.0)
+    term = torch.where(big, torch.exp(lb + ub).sub_(b * (1.0 + ub)), term)
     return term.sum(-1, keepdim=True)
 
 
@@ -145,11 +163,13 @@ def _lse_parts(lp: torch.Tensor, lq: torch.Tensor, alpha, mask: torch.Tensor | N
         v = torch.add(lp * a1, lq, alpha=a2) if a1 != 1.0 else torch.add(lp, lq, alpha=a2)
     if mask is not None:
         v = torch.where(mask, v, torch.full_like(v, -math.inf))
-    m = v.amax(-1, keepdim=True)
-    m_safe = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    m, idx = v.max(-1, keepdim=True)
+    fin = torch.isfinite(m)
+    m_safe = torch.where(fin, m, torch.zeros_like(m))
     e = torch.exp((v - m_safe) * k)
     Z = e.sum(-1, keepdim=True)
-    L = torch.log(Z)
+    # the maximal entry contributes exactly 1: log1p of the others keeps a sum close to 1 exact
+    L = torch.where(fin, torch.log1p(e.scatter(-1, idx, 0.0).sum(-1, keepdim=True)), torch.log(Z))
     w = torch.where(Z > 0, e / Z, torch.zeros_like(e))
     return m_safe, L, k, w
 
@@ -163,91 +183,130 @@ def _phi1(y: torch.Tensor) -> torch.Tensor:
 
 #: Orders above this are evaluated in the scaled form (alpha * log p must not overflow).
 _HUGE_ORDER = 1e8
+#: For orders below 1 the centred value is a difference of two non-negative terms; it is used
+#: where the larger term is at most this many times the result (else log-sum-exp, which is then
+#: the accurate one: the divergence is no longer small next to the log-probabilities).
+_MAX_CANCEL = 16.0
 
 
-def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha):
+def _cgf(lb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log sum_i b_i e^{x_i}`` over the last dim (keepdim), ``b = exp(lb)``, for ``x`` of b-mean 0.
+
+    Evaluated as ``log1p(sum_i b_i (e^{x_i} - 1 - x_i))`` (the linear term, zero up to the rounding
+    of the centring, is left out; its effect on the divergences is of second order): every summand
+    is ``>= 0``, so a small result keeps its relative accuracy. Where that sum overflows (the result
+    is then large), the log-sum-exp of ``lb + x``.
+    """
+    K = torch.log1p(_weighted_excess(lb, x))
+    return torch.where(torch.isfinite(K), K, torch.logsumexp(lb + x, -1, keepdim=True))
+
+
+def _zero_at_argmax(delta: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
+    """``delta - delta_k`` with ``k`` the arg-max of ``lb``: exactly 0 there, so that the mean of
+    ``delta`` under a nearly one-hot ``b = exp(lb)`` is a sum of small terms (no cancellation)."""
+    shape = torch.broadcast_shapes(delta.shape, lb.shape)
+    k = lb.expand(shape).argmax(-1, keepdim=True)
+    return delta.expand(shape) - delta.expand(shape).gather(-1, k)
+
+
+def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tensor | None = None):
     """D_alpha between two full-support distributions given by finite log-probabilities.
 
     ``alpha`` is a Python float in [0, inf] or a tensor of shape ``(..., 1)`` (broadcastable to
-    the rows) with entries in [0, inf]. Returns ``(D, tilt)``: ``D`` of shape ``(..., 1)`` and a
-    description of the tilted distribution ``w ∝ p^alpha q^(1-alpha)`` that :func:`_tilted`
-    turns into ``w`` (lazily, in the backward pass): ``("ez", e, Z)`` for ``w = e / Z``,
-    ``("log", y, None)`` for ``w = exp(y)``,
-    ``("onehot", idx, None)`` for alpha = inf (the first arg-max of ``log p - log q``), or
-    ``("w", w, None)``.
+    the rows) with entries in [0, inf]. ``delta`` is ``log p - log q`` up to a per-row constant,
+    computed without the normalisations (``v/T - z/T`` from :func:`_centred_logits`); without it,
+    ``lp - lq`` is used. Returns ``(D, tilt, r)``: ``D`` of shape ``(..., 1)``, ``r = log p - log q``
+    (accurate to the rounding of ``delta``, not of ``lp`` and ``lq``, which is that of numbers near
+    ``log n``) and a description of the tilted distribution ``w ∝ p^alpha q^(1-alpha)`` that
+    :func:`_tilted` turns into ``w`` (lazily, in the backward pass): ``("ez", e, Z)`` for
+    ``w = e / Z``, ``("log", y, None)`` for ``w = exp(y)``, ``("onehot", idx, None)`` for
+    alpha = inf (the first arg-max of ``r``), or ``("w", w, None)``.
+
+    The centred evaluation (module docstring): with ``d = delta - E_P delta``,
+    ``A = log E_P e^{-d} = D_KL``, ``r = d + A`` and, for every order,
+    ``D_alpha = A + log E_P[e^{(alpha-1) d}] / (alpha - 1)`` (P-centred; used from order 1/2 up)
+    ``= (alpha log E_Q e^{e} - log E_Q e^{alpha e}) / (1 - alpha)`` with ``e = delta - E_Q delta``
+    (Q-centred; orders below 1/2). Each log-expectation is a :func:`_cgf`, so a divergence close to
+    0 is obtained without subtracting numbers of the size of ``log n``.
     """
+    if delta is None:
+        delta = lp - lq
+    p = torch.exp(lp)
+    d = _zero_at_argmax(delta, lp)
+    d = d - (p * d).sum(-1, keepdim=True)
+    A = _cgf(lp, -d)  # D_KL(P || Q) = E_P r
+    r = d + A
     if not isinstance(alpha, torch.Tensor):
         if alpha == 1.0:
-            D = (torch.exp(lp) * (lp - lq)).sum(-1, keepdim=True)
-            return D, ("log", lp, None)
+            return A, ("log", lp, None), r
         if math.isinf(alpha):
-            D, idx = (lp - lq).max(-1, keepdim=True)
-            return D, ("onehot", idx, None)
+            D, idx = r.max(-1, keepdim=True)
+            return D, ("onehot", idx, None), r
         if alpha == 0.0:
             # Softmax distributions have full support, so Q(supp P) = 1 and D_0 = -log 1 = 0 (eq 1.27).
-            return torch.zeros_like(lq[..., :1]), ("log", lq, None)
+            return torch.zeros_like(A), ("log", lq, None), r
         eps = alpha - 1.0
         if alpha <= _HUGE_ORDER:
             y = torch.add(lq * (1.0 - alpha), lp, alpha=alpha)  # log(p^a q^(1-a))
-            m = y.amax(-1, keepdim=True)
+            m, i = y.max(-1, keepdim=True)
             e = torch.sub(y, m).exp_()
             Z = e.sum(-1, keepdim=True)
-            D = (m + torch.log(Z)) / eps  # log-sum-exp of y, over alpha - 1
+            # log-sum-exp of y, over alpha - 1; the maximal entry of e is exactly 1, and log1p of
+            # the sum of the others keeps a sum close to 1 exact
+            D = (m + torch.log1p(e.scatter(-1, i, 0.0).sum(-1, keepdim=True))) / eps
             tilt = ("ez", e, Z)
         else:
             m, L, k, w = _lse_parts(lp, lq, alpha)
             D = m * (k / eps) + L / eps
             tilt = ("w", w, None)
-        if abs(eps) < _NEAR:
-            D = _centred_P(lp, lp - lq, eps, D)
-        elif alpha < _NEAR:
-            D = _centred_Q(lq, lp - lq, alpha, D)
-        return D, tilt
+        if alpha >= 0.5:
+            Dc = A + _cgf(lp, eps * d) / eps
+            ok = torch.isfinite(Dc)
+            if eps < 0:
+                ok = ok & (A <= _MAX_CANCEL * Dc)
+        else:
+            q = torch.exp(lq)
+            dq = _zero_at_argmax(delta, lq)
+            e_ = dq - (q * dq).sum(-1, keepdim=True)
+            aB = alpha * _cgf(lq, e_)
+            Dc = (aB - _cgf(lq, alpha * e_)) / (1.0 - alpha)
+            ok = torch.isfinite(Dc) & (aB <= _MAX_CANCEL * (1.0 - alpha) * Dc)
+        return torch.where(ok, Dc, D), tilt, r
 
     # Tensor of orders: every evaluation, selected per row.
     a = alpha
-    r = lp - lq
     is_inf = torch.isinf(a)
     af = torch.where(is_inf, torch.full_like(a, 2.0), a)
     eps = af - 1.0
     is_one = eps == 0
     eps_safe = torch.where(is_one, torch.ones_like(eps), eps)
     m, L, k, w = _lse_parts(lp, lq, af)
-    D_lse = m * (k / eps_safe) + L / eps_safe
-    p = torch.exp(lp)
-    kl = (p * r).sum(-1, keepdim=True)
+    D = m * (k / eps_safe) + L / eps_safe
+    # P-centred, orders >= 1/2
+    hi = af >= 0.5
+    eps_p = torch.where(hi, eps_safe, torch.ones_like(eps))
+    Dp = A + _cgf(lp, eps_p * d) / eps_p
+    ok = hi & torch.isfinite(Dp) & ((eps > 0) | (A <= _MAX_CANCEL * Dp))
+    D = torch.where(ok, Dp, D)
+    # Q-centred, orders < 1/2
+    lo = ~hi
+    a_q = torch.where(lo, af, torch.zeros_like(af))
+    q = torch.exp(lq)
+    dq = _zero_at_argmax(delta, lq)
+    e_ = dq - (q * dq).sum(-1, keepdim=True)
+    aB = a_q * _cgf(lq, e_)
+    Dq = (aB - _cgf(lq, a_q * e_)) / (1.0 - a_q)
+    ok = lo & torch.isfinite(Dq) & (aB <= _MAX_CANCEL * (1.0 - a_q) * Dq)
+    D = torch.where(ok, Dq, D)
     D_inf, idx = r.max(-1, keepdim=True)
-    near1 = eps.abs() < _NEAR
-    near0 = af < _NEAR
-    D = D_lse
-    D = torch.where(near0, _centred_Q(lq, r, torch.where(near0, af, torch.zeros_like(af)), D_lse), D)
-    D = torch.where(
-        near1, _centred_P(lp, r, torch.where(near1, eps_safe, torch.ones_like(eps)), D_lse, kl), D
-    )
-    D = torch.where(is_one, kl, D)
+    D = torch.where(is_one, A, D)
+    D = torch.where(af == 0, torch.zeros_like(D), D)
     D = torch.where(is_inf, D_inf, D)
     onehot = torch.zeros_like(r).scatter_(-1, idx, 1.0)
+    # the tilt of the special orders exactly as the scalar path has it
+    w = torch.where(is_one, torch.exp(lp), torch.where(af == 0, torch.exp(lq), w))
     w = torch.where(is_inf, onehot, w)
-    return D, ("w", w, None)
-
-
-def _centred_P(lp, r, eps, fallback, kl=None):
-    """D_alpha = KL + log1p(sum p (e^u - 1 - u)) / eps with u = eps (r - KL); fallback where it overflows."""
-    if kl is None:
-        kl = (torch.exp(lp) * r).sum(-1, keepdim=True)
-    u = eps * (r - kl)
-    H = _weighted_excess(lp, u)
-    D = kl + torch.log1p(H) / eps
-    return torch.where(torch.isfinite(D), D, fallback)
-
-
-def _centred_Q(lq, r, alpha, fallback):
-    """D_alpha = (alpha c + log1p(sum q (e^u - 1 - u))) / (alpha - 1), c = E_Q r, u = alpha (r - c)."""
-    c = (torch.exp(lq) * r).sum(-1, keepdim=True)
-    u = alpha * (r - c)
-    H = _weighted_excess(lq, u)
-    D = (alpha * c + torch.log1p(H)) / (alpha - 1.0)
-    return torch.where(torch.isfinite(D), D, fallback)
+    return D, ("w", w, None), r
 
 
 def _teacher_grad_unit(lp, r, w, D, alpha):
@@ -299,28 +358,60 @@ def _fit(x: torch.Tensor, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor
     return x if x.dtype == dtype else x.to(dtype)
 
 
+def _log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """``log_softmax`` over the last dim with ``log1p`` of the non-maximal terms.
+
+    ``x - max x - log1p(sum of exp(x_i - max x) over the others)``: an entry close to
+    ``log 1 = 0`` (a nearly one-hot row) keeps its relative accuracy, where ``log`` of the sum
+    (``torch.log_softmax``) would round it to a multiple of the machine epsilon.
+    """
+    m, i = x.max(-1, keepdim=True)
+    xm = x - m
+    return xm - torch.log1p(torch.exp(xm).scatter_(-1, i, 0.0).sum(-1, keepdim=True))
+
+
+def _evaluate(t: torch.Tensor, s: torch.Tensor, alpha, T):
+    """The forward of the logits form, shared by :class:`_RenyiLogits` and :func:`renyi_gradient`.
+
+    Works in :func:`_compute_dtype`, except for ``delta = (v - z - (v_k - z_k)) / T`` (``k`` the
+    teacher's arg-max), the
+    difference of the tempered logits up to a per-row constant, which is formed in float64 and
+    then rounded: it carries an error relative to its own size, not to the size of the logits.
+    The log-probabilities are computed from logits centred on their row maxima. Returns
+    ``(lp, lq, D, tilt, r, a, Tc, tc, sc)``: the log-probabilities, the
+    divergence and tilt and ``r`` of :func:`_renyi_logprobs`, the order and temperature as used
+    (tensors with a trailing 1) and the centred logits.
+    """
+    cd = _compute_dtype(t, s, T)
+    tt = t if t.dtype == cd else t.to(cd)
+    ss = s if s.dtype == cd else s.to(cd)
+    tc = tt - tt.amax(-1, keepdim=True)
+    sc = ss - ss.amax(-1, keepdim=True)
+    Tc = T.to(cd).unsqueeze(-1) if isinstance(T, torch.Tensor) else T
+    if isinstance(Tc, float) and Tc == 1.0:
+        lp, lq = _log_softmax(tc), _log_softmax(sc)
+    else:
+        lp, lq = _log_softmax(tc / Tc), _log_softmax(sc / Tc)
+    # delta = (v - z - (v_k - z_k)) / T with k the teacher's arg-max. The difference of two float32
+    # (or 16-bit) logits is exact in float64, so delta is rounded relative to its own size (close
+    # teacher and student rows give an exact small difference, whatever the size of the logits),
+    # and delta_k = 0 exactly, so that E_P delta has no large term when P is nearly one-hot.
+    t64, s64 = tt.to(torch.float64), ss.to(torch.float64)
+    diff = _zero_at_argmax(t64 - s64, tt)
+    delta = (diff / (Tc.to(torch.float64) if isinstance(Tc, torch.Tensor) else Tc)).to(cd)
+    # beyond float64's range (logits near 1e308) the difference overflows: those rows use lp - lq
+    delta = torch.where(torch.isfinite(delta).all(-1, keepdim=True), delta, lp - lq)
+    a = alpha.to(cd).unsqueeze(-1) if isinstance(alpha, torch.Tensor) else alpha
+    D, tilt, r = _renyi_logprobs(lp, lq, a, delta)
+    return lp, lq, D, tilt, r, a, Tc, tc, sc
+
+
 class _RenyiLogits(torch.autograd.Function):
     """D_alpha(softmax(t/T) || softmax(s/T)) per row, with the analytic backward (q - w)/T."""
 
     @staticmethod
     def forward(ctx, t, s, alpha, T):  # type: ignore[override]
-        cd = _compute_dtype(t, s, T)
-        tt = t if t.dtype == cd else t.to(cd)
-        ss = s if s.dtype == cd else s.to(cd)
-        if isinstance(T, torch.Tensor):
-            Tc = T.to(cd).unsqueeze(-1)
-            lp = torch.log_softmax(tt / Tc, dim=-1)
-            lq = torch.log_softmax(ss / Tc, dim=-1)
-        elif T == 1.0:
-            Tc = T
-            lp = torch.log_softmax(tt, dim=-1)
-            lq = torch.log_softmax(ss, dim=-1)
-        else:
-            Tc = T
-            lp = torch.log_softmax(tt / T, dim=-1)
-            lq = torch.log_softmax(ss / T, dim=-1)
-        a = alpha.to(cd).unsqueeze(-1) if isinstance(alpha, torch.Tensor) else alpha
-        D, (kind, x, G) = _renyi_logprobs(lp, lq, a)
+        lp, lq, D, (kind, x, G), r, a, Tc, tc, sc = _evaluate(t, s, alpha, T)
         D = D.clamp_min(0.0)
         ctx.alpha = a
         ctx.Tc = Tc
@@ -328,7 +419,7 @@ class _RenyiLogits(torch.autograd.Function):
         ctx.shapes = (t.shape, s.shape, T.shape if isinstance(T, torch.Tensor) else None)
         ctx.dtypes = (t.dtype, s.dtype, T.dtype if isinstance(T, torch.Tensor) else None)
         need_T = isinstance(T, torch.Tensor) and T.requires_grad
-        ctx.save_for_backward(lp, lq, D, x, G, tt if need_T else None, ss if need_T else None)
+        ctx.save_for_backward(lp, lq, r, D, x, G, tc if need_T else None, sc if need_T else None)
         out = D.squeeze(-1)
         out_dtype = torch.promote_types(t.dtype, s.dtype)
         return out if out.dtype == out_dtype else out.to(out_dtype)
@@ -336,7 +427,7 @@ class _RenyiLogits(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
-        lp, lq, D, x, G, tt, ss = ctx.saved_tensors
+        lp, lq, r, D, x, G, tt, ss = ctx.saved_tensors
         g = grad_out.to(lp.dtype).unsqueeze(-1)
         Tc = ctx.Tc
         t_shape, s_shape, T_shape = ctx.shapes
@@ -349,11 +440,12 @@ class _RenyiLogits(torch.autograd.Function):
         if need_s:
             grad_s = _fit(q_w * gT, s_shape, s_dtype)
         if need_t or need_T:
-            ut = _teacher_grad_unit(lp, lp - lq, w, D, ctx.alpha)  # T * dD/dt
+            ut = _teacher_grad_unit(lp, r, w, D, ctx.alpha)  # T * dD/dt
             if need_t:
                 grad_t = _fit(ut * gT, t_shape, t_dtype)
             if need_T:
                 # D depends on T through t/T and s/T: dD/dT = -(sum_j dD/ds_j s_j + dD/dt_j t_j) / T
+                # (the rows of both gradients sum to 0, so the centred logits give the same value)
                 dT = -((q_w * ss).sum(-1, keepdim=True) + (ut * tt).sum(-1, keepdim=True)) * (gT / Tc)
                 grad_T = dT.squeeze(-1).sum_to_size(T_shape).to(T_dtype)
         return grad_t, grad_s, None, grad_T
@@ -628,8 +720,13 @@ def renyi_divergence_logits(
     .. math:: D_\alpha\big(\operatorname{softmax}(v/T)\,\big\|\,\operatorname{softmax}(z/T)\big),
 
     with teacher logits :math:`v`, student logits :math:`z` (eq 1.3 and 1.16), evaluated entirely
-    from ``log_softmax`` so that no probability underflows: finite and accurate for logits up to
-    :math:`\pm 10^4` and temperatures from 0.05 to 1000. This is the soft term of Rényi
+    from log-probabilities and the centred difference of the logits (module docstring) so that no
+    probability underflows and no small value is lost to the rounding of numbers near
+    :math:`\log n`: finite and accurate for logits up to :math:`\pm 10^4` and temperatures from
+    0.05 to 1000, in relative terms (tested against 80-digit values for the same inputs: within
+    :math:`2^{-14} \approx 6\cdot 10^{-5}` relative or :math:`10^{-30}` absolute in float32, typically
+    :math:`10^{-6}`, :math:`2^{-11}` for orders as large as :math:`10^4`; about :math:`10^{-14}` in
+    float64). This is the soft term of Rényi
     distillation (eq 1.11 with :math:`D_{KL}` replaced by :math:`D_\alpha`).
 
     Softmax distributions have full support, so every order gives a finite value; in particular
@@ -720,15 +817,11 @@ def renyi_gradient(teacher_logits: torch.Tensor, student_logits: torch.Tensor, a
         ValueError: as :func:`renyi_divergence_logits`.
     """
     alpha, T = _check_logits_args(teacher_logits, student_logits, alpha, T, validate)
-    cd = _compute_dtype(teacher_logits, student_logits, T)
     with torch.no_grad():
-        tt = teacher_logits.detach().to(cd)
-        ss = student_logits.detach().to(cd)
-        Tc = T.detach().to(cd).unsqueeze(-1) if isinstance(T, torch.Tensor) else T
-        lp = torch.log_softmax(tt / Tc, dim=-1)
-        lq = torch.log_softmax(ss / Tc, dim=-1)
-        a = alpha.to(cd).unsqueeze(-1) if isinstance(alpha, torch.Tensor) else alpha
-        _, (kind, x, G) = _renyi_logprobs(lp, lq, a)
+        lp, lq, _, (kind, x, G), _, _, Tc, _, _ = _evaluate(
+            teacher_logits.detach(), student_logits.detach(), alpha,
+            T.detach() if isinstance(T, torch.Tensor) else T,
+        )
         w = _tilted(kind, x, G, lp, lq)
         grad = (torch.exp(lq) - w) / Tc
     return grad.to(torch.promote_types(teacher_logits.dtype, student_logits.dtype))
