@@ -35,12 +35,29 @@ def check_class_tensor(x: object, name: str, what: str = "") -> None:
     """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor{what}, got {type(x).__name__}")
+    check_not_meta(x, name)
     if x.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (classes on the last), got a scalar")
     if x.shape[-1] == 0:
         raise ValueError(
             f"{name} must have at least one class on its last dimension, got shape {tuple(x.shape)}"
         )
+
+
+def check_not_meta(x: torch.Tensor, name: str) -> None:
+    """Raise ``ValueError`` for a tensor on the ``meta`` device (a shape without values to compute with)."""
+    if x.is_meta:
+        raise ValueError(f"{name} is a meta tensor (shape only, no values); pass a tensor on a real device")
+
+
+def check_device(x: object, name: str, device: torch.device, ref_name: str) -> None:
+    """Raise ``ValueError`` unless tensor ``x`` is on ``device`` (a 0-dim CPU tensor is accepted anywhere,
+    as torch accepts it); non-tensors pass."""
+    if not isinstance(x, torch.Tensor):
+        return
+    check_not_meta(x, name)
+    if x.device != device and not (x.dim() == 0 and x.device.type == "cpu"):
+        raise ValueError(f"{name} must be on the device of {ref_name} ({device}), got a tensor on {x.device}")
 
 
 def check_finite_tensor(x: torch.Tensor, name: str) -> None:
@@ -152,6 +169,7 @@ def check_order(
     the class dimension), have a floating dtype and must not require grad.
     """
     if isinstance(alpha, torch.Tensor):
+        check_not_meta(alpha, name)
         if not alpha.is_floating_point():
             raise ValueError(f"{name} as a tensor must have a floating dtype, got {alpha.dtype}")
         if alpha.requires_grad:
@@ -193,6 +211,7 @@ def check_temperature_arg(T: object, row_shape: torch.Size, *, name: str = "T", 
     for logits of shape ``(S, B, n)``: one temperature per stacked student).
     """
     if isinstance(T, torch.Tensor):
+        check_not_meta(T, name)
         if not T.is_floating_point():
             raise ValueError(f"{name} as a tensor must have a floating dtype, got {T.dtype}")
         _check_broadcast_to(T, row_shape, name)
@@ -209,6 +228,7 @@ def check_temperature_arg(T: object, row_shape: torch.Size, *, name: str = "T", 
 def check_beta(beta: object, *, name: str = "beta", validate: bool = True):
     """Check the mixing weight ``beta`` in ``[0, 1]`` (a number, or a floating tensor without grad)."""
     if isinstance(beta, torch.Tensor):
+        check_not_meta(beta, name)
         if not beta.is_floating_point():
             raise ValueError(f"{name} as a tensor must have a floating dtype, got {beta.dtype}")
         if validate and beta.numel():
@@ -261,6 +281,7 @@ def check_logits_pair(
     """
     _check_logits_structure(a, name_a)
     _check_logits_structure(b, name_b)
+    check_device(b, name_b, a.device, name_a)  # type: ignore[union-attr]
     rows = check_row_shapes(a, b, name_a, name_b)  # type: ignore[arg-type]
     n = a.shape[-1]  # type: ignore[union-attr]
     if targets is not None:
@@ -270,6 +291,7 @@ def check_logits_pair(
             raise ValueError(
                 f"targets must be an integer tensor of class indices in [0, {n}), got {targets.dtype}"
             )
+        check_device(targets, "targets", a.device, name_a)  # type: ignore[union-attr]
         _check_broadcast_to(targets, rows, "targets")
     if not validate:
         return rows

@@ -58,6 +58,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from kdlib._validation import (
+    check_device,
     check_finite_tensor,
     check_logits_pair,
     check_order,
@@ -97,13 +98,18 @@ def softmax_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
             ``T -> 0`` sharpens it toward the arg-max one-hot vector.
 
     Returns:
-        Probabilities of shape ``(..., n)`` that sum to 1 along the last dimension.
+        Probabilities of shape ``(..., n)`` that sum to 1 along the last dimension, in the dtype of
+        ``logits``; float16 and bfloat16 logits are divided and normalised in float32 (``z / T``
+        overflows float16 at small ``T``) and the result is rounded to the input dtype.
 
     Raises:
-        ValueError: if ``T <= 0`` or ``T`` is not finite, or ``logits`` contain NaN or ``+-inf``.
+        ValueError: if ``T <= 0`` or ``T`` is not finite, or ``logits`` contain NaN or ``+-inf`` or
+            are a meta tensor.
     """
     T = check_temperature(T)
     check_finite_tensor(logits, "logits")
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        return torch.softmax(logits.float() / T, dim=-1).to(logits.dtype)
     return torch.softmax(logits / T, dim=-1)
 
 
@@ -635,9 +641,10 @@ def kl_divergence(p: torch.Tensor, q: torch.Tensor, *, validate: bool = True) ->
         from logits use :func:`renyi_divergence_logits`.
 
     Raises:
-        ValueError: if ``p`` or ``q`` is not a floating tensor with at least one class, holds NaN,
-            ``+-inf`` or negative entries, has a row whose sum differs from 1 by more than the
-            tolerance, or if the shapes do not match (different ``n`` or non-broadcastable rows).
+        ValueError: if ``p`` or ``q`` is not a floating tensor with at least one class (or is a meta
+            tensor), holds NaN, ``+-inf`` or negative entries, has a row whose sum differs from 1 by
+            more than the tolerance, or if the shapes do not match (different ``n`` or
+            non-broadcastable rows).
     """
     return _renyi_probs_entry(p, q, 1.0, validate)
 
@@ -688,9 +695,9 @@ def renyi_divergence(
         entries are returned as ``+-inf``; rows with an infinite divergence get a zero gradient.
 
     Raises:
-        ValueError: if ``alpha`` is negative or NaN or not a number; if ``p`` or ``q`` is not a
-            floating tensor, holds NaN, ``+-inf`` or negative entries, has a row off 1 by more than
-            the tolerance, or if the shapes do not match.
+        ValueError: if ``alpha`` is negative or NaN or not a number; if ``p`` or ``q`` is a meta
+            tensor or not a floating tensor, holds NaN, ``+-inf`` or negative entries, has a row off
+            1 by more than the tolerance, or if the shapes do not match.
     """
     a = check_order(alpha)
     if isinstance(a, torch.Tensor):
@@ -770,7 +777,8 @@ def renyi_divergence_logits(
             or holds NaN or ``+-inf``; if the two logits differ in ``n`` or their leading dimensions
             do not broadcast; if ``alpha`` is NaN or negative (or a tensor that does not broadcast to
             the rows or requires grad); if ``T`` is not finite and ``> 0`` (or a tensor that does not
-            broadcast to the rows).
+            broadcast to the rows); if a tensor argument is a meta tensor or lies on another device
+            than ``teacher_logits`` (0-dim CPU tensors excepted).
     """
     alpha, T = _check_logits_args(teacher_logits, student_logits, alpha, T, validate)
     return _RenyiLogits.apply(teacher_logits, student_logits, alpha, T)
@@ -782,6 +790,8 @@ def _check_logits_args(teacher_logits, student_logits, alpha, T, validate):
     )
     alpha = check_order(alpha, rows, validate=validate)
     T = check_temperature_arg(T, rows, validate=validate)
+    check_device(alpha, "alpha", teacher_logits.device, "teacher_logits")
+    check_device(T, "T", teacher_logits.device, "teacher_logits")
     return alpha, T
 
 

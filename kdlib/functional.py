@@ -17,13 +17,12 @@ hyperparameters of shape ``(S, 1)`` to train S stacked students at once.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from kdlib._validation import check_beta, check_logits_pair, check_order, check_temperature_arg
+from kdlib._validation import check_beta, check_device, check_logits_pair, check_order, check_temperature_arg
 from kdlib.divergences import renyi_divergence_logits
 
 __all__ = ["distillation_loss", "LossComponents", "REDUCTIONS"]
@@ -80,11 +79,11 @@ def distillation_loss(
 
     Args:
         student_logits: :math:`z`, ``(..., n)``, finite.
-        teacher_logits: :math:`v`, ``(..., n)``, finite; leading dimensions broadcast with the
-            student's (e.g. ``(B, n)`` against stacked students ``(S, B, n)``). Detach it unless
-            the teacher is to be trained.
-        targets: integer class indices in ``[0, n)`` broadcastable to the row shape
-            ``broadcast(student.shape[:-1], teacher.shape[:-1])``.
+        teacher_logits: :math:`v`, ``(..., n)``, finite; leading dimensions broadcastable to the
+            student's (e.g. ``(B, n)`` against stacked students ``(S, B, n)``); the row shape is
+            the student's, ``student.shape[:-1]``. Detach it unless the teacher is to be trained.
+        targets: integer class indices in ``[0, n)`` (any integer dtype; converted to int64)
+            broadcastable to the row shape ``student.shape[:-1]``.
         alpha: Rényi order in :math:`[0, \infty]` (``math.inf`` allowed; 1 is KL), or a tensor of
             orders broadcastable to the row shape (e.g. ``(S, 1)``).
         T: temperature, finite and ``> 0``, or a tensor of them broadcastable to the row shape.
@@ -103,32 +102,46 @@ def distillation_loss(
         dtype of the student logits (16-bit logits are computed in float32).
 
     Raises:
-        ValueError: a logits tensor with NaN or ``+-inf`` or not floating; mismatched shapes;
-            targets not integer class indices in ``[0, n)``; ``alpha`` NaN or negative; ``T`` not
-            finite and ``> 0``; ``beta`` outside ``[0, 1]``; an unknown ``reduction``;
-            ``normalize_by_alpha`` with an order 0 or ``inf``.
+        ValueError: a logits tensor with NaN or ``+-inf`` or not floating; mismatched shapes,
+            including a teacher whose leading dimensions would enlarge the student's rows (e.g. a
+            student ``(B, 1, n)`` against a teacher ``(B, n)``); targets not integer class indices
+            in ``[0, n)``; ``alpha`` NaN or negative; ``T`` not finite and ``> 0``; ``beta`` outside
+            ``[0, 1]``; an unknown ``reduction``; ``normalize_by_alpha`` with an order 0, ``inf`` or
+            below the smallest normal number of the computation (``2.2e-308`` for float64 logits,
+            ``1.2e-38`` otherwise); a meta tensor, or a tensor argument on another device than the
+            student logits (0-dim CPU tensors excepted).
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     rows = check_logits_pair(student_logits, teacher_logits, "student_logits", "teacher_logits", targets,
                              validate=validate)
+    if rows != student_logits.shape[:-1]:
+        # F.cross_entropy would refuse; broadcasting would silently repeat the student's rows
+        raise ValueError(
+            f"teacher_logits of shape {tuple(teacher_logits.shape)} must broadcast to the student's rows, "
+            f"not enlarge them: student_logits has shape {tuple(student_logits.shape)}, and the pair would "
+            f"give rows {tuple(rows)} (a teacher (B, n) against students (S, B, n) is the supported stack)")
     alpha = check_order(alpha, rows, validate=validate)
     T = check_temperature_arg(T, rows, validate=validate)
     beta = check_beta(beta, validate=validate)
     if isinstance(beta, torch.Tensor):
         _check_rows(beta, rows, "beta")
-    norm = _check_normalize(normalize_by_alpha, alpha, rows, validate)
+    for name, value in (("alpha", alpha), ("T", T), ("beta", beta),
+                        ("normalize_by_alpha", normalize_by_alpha)):
+        check_device(value, name, student_logits.device, "student_logits")
+    norm = _check_normalize(normalize_by_alpha, alpha, rows, validate, student_logits.dtype)
 
     s = student_logits if student_logits.dtype in (torch.float32, torch.float64) else student_logits.float()
     t = teacher_logits if teacher_logits.dtype in (torch.float32, torch.float64) else teacher_logits.float()
     n = s.shape[-1]
     # Hard term: cross-entropy of the student at T = 1 (eq 1.9-1.10), per row.
     s_ce = s if s.shape[:-1] == rows else s.expand(*rows, n)
-    y = targets if targets.shape == rows else targets.expand(rows)
+    y = targets if targets.dtype == torch.int64 else targets.long()  # cross_entropy takes int64 only
+    y = y if y.shape == rows else y.expand(rows)
     ce = F.cross_entropy(s_ce.reshape(-1, n), y.reshape(-1), reduction="none").reshape(rows)
     # Soft term: T^2 D_alpha(teacher_T || student_T) per row (eq 1.11-1.12 with D_alpha, 1.16).
     d = renyi_divergence_logits(t, s, alpha, T, validate=False)
-    soft = d * _soft_coefficient(T, alpha, norm, d.dtype)
+    soft = _soft_term(d, T, alpha, norm)
     if isinstance(beta, torch.Tensor):
         beta = beta.to(d.dtype)
     total = (1.0 - beta) * ce + beta * soft
@@ -147,42 +160,49 @@ def _check_rows(x: torch.Tensor, rows: torch.Size, name: str) -> None:
 
 
 def _check_normalize(norm: bool | torch.Tensor, alpha: float | torch.Tensor, rows: torch.Size,
-                     validate: bool) -> bool | torch.Tensor:
-    """``normalize_by_alpha`` as a bool or a bool tensor; refuses it for the orders 0 and inf."""
+                     validate: bool, dtype: torch.dtype) -> bool | torch.Tensor:
+    """``normalize_by_alpha`` as a bool or a bool tensor; refuses it for the orders 0 and inf, and for
+    orders below the smallest normal number of the computation (float64 for float64 logits, else
+    float32), whose quotient would not be accurate (a subnormal order gave NaN)."""
+    tiny = torch.finfo(torch.float64 if dtype == torch.float64 else torch.float32).tiny
     if isinstance(norm, torch.Tensor):
         if norm.dtype != torch.bool:
             raise ValueError(f"normalize_by_alpha as a tensor must have dtype torch.bool, got {norm.dtype}")
         _check_rows(norm, rows, "normalize_by_alpha")
         if not validate or not bool(norm.any()):
             return norm
-        a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha)
-        bad = bool(((a == 0) | torch.isinf(a)).expand(torch.broadcast_shapes(a.shape, norm.shape))[
-            norm.expand(torch.broadcast_shapes(a.shape, norm.shape))].any())
+        a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=torch.float64)
+        shape = torch.broadcast_shapes(a.shape, norm.shape)
+        a = a.expand(shape)[norm.expand(shape)]
     elif isinstance(norm, bool):
         if not norm:
             return False
         if not validate and isinstance(alpha, torch.Tensor):
             return True
-        bad = (bool(((alpha == 0) | torch.isinf(alpha)).any()) if isinstance(alpha, torch.Tensor)
-               else alpha == 0.0 or math.isinf(alpha))
+        a = alpha if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=torch.float64)
     else:
         raise ValueError(f"normalize_by_alpha must be a bool or a bool tensor, got {type(norm).__name__}")
-    if bad:
+    if bool(((a == 0) | torch.isinf(a)).any()):
         raise ValueError("alpha must be in (0, inf) where normalize_by_alpha is set (the soft term is "
                          f"divided by alpha; orders 0 and inf are undefined there), got {alpha!r}")
+    if bool((a < tiny).any()):
+        raise ValueError(f"alpha must be at least {tiny:.4g} (the smallest normal number of the computation) "
+                         f"where normalize_by_alpha is set: the soft term is divided by alpha, got {alpha!r}")
     return norm
 
 
-def _soft_coefficient(T: float | torch.Tensor, alpha: float | torch.Tensor, norm: bool | torch.Tensor,
-                      dtype: torch.dtype) -> float | torch.Tensor:
-    """``T**2``, divided by ``alpha`` where ``norm``: a float, or a tensor for tensor arguments."""
+def _soft_term(d: torch.Tensor, T: float | torch.Tensor, alpha: float | torch.Tensor,
+               norm: bool | torch.Tensor) -> torch.Tensor:
+    """``T**2 d``, with ``d`` divided by ``alpha`` first where ``norm`` (``T**2 / alpha`` would overflow
+    for the smallest orders, while ``D_alpha / alpha`` stays finite)."""
+    dtype = d.dtype
     c = T.to(dtype) ** 2 if isinstance(T, torch.Tensor) else T * T
     if isinstance(norm, torch.Tensor):
         a = alpha.to(dtype) if isinstance(alpha, torch.Tensor) else torch.tensor(alpha, dtype=dtype)
-        return c / torch.where(norm, a.to(norm.device), torch.ones((), dtype=dtype, device=norm.device))
-    if norm:
-        return c / (alpha.to(dtype) if isinstance(alpha, torch.Tensor) else alpha)
-    return c
+        d = d / torch.where(norm, a.to(norm.device), torch.ones((), dtype=dtype, device=norm.device))
+    elif norm:
+        d = d / (alpha.to(dtype) if isinstance(alpha, torch.Tensor) else alpha)
+    return d * c
 
 
 def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:

@@ -19,6 +19,9 @@ from kdlib.functional import REDUCTIONS, LossComponents, distillation_loss
 
 __all__ = ["DistillationLoss", "LossComponents"]
 
+#: The hyperparameters that may be tensors (registered as buffers).
+_HYPER = ("alpha", "T", "beta")
+
 class DistillationLoss(nn.Module):
     r"""Rényi knowledge-distillation loss: cross-entropy mixed with a tempered Rényi divergence.
 
@@ -70,25 +73,32 @@ class DistillationLoss(nn.Module):
             call. Set ``False`` in hot loops whose inputs are known to be valid (shapes and dtypes
             are still checked; invalid values then give NaN or an indexing error).
 
-    Tensor hyperparameters are registered as buffers, so :meth:`~torch.nn.Module.to` moves them.
+    Tensor hyperparameters are registered as buffers, so :meth:`~torch.nn.Module.to` moves them to
+    another device; casts of the module's dtype (``.half()``, ``.bfloat16()``, ``.double()``,
+    ``.to(dtype)``) leave their dtype, and so their values, unchanged. They must not require grad
+    (a buffer would cut the gradient): to learn ``T`` or ``beta``, call
+    :func:`kdlib.functional.distillation_loss` with it.
 
     **Shapes**
 
     - ``student_logits``: ``(..., n)``, finite.
-    - ``teacher_logits``: ``(..., n)``, finite, leading dimensions broadcastable with the
-      student's (e.g. ``(B, n)`` against stacked students ``(S, B, n)``). Detach it yourself if
-      the teacher must not be trained; gradients flow to it otherwise.
-    - ``targets``: integer class indices in ``[0, n)``, broadcastable to the row shape
-      ``broadcast(student.shape[:-1], teacher.shape[:-1])`` (e.g. ``(B,)``).
+    - ``teacher_logits``: ``(..., n)``, finite, leading dimensions broadcastable to the
+      student's (e.g. ``(B, n)`` against stacked students ``(S, B, n)``; a teacher that would
+      enlarge the student's rows, such as ``(B, n)`` against a student ``(B, 1, n)``, is refused).
+      Detach it yourself if the teacher must not be trained; gradients flow to it otherwise.
+    - ``targets``: integer class indices in ``[0, n)`` (any integer dtype), broadcastable to the row
+      shape ``student.shape[:-1]`` (e.g. ``(B,)``).
     - output: a scalar for ``"mean"``/``"sum"``, the row shape for ``"none"``; in nats; dtype of
       the student logits (16-bit inputs are computed in float32).
 
     Raises:
         ValueError: at construction, if ``alpha`` is NaN or negative, ``T`` is not finite and ``> 0``,
-            ``beta`` is outside ``[0, 1]``, ``reduction`` is unknown, or ``normalize_by_alpha`` is set
-            with an order 0 or ``inf``; at call time, if a logits tensor holds NaN or ``+-inf`` or is
-            not floating, the shapes do not match, or ``targets`` is not an integer tensor of the row
-            shape with values in ``[0, n)``.
+            ``beta`` is outside ``[0, 1]``, a tensor hyperparameter requires grad, ``reduction`` is
+            unknown, or ``normalize_by_alpha`` is set with an order 0 or ``inf``; at call time, as
+            :func:`kdlib.functional.distillation_loss`: a logits tensor holds NaN or ``+-inf`` or is
+            not floating, the shapes do not match, ``targets`` is not an integer tensor of the row
+            shape with values in ``[0, n)``, an order is below the smallest normal number where
+            ``normalize_by_alpha`` is set, or a tensor is a meta tensor or on another device.
     """
 
     def __init__(
@@ -122,12 +132,30 @@ class DistillationLoss(nn.Module):
                 )
         for name, value in (("alpha", alpha), ("T", T), ("beta", beta)):
             if isinstance(value, torch.Tensor):
+                if value.requires_grad:  # alpha is refused by check_order
+                    raise ValueError(
+                        f"{name} must not require grad: the module stores it as a buffer, which would "
+                        "cut its gradient silently (to learn it, pass it to "
+                        "kdlib.functional.distillation_loss, through which the gradient flows)"
+                    )
                 self.register_buffer(name, value.detach().clone())
             else:
                 setattr(self, name, value)
         self.normalize_by_alpha = bool(normalize_by_alpha)
         self.reduction = reduction
         self.validate = bool(validate)
+
+    def _apply(self, fn, recurse=True):
+        # Module.half()/.bfloat16()/.double()/.to(dtype) cast every floating buffer: a hyperparameter
+        # would change its value (alpha = 1e5 becomes inf in float16, beta = 0.9 becomes 0.8984 in
+        # bfloat16). Keep each tensor hyperparameter's dtype; follow only a change of device.
+        kept = {name: self._buffers[name] for name in _HYPER if self._buffers.get(name) is not None}
+        out = super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(device=new.device)
+        return out
 
     def extra_repr(self) -> str:
         def fmt(x):

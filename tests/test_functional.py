@@ -82,3 +82,65 @@ def test_gradient_flows_to_each_student_only_through_its_own_loss():
                                normalize_by_alpha=column(3, torch.bool), reduction="none").mean(-1)
     losses[1].backward()
     assert z.grad[1].abs().sum() > 0 and z.grad[[0, 2, 3, 4]].abs().sum() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Traps of issue 13 (item 5): each computed correctly or refused with a ValueError naming it
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.uint8])
+def test_narrow_integer_targets_are_accepted(dtype):
+    """int32/int16 targets passed validation and then failed inside cross_entropy."""
+    want = distillation_loss(Z, V, Y, alpha=2.0, reduction="none")
+    torch.testing.assert_close(distillation_loss(Z, V, Y.to(dtype), alpha=2.0, reduction="none"), want,
+                               rtol=0, atol=0)
+    torch.testing.assert_close(DistillationLoss(2.0)(Z[0], V, Y.to(dtype)), DistillationLoss(2.0)(Z[0], V, Y))
+
+
+def test_a_teacher_that_would_enlarge_the_students_rows_is_refused():
+    """A student (B, 1, C) against a teacher (B, C) broadcast to B x B rows with the labels on the
+    wrong axis; a teacher (B, C) against stacked students (S, B, C) stays the supported stack."""
+    with pytest.raises(ValueError, match=r"teacher_logits .* must broadcast to the student's rows"):
+        distillation_loss(Z[0].unsqueeze(1), V, Y)
+    with pytest.raises(ValueError, match=r"teacher_logits .* must broadcast to the student's rows"):
+        DistillationLoss()(Z[0], V.expand(S, B, C), Y)  # one student against a stack of teachers
+    assert distillation_loss(Z, V, Y, reduction="none").shape == (S, B)
+
+
+@pytest.mark.parametrize("dtype,alpha", [(torch.float64, 1e-310), (torch.float32, 1e-40),
+                                         (torch.float32, 1e-39)])
+def test_normalize_by_alpha_refuses_subnormal_orders(dtype, alpha):
+    """A subnormal order divided the soft term into NaN."""
+    with pytest.raises(ValueError, match="alpha must be at least"):
+        distillation_loss(Z.to(dtype), V.to(dtype), Y, alpha=alpha, normalize_by_alpha=True)
+    a = torch.full((S, 1), alpha, dtype=torch.float64)
+    with pytest.raises(ValueError, match="alpha must be at least"):
+        distillation_loss(Z.to(dtype), V.to(dtype), Y, alpha=a,
+                          normalize_by_alpha=torch.ones(S, 1, dtype=torch.bool))
+    # the smallest normal order is computed: the soft term is D_alpha / alpha ~ T^2 KL(Q || P)
+    tiny = torch.finfo(dtype).tiny
+    z, v = Z.to(dtype), V.to(dtype)
+    got = distillation_loss(z, v, Y, alpha=tiny, normalize_by_alpha=True, reduction="none")
+    near = distillation_loss(z, v, Y, alpha=1e-8, normalize_by_alpha=True, reduction="none")
+    torch.testing.assert_close(got, near, rtol=1e-6, atol=1e-6)
+
+
+def test_meta_tensors_raise_value_error_naming_the_argument():
+    meta = torch.empty(B, C, device="meta")
+    with pytest.raises(ValueError, match="student_logits is a meta tensor"):
+        distillation_loss(meta, V.float(), Y)
+    with pytest.raises(ValueError, match="teacher_logits is a meta tensor"):
+        distillation_loss(Z[0].float(), meta, Y)
+    with pytest.raises(ValueError, match="targets is a meta tensor"):
+        distillation_loss(Z[0], V, torch.empty(B, dtype=torch.int64, device="meta"))
+    with pytest.raises(ValueError, match="T is a meta tensor"):
+        distillation_loss(Z, V, Y, T=torch.empty(S, 1, device="meta"))
+    with pytest.raises(ValueError, match="DistillationLoss|alpha is a meta tensor"):
+        DistillationLoss(alpha=torch.empty(S, 1, device="meta"))
+
+
+def test_a_temperature_that_requires_grad_receives_its_gradient():
+    T = torch.full((S, 1), 3.0, dtype=torch.float64, requires_grad=True)
+    distillation_loss(Z, V, Y, alpha=2.0, T=T, reduction="none").sum().backward()
+    assert T.grad is not None and torch.isfinite(T.grad).all() and (T.grad != 0).all()

@@ -123,9 +123,9 @@ def test_stacked_students_with_tensor_hyperparameters():
         (gs,) = torch.autograd.grad(single, zs)
         torch.testing.assert_close(g[s], gs, rtol=1e-10, atol=1e-14)
     assert torch.isfinite(g).all()
-    # buffers follow .to()
+    # buffers follow .to(device) but not a cast of dtype (which would change their values)
     moved = stacked.to(torch.float32)
-    assert moved.T.dtype == torch.float32 and "alpha" in dict(moved.named_buffers())
+    assert moved.T.dtype == torch.float64 and "alpha" in dict(moved.named_buffers())
 
 
 def test_normalize_by_alpha():
@@ -276,3 +276,31 @@ def test_tensor_hyperparameter_must_broadcast_to_rows():
         ValueError, match=r"alpha .*broadcast.*row shape \(4,\).*\(3, 1\)"
     ):
         loss(Z, V, Y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Traps of issue 13 (item 5)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cast", ["half", "bfloat16", "double", "float"])
+def test_dtype_casts_of_the_module_keep_the_hyperparameters(cast):
+    """.half() turned alpha = 1e5 into inf and .bfloat16() beta = 0.9 into 0.8984."""
+    alpha, T, beta = torch.tensor(1e5), torch.tensor(4.0), torch.tensor(0.9)
+    module = DistillationLoss(alpha=alpha, T=T, beta=beta)
+    z, v, y = batch(dtype=torch.float32)
+    want = module(z, v, y)
+    cast_module = getattr(module, cast)()
+    for name, value in (("alpha", alpha), ("T", T), ("beta", beta)):
+        got = getattr(cast_module, name)
+        assert got.dtype == torch.float32 and torch.equal(got, value), (name, got)
+    assert torch.equal(cast_module(z, v, y), want)
+    assert module.to(torch.float16).alpha.item() == 1e5  # .to(dtype) as well
+
+
+@pytest.mark.parametrize("name", ["T", "beta"])
+def test_a_hyperparameter_that_requires_grad_is_refused_not_detached(name):
+    """The module stores tensor hyperparameters as buffers, which silently cut the gradient."""
+    value = torch.tensor(4.0 if name == "T" else 0.5, requires_grad=True)
+    with pytest.raises(ValueError, match=f"{name} must not require grad"):
+        DistillationLoss(**{name: value})

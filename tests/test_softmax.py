@@ -186,3 +186,24 @@ def test_empty_class_dimension_raises():
 def test_non_tensor_logits_raise():
     with pytest.raises(ValueError, match=r"^logits must be a torch\.Tensor"):
         softmax_t([1.0, 2.0], 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Traps of issue 13 (item 5)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_logits_at_small_temperature_are_divided_in_float32(dtype):
+    """z / T overflows float16 for finite logits at small T (6e4 / 0.05); it used to give NaN."""
+    z = torch.tensor([[6e4, 0.0, -6e4], [1.0, 2.0, 3.0], [-3.0, 2.5, 2.0]]).to(dtype)
+    for T in (0.05, 0.5, 4.0):
+        p = softmax_t(z, T)
+        assert p.dtype == dtype and torch.isfinite(p).all(), (T, p)
+        torch.testing.assert_close(p.float(), torch.softmax(z.float() / T, -1).to(dtype).float(),
+                                   rtol=0, atol=0)
+
+
+def test_meta_logits_raise_value_error():
+    with pytest.raises(ValueError, match="logits is a meta tensor"):
+        softmax_t(torch.empty(2, 3, device="meta"), 2.0)
