@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdlib list | run | report``.
+"""Command line: ``python -m kdlib list | run | report | submit | status | merge``.
 
 ``list``
     The experiments, one per line: name, then a short description.
@@ -7,13 +7,24 @@
     Runs (or resumes) an experiment; results go to ``DIR/NAME/PROFILE.jsonl`` (default
     ``DIR = results``; the ``smoke`` profile defaults to ``results/_scratch`` so it never
     touches committed results). Teachers are cached in ``--cache`` (default
-    ``$KDLIB_CACHE_DIR`` or ``~/.cache/kdlib``).
+    ``$KDLIB_CACHE_DIR`` or ``~/.cache/kdlib``). ``--shard I/N`` runs shard I (0-based) of N
+    into ``DIR/NAME/PROFILE.shard-I-of-N.jsonl`` and needs its teacher cached by
+    ``--teachers-only``, which trains the teacher and nothing else.
 ``report NAME [--profile P] [--out DIR]``
-    Summary tables (mean ± sample std over seeds, n, 95% t-interval) of the results files.
+    Summary tables (mean ± sample std over seeds, n, 95% t-interval) of the results files (an
+    experiment's shard files included).
+``submit NAME --profile P --shards N --cluster slurm|local [--out --cache --logs] [--partition
+--gpus-per-task --cpus-per-task --time --array-parallelism --slurm-option KEY=VALUE]``
+    The teacher job, then a job array over the shards with runs to do (:mod:`kdlib.lab.cluster`).
+``status NAME --profile P [--out DIR] [--shards N]``
+    Done and pending students per shard.
+``merge NAME --profile P [--out DIR]``
+    Folds the shard files into ``DIR/NAME/PROFILE.jsonl`` (atomically), then removes them.
 
 Errors (unknown experiment or profile, a results file that cannot be read or written, an
 unusable ``--out`` or ``--cache``, a full disk, a missing dataset, CUDA requested but absent)
-print one line on stderr and exit with status 2; finished runs are never lost.
+print one line on stderr and exit with status 2; finished runs are never lost. So do a shard
+whose teacher is not cached and, with ``--cluster local``, a job that failed (its log is named).
 """
 
 from __future__ import annotations
@@ -24,16 +35,28 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kdlib.lab.cluster import CLUSTERS, ClusterError, Resources, parse_time, submit
 from kdlib.lab.config import PRECISIONS, DeviceUnavailableError
 from kdlib.lab.data import DatasetNotFoundError
 from kdlib.lab.experiments import (
     EXPERIMENTS,
     PROFILES,
+    Experiment,
     UnknownExperimentError,
     get_experiment,
 )
-from kdlib.lab.run import run_experiment
-from kdlib.lab.store import SCRATCH, ResultsFileError, RunInProgressError, results_path
+from kdlib.lab.run import MissingTeacherError, run_experiment
+from kdlib.lab.shards import experiment_status, teacher_keys
+from kdlib.lab.store import (
+    SCRATCH,
+    ResultsFileError,
+    RunInProgressError,
+    Shard,
+    TeacherCache,
+    experiment_files,
+    merge_shard_files,
+    results_path,
+)
 from kdlib.report.tables import report_text
 
 
@@ -42,18 +65,45 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the experiments")
     run = sub.add_parser("run", help="run or resume an experiment")
-    run.add_argument("name")
-    run.add_argument("--profile", required=True, help=f"one of {', '.join(PROFILES)}")
-    run.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
-    run.add_argument("--out", default=None, help="results root (default results/, smoke: results/_scratch/)")
-    run.add_argument("--cache", default=None, help="teacher cache directory")
-    run.add_argument("--threads", type=int, default=None,
-                     help="CPU threads for torch (default: the profile's, smoke 1, else $KDLIB_THREADS or "
-                          "the usable cores; recorded in each record)")
-    run.add_argument("--precision", default=None, choices=PRECISIONS,
-                     help="fp32, bf16 (autocast, fp32 master weights) or auto (bf16 where the hardware has "
-                          "native bf16 matmuls); default: the profile's (smoke/cpu fp32, full auto). Part of "
-                          "each run's key")
+    submit_ = sub.add_parser("submit", help="submit an experiment: a teacher job, then a job array of shards")
+    status = sub.add_parser("status", help="done and pending runs per shard")
+    merge = sub.add_parser("merge", help="fold an experiment's shard files into its one results file")
+    for p in (run, submit_, status, merge):
+        p.add_argument("name")
+        p.add_argument("--profile", required=True, help=f"one of {', '.join(PROFILES)}")
+        p.add_argument("--out", default=None,
+                       help="results root (default results/, smoke: results/_scratch/)")
+    for p in (run, submit_, status):
+        p.add_argument("--cache", default=None, help="teacher cache directory")
+    for p in (run, submit_):
+        p.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda or cuda:N")
+        p.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (default: the profile's, smoke 1, else $KDLIB_THREADS or "
+                            "the usable cores; recorded in each record)")
+        p.add_argument("--precision", default=None, choices=PRECISIONS,
+                       help="fp32, bf16 (autocast, fp32 master weights) or auto (bf16 where the hardware has "
+                            "native bf16 matmuls); default: the profile's (smoke/cpu fp32, full auto). Part "
+                            "of each run's key")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="run only shard I (0-based) of N, into its own results file; its teacher must be "
+                          "cached (--teachers-only)")
+    run.add_argument("--teachers-only", action="store_true",
+                     help="train the teacher into the cache and nothing else (the stage before the shards)")
+    submit_.add_argument("--shards", type=int, required=True, help="number of shards (jobs of the array)")
+    submit_.add_argument("--cluster", required=True, choices=CLUSTERS,
+                         help="slurm, or local: the same jobs as processes on this machine")
+    submit_.add_argument("--logs", default=None, help="job logs (default OUT/NAME/PROFILE.logs/)")
+    submit_.add_argument("--partition", default=None, help="Slurm partition (default: the cluster's)")
+    submit_.add_argument("--gpus-per-task", type=int, default=0, help="GPUs per job (default 0)")
+    submit_.add_argument("--cpus-per-task", type=int, default=2, help="CPU cores per job (default 2)")
+    submit_.add_argument("--time", default="4:00:00",
+                         help="time limit per job, as Slurm writes it (default 4:00:00)")
+    submit_.add_argument("--array-parallelism", type=int, default=64,
+                         help="most shards running at once (default 64)")
+    submit_.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                         help="a further #SBATCH option, e.g. account=myproject (repeatable)")
+    status.add_argument("--shards", type=int, default=None,
+                        help="the split to show (default: that of the shard files present, else 1)")
     report = sub.add_parser("report", help="summary table of an experiment's results")
     report.add_argument("name")
     report.add_argument("--profile", default=None, help="one profile (default: every profile with results)")
@@ -72,27 +122,38 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{exp.name}\t{exp.description}")
             return 0
         exp = get_experiment(args.name)
+        if args.command == "report":
+            return _report(exp, args.profile, args.out, args.all)
+        exp.profile(args.profile)  # validate before touching anything
+        default_out = Path("results") / SCRATCH if args.profile == "smoke" else Path("results")
+        out = args.out if args.out is not None else default_out
         if args.command == "run":
-            exp.profile(args.profile)  # validate before touching anything
-            default_out = Path("results") / SCRATCH if args.profile == "smoke" else Path("results")
-            out = args.out if args.out is not None else default_out
+            shard = Shard.parse(args.shard) if args.shard is not None else None
             path = run_experiment(exp.name, args.profile, device=args.device, out=out, cache_dir=args.cache,
-                                  threads=args.threads, precision=args.precision,
+                                  threads=args.threads, precision=args.precision, shard=shard,
+                                  teachers_only=args.teachers_only,
                                   log=lambda msg: print(msg, file=sys.stderr))
-            print(f"results: {path}")
-            return 0
-        profiles = [args.profile] if args.profile else list(exp.profiles)
-        if args.profile:
-            exp.profile(args.profile)
-        paths = [results_path(args.out, exp.name, p) for p in profiles]
-        found = [p for p in paths if p.exists()]
-        if not found:
-            raise ResultsFileError(f"no results for {exp.name} under {args.out} "
-                                   f"(looked for {', '.join(str(p) for p in paths)})")
-        print("\n\n".join(report_text(exp.name, p, args.all) for p in found))
+            print(f"{'teacher' if args.teachers_only else 'results'}: {path}")
+        elif args.command == "submit":
+            resources = Resources(args.partition, args.gpus_per_task, args.cpus_per_task,
+                                  parse_time(args.time), args.array_parallelism,
+                                  dict(_key_value(o) for o in args.slurm_option))
+            submit(exp.name, args.profile, args.shards, cluster=args.cluster, out=out, cache=args.cache,
+                   logs=args.logs, resources=resources, device=args.device, threads=args.threads,
+                   precision=args.precision)
+            if args.cluster == "local":
+                _status(exp.name, args.profile, out, args.shards, args.cache)
+        elif args.command == "status":
+            _status(exp.name, args.profile, out, args.shards, args.cache)
+        else:
+            target = results_path(out, exp.name, args.profile)
+            added, removed = merge_shard_files(target)
+            print(f"{target}: merged {len(removed)} shard files ({added} new records) and removed them"
+                  if removed else f"{target}: no shard files to merge")
+            _status(exp.name, args.profile, out, 1)
         return 0
     except (UnknownExperimentError, ResultsFileError, DatasetNotFoundError, DeviceUnavailableError,
-            RunInProgressError, ValueError) as e:
+            RunInProgressError, MissingTeacherError, ClusterError, ValueError) as e:
         print(f"kdlib: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. a full disk while the teacher is saved: one line, finished runs are kept
@@ -106,3 +167,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kdlib: interrupted; finished runs are saved, rerun the same command to resume",
               file=sys.stderr)
         return 130
+
+
+def _report(exp: Experiment, profile: str | None, out: str, include_stale: bool) -> int:
+    """``report``: the tables of the profile asked for (default: every profile with results files)."""
+    if profile:
+        exp.profile(profile)
+    paths = [results_path(out, exp.name, p) for p in ([profile] if profile else exp.profiles)]
+    found = [p for p in paths if experiment_files(p)]
+    if not found:
+        raise ResultsFileError(f"no results for {exp.name} under {out} "
+                               f"(looked for {', '.join(str(p) for p in paths)})")
+    print("\n\n".join(report_text(exp.name, p, include_stale) for p in found))
+    return 0
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--slurm-option``; raises ValueError otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--slurm-option must be KEY=VALUE (e.g. account=myproject), got {text!r}")
+    return key.strip(), value.strip()
+
+
+def _status(name: str, profile: str, out: str | os.PathLike, shards: int | None,
+            cache: str | None | bool = False) -> None:
+    """Print done / pending students in all and per shard; whether the teacher is cached unless
+    ``cache`` is ``False``."""
+    rows = experiment_status(name, profile, out, shards)
+    total, done = sum(r.students for r in rows), sum(r.done for r in rows)
+    line = f"{name}/{profile}: {done} of {total} students done, {total - done} pending"
+    if cache is not False:
+        teachers = TeacherCache(cache)
+        keys = teacher_keys(get_experiment(name).profile(profile))
+        cached = any(teachers.paths(k)[2].exists() for k in keys)
+        line += f"; the teacher is {'in' if cached else 'not in'} the cache {teachers.dir}"
+    print(line)
+    for r in rows:
+        state = "complete" if not r.pending else f"{r.pending} pending"
+        where = f"shard {r.shard}" if r.shard.count > 1 else "unsharded"
+        print(f"  {where}: {r.done} of {r.students} done, {state}: {r.path}")

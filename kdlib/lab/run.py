@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from kdlib.lab.config import StudentSpec, default_threads, resolve_device, resolve_precision
+from kdlib.lab.config import default_threads, resolve_device, resolve_precision
 from kdlib.lab.data import load_dataset
 from kdlib.lab.experiments import (
     PROFILES,
@@ -27,11 +27,15 @@ from kdlib.lab.experiments import (
 )
 from kdlib.lab.metrics import bias_shift, evaluate_logits, predict_logits
 from kdlib.lab.models import StackedMLP, build_model
+from kdlib.lab.shards import shard_profile, stack_groups
 from kdlib.lab.store import (
     SCRATCH,
     ResultsStore,
+    Shard,
     TeacherCache,
     environment,
+    experiment_files,
+    load_experiment_records,
     make_record,
     results_path,
     results_root,
@@ -43,6 +47,10 @@ from kdlib.lab.train import cross_entropy_objective, distillation_objective, fit
 
 ENV_PROFILE = "KDLIB_PROFILE"
 ENV_DEVICE = "KDLIB_DEVICE"
+
+
+class MissingTeacherError(LookupError):
+    """A shard found its teacher missing from the cache (shards never train their own copy)."""
 
 
 def requested_profile() -> str | None:
@@ -65,8 +73,8 @@ def requested_device() -> str:
 
 
 def _teacher_stage(experiment: str, profile: str, p: Profile, splits: Any, device: torch.device,
-                   precision: str, cache: TeacherCache, env: dict[str, Any], log: Callable[[str], None]
-                   ) -> tuple[str, dict[str, torch.Tensor], dict]:
+                   precision: str, cache: TeacherCache, env: dict[str, Any], log: Callable[[str], None],
+                   shard: Shard | None = None) -> tuple[str, dict[str, torch.Tensor], dict]:
     tconf = teacher_config(p, precision)
     key = run_key(tconf)
     rows = {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test)}
@@ -74,6 +82,11 @@ def _teacher_stage(experiment: str, profile: str, p: Profile, splits: Any, devic
         cached = cache.load(key, rows, splits.num_classes, device, log)
         if cached is not None:
             return key, *cached
+        if shard is not None:
+            raise MissingTeacherError(
+                f"shard {shard} of {experiment}/{profile} needs teacher {key} ({precision}), which is not in "
+                f"the teacher cache {cache.dir}; shards never train their own copy: run `python -m kdlib run "
+                f"{experiment} --profile {profile} --teachers-only` with the same --cache first")
         torch.manual_seed(p.teacher_seed)  # the teacher's initial weights come from its seed
         model = build_model(p.teacher_model, splits.input_shape, splits.num_classes).to(device)
         start, t0 = utc_now(), time.perf_counter()
@@ -99,23 +112,23 @@ def _curve_metrics(curves: dict[str, list[float]]) -> dict[str, Any]:
             "curves": curves}
 
 
-def _groups(pending: list[tuple[StudentSpec, dict, str]], max_group: int) -> list[list]:
-    by: dict[tuple, list] = {}
-    for item in pending:
-        by.setdefault((item[0].hidden, item[0].seed), []).append(item)
-    return [g[i:i + max_group] for g in by.values() for i in range(0, len(g), max_group)]
-
-
 def run_experiment(name: str, profile: str, *, device: str | torch.device = "auto",
                    out: str | Path = "results", cache_dir: str | Path | None = None,
                    profile_override: Profile | None = None, threads: int | None = None,
-                   precision: str | None = None, log: Callable[[str], None] = print) -> Path:
+                   precision: str | None = None, shard: Shard | None = None, teachers_only: bool = False,
+                   log: Callable[[str], None] = print) -> Path:
     """Run (or resume) experiment ``name`` with ``profile``; returns the results file path.
 
-    Finished runs (keys already in ``<out>/<name>/<profile>.jsonl``) are skipped; every
-    finished student is appended at once, so an interrupted run resumes where it stopped.
-    Students of one width and seed train together as one :class:`StackedMLP` (at most
-    ``max_group`` at a time); their data order comes from that seed.
+    Finished runs (keys already in ``<out>/<name>/<profile>.jsonl`` or in any of its shard
+    files) are skipped; every finished student is appended at once, so an interrupted run
+    resumes where it stopped. Students of one width and seed train together as one
+    :class:`StackedMLP` (at most ``max_group`` at a time); their data order comes from that seed.
+
+    ``shard`` runs only that shard's students (:func:`kdlib.lab.shards.plan_shards`) into the
+    shard's own file (:func:`~kdlib.lab.store.results_path`), and never trains a teacher: it
+    raises :class:`MissingTeacherError` when the teacher is not cached. ``teachers_only`` is the
+    stage before the shards: it trains (or checks) the teacher into the cache, writes no results
+    and returns the path of the teacher's cache record.
 
     ``threads`` (default: the profile's, else :func:`~kdlib.lab.config.default_threads`) sets
     ``torch.set_num_threads`` for the run on a CPU; the previous setting is restored afterwards.
@@ -133,11 +146,17 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
         kdlib.lab.store.RunInProgressError: another process is running into the same file.
         kdlib.lab.data.DatasetNotFoundError: the dataset is missing.
         kdlib.lab.config.DeviceUnavailableError: ``cuda`` requested but absent.
-        ValueError: ``threads`` < 1, an unknown ``precision``, or ``out``/``cache_dir`` empty or
-            naming an existing file.
+        MissingTeacherError: a ``shard`` run whose teacher is not in the cache.
+        ValueError: ``threads`` < 1, an unknown ``precision``, ``out``/``cache_dir`` empty or
+            naming an existing file, a ``shard`` of more parts than the profile has stack groups,
+            or ``shard`` and ``teachers_only`` together.
     """
     exp = get_experiment(name)
     p = profile_override if profile_override is not None else exp.profile(profile)
+    if shard is not None and teachers_only:
+        raise ValueError("a teachers-only run trains the teacher of every shard; it takes no shard")
+    if shard is not None:
+        p = shard_profile(p, shard)
     dev = resolve_device(device)
     prec = resolve_precision(precision if precision is not None else p.precision, dev)
     threads = threads if threads is not None else (p.threads or default_threads())
@@ -147,15 +166,24 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
     if dev.type == "cpu":
         torch.set_num_threads(threads)
     try:
-        store = ResultsStore(results_path(_directory(out, "out"), name, profile))
+        out = _directory(out, "out")
+        store = ResultsStore(results_path(out, name, profile, shard))
         cache = TeacherCache(_directory(cache_dir, "cache") if cache_dir is not None else None)
         cache.check()
-        if expected_keys(name, profile, p, (prec,)) <= store.keys():
-            log(f"{store.path}: every run of {name}/{profile} ({prec}) is done; nothing to do")
+        if teachers_only:
+            splits = _load_splits(p, dev)
+            env = {**environment(dev), "tf32": dev.type == "cuda", "precision": prec}
+            tkey, _, trecord = _teacher_stage(name, profile, p, splits, dev, prec, cache, env, log)
+            log(f"teacher {tkey}: test accuracy {trecord['metrics']['test_accuracy']:.4f}, in {cache.dir}")
+            return cache.paths(tkey)[2]
+        main = results_path(out, name, profile)
+        part = f" shard {shard}" if shard is not None else ""
+        if expected_keys(name, profile, p, (prec,)) <= _done(store, main):
+            log(f"{store.path}: every run of {name}/{profile}{part} ({prec}) is done; nothing to do")
             return store.path
         store.check_writable()
         with run_lock(store.path):
-            return _run_locked(name, profile, p, dev, prec, store, cache, log)
+            return _run_locked(name, profile, p, dev, prec, store, main, cache, log, shard)
     finally:
         torch.set_num_threads(before)
 
@@ -170,13 +198,14 @@ def _directory(path: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precision: str, store: ResultsStore,
-                cache: TeacherCache, log: Callable[[str], None]) -> Path:
+def _done(store: ResultsStore, main: Path) -> set[str]:
+    """Keys finished in ``store`` (a torn last line repaired) or in any file of the experiment."""
     done = store.keys()
-    stale = len(done - expected_keys(name, profile, p))
-    if stale:
-        log(f"{store.path}: {stale} records come from another definition of this profile; "
-            "they are kept, but reports leave them out")
+    return done | {r["key"] for r in load_experiment_records(main)} if experiment_files(main) else done
+
+
+def _load_splits(p: Profile, dev: torch.device) -> Any:
+    """The profile's dataset on ``dev``; refuses transfer or teacher sizes larger than its training split."""
     splits = load_dataset(p.dataset, dev, split_seed=p.split_seed, val_fraction=p.val_fraction,
                           val_size=p.val_size)
     for field_name in ("transfer_size", "teacher_train_size"):
@@ -184,6 +213,17 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
         if size is not None and not 0 < size <= len(splits.y_train):
             raise ValueError(f"{field_name} must be in [1, {len(splits.y_train)}] for {p.dataset}, "
                              f"got {size}")
+    return splits
+
+
+def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precision: str, store: ResultsStore,
+                main: Path, cache: TeacherCache, log: Callable[[str], None], shard: Shard | None) -> Path:
+    done = _done(store, main)
+    stale = len(done - expected_keys(name, profile, p))
+    if stale and shard is None:
+        log(f"{store.path}: {stale} records come from another definition of this profile; "
+            "they are kept, but reports leave them out")
+    splits = _load_splits(p, dev)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -192,7 +232,9 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
     if dev.type == "cpu" and load > (os.cpu_count() or 1):
         log(f"warning: this machine is busy (load {load:.1f} on {os.cpu_count()} cores); a run with "
             f"{env['threads']} threads can take several times longer than on a quiet machine")
-    tkey, tlogits, trecord = _teacher_stage(name, profile, p, splits, dev, precision, cache, env, log)
+    if shard is not None:
+        env["shard"] = str(shard)
+    tkey, tlogits, trecord = _teacher_stage(name, profile, p, splits, dev, precision, cache, env, log, shard)
     if tkey not in done:
         store.append(trecord)
     log(f"teacher {tkey}: test accuracy {trecord['metrics']['test_accuracy']:.4f}")
@@ -209,9 +251,10 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
         if key not in done:
             pending.append((spec, conf, key))
             done.add(key)  # a duplicate spec in the profile is run once
-    log(f"{name}/{profile}: {len(p.students)} students, {len(pending)} to run, on {dev} ({precision})")
-    bar = progress(total=len(pending), desc=f"{name}/{profile}", unit="student", iterable=None)
-    for group in _groups(pending, p.max_group):
+    part = f" shard {shard}" if shard is not None else ""
+    log(f"{name}/{profile}{part}: {len(p.students)} students, {len(pending)} to run, on {dev} ({precision})")
+    bar = progress(total=len(pending), desc=f"{name}/{profile}{part}", unit="student", iterable=None)
+    for group in ([pending[i] for i in g] for g in stack_groups([item[0] for item in pending], p.max_group)):
         specs = [g[0] for g in group]
         start, t0 = utc_now(), time.perf_counter()
         model = StackedMLP(splits.in_features, specs[0].hidden, splits.num_classes,

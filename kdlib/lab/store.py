@@ -32,10 +32,12 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +272,65 @@ def results_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "results"
 
 
-def results_path(out: str | os.PathLike, experiment: str, profile: str) -> Path:
-    """``<out>/<experiment>/<profile>.jsonl``: the one rule for where a run's records go."""
-    return Path(out) / experiment / f"{profile}.jsonl"
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` (0-based) of ``count``: a part of an experiment's students with its own results file.
+
+    Raises:
+        ValueError: ``count < 1`` or ``index`` not in ``[0, count)``.
+    """
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"a shard is I/N with 0 <= I < N, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"I/N"`` (e.g. ``"0/4"``) as a :class:`Shard`.
+
+        Raises:
+            ValueError: not two integers ``I/N`` with ``0 <= I < N``.
+        """
+        m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if m is None:
+            raise ValueError(f"a shard is I/N (0-based, e.g. 0/4), got {text!r}")
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def results_path(out: str | os.PathLike, experiment: str, profile: str, shard: Shard | None = None) -> Path:
+    """``<out>/<experiment>/<profile>.jsonl``: the one rule for where a run's records go.
+
+    A shard's records go beside it, to ``<profile>.shard-<I>-of-<N>.jsonl``: every shard writes
+    its own file, so no two jobs of a cluster ever write one file (file locks are unreliable on
+    network file systems). Readers take them all as one (:func:`load_experiment_records`).
+    """
+    name = profile if shard is None else f"{profile}.shard-{shard.index}-of-{shard.count}"
+    return Path(out) / experiment / f"{name}.jsonl"
+
+
+def shard_files(path: str | os.PathLike) -> dict[Shard, Path]:
+    """The shard files beside the results file ``path`` (``results_path`` without a shard), by shard."""
+    path = Path(path)
+    pattern = re.compile(re.escape(path.stem) + r"\.shard-(\d+)-of-(\d+)\.jsonl")
+    found = {}
+    if path.parent.is_dir():
+        for f in path.parent.iterdir():
+            m = pattern.fullmatch(f.name)
+            if m is not None and int(m.group(1)) < int(m.group(2)):
+                found[Shard(int(m.group(1)), int(m.group(2)))] = f
+    return dict(sorted(found.items(), key=lambda item: (item[0].count, item[0].index)))
+
+
+def experiment_files(path: str | os.PathLike) -> list[Path]:
+    """The files holding an experiment's records: ``path`` (when it exists), then its shard files."""
+    path = Path(path)
+    return ([path] if path.exists() else []) + list(shard_files(path).values())
 
 
 # ----------------------------------------------------------------------------- the store
@@ -475,6 +533,69 @@ def load_records(path: str | os.PathLike, kind: str | None = None) -> list[dict[
             cfg["alpha"] = decode_float(cfg["alpha"])
         out.append(rec)
     return out
+
+
+def load_experiment_records(path: str | os.PathLike, kind: str | None = None) -> list[dict[str, Any]]:
+    """:func:`load_records` of an experiment's results file *and* its shard files, as one.
+
+    ``path`` is the experiment's file, :func:`results_path` without a shard; it need not exist
+    while its shards do. A key found in several files counts once: the record of the first file
+    in :func:`experiment_files` order (the merged file, then the shards).
+
+    Raises:
+        ResultsFileError: neither the file nor any shard file exists, or one is not a results file.
+    """
+    files = experiment_files(path)
+    if not files:
+        raise ResultsFileError(f"no results file at {path} (nor any of its shard files)")
+    records: dict[str, dict[str, Any]] = {}
+    for f in files:
+        for rec in load_records(f, kind):
+            records.setdefault(rec["key"], rec)
+    return list(records.values())
+
+
+def merge_shard_files(path: str | os.PathLike) -> tuple[int, list[Path]]:
+    """Fold the shard files of results file ``path`` into it, then remove them.
+
+    The merged file is the old one (byte for byte) followed by every shard record whose key it
+    lacks, written atomically (:func:`atomic_write`): a crash leaves the old file and every
+    shard file as they were, and merging again finishes the job. Only after the merged file is
+    on disk are the shard files removed. Runs into the file or a shard are refused meanwhile.
+
+    Returns:
+        ``(records added, shard files removed)``; ``(0, [])`` when there are no shard files.
+
+    Raises:
+        RunInProgressError: a run (a shard job, or an unsharded run) is writing one of the files.
+        ResultsFileError: a file is not a results file (nothing is changed).
+    """
+    path = Path(path)
+    shards = list(shard_files(path).values())
+    if not shards:
+        return 0, []
+    with contextlib.ExitStack() as locks:
+        for f in (path, *shards):
+            locks.enter_context(run_lock(f))
+        data = path.read_bytes() if path.exists() else b""
+        data = data[:_complete_length(data)]
+        keys = {r["key"] for r in _parse(data, path)}
+        added = []
+        for f in shards:
+            for rec in ResultsStore(f).load(repair=False):
+                if rec["key"] not in keys:
+                    keys.add(rec["key"])
+                    added.append(dumps(rec) + "\n")
+        mode = (path if path.exists() else shards[0]).stat().st_mode & 0o777
+        try:
+            atomic_write(path, data + "".join(added).encode())
+            os.chmod(path, mode)
+        except OSError as e:
+            raise ResultsFileError(f"cannot write {path}: {e.strerror or e}; the shard files are kept"
+                                   ) from None
+        for f in shards:
+            f.unlink()
+    return len(added), shards
 
 
 # ----------------------------------------------------------------------------- teacher cache

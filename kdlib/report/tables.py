@@ -39,7 +39,7 @@ from scipy import stats
 
 from kdlib.lab.experiments import expected_keys, get_experiment
 from kdlib.lab.run import requested_profile
-from kdlib.lab.store import load_records, results_path, results_root
+from kdlib.lab.store import experiment_files, load_experiment_records, results_path, results_root
 
 #: Profiles shown as results, best first (``smoke`` numbers are never findings).
 PROFILE_PREFERENCE = ("full", "cpu")
@@ -108,7 +108,7 @@ class ExperimentResults:
 
 def load_results(experiment: str, profile: str | None = None,
                  root: str | os.PathLike | None = None) -> ExperimentResults:
-    """Load ``root/<experiment>/<profile>.jsonl``.
+    """Load ``root/<experiment>/<profile>.jsonl`` and its shard files (as one, deduplicated by run key).
 
     ``profile`` defaults to ``$KDLIB_PROFILE`` when set, else the best committed profile
     (:func:`committed_profile`); ``root`` to :func:`kdlib.lab.store.results_root`.
@@ -119,12 +119,12 @@ def load_results(experiment: str, profile: str | None = None,
     """
     root = Path(root) if root is not None else results_root()
     profile = profile or requested_profile() or committed_profile(experiment, root)
-    if profile is None or not results_path(root, experiment, profile).is_file():
+    if profile is None or not experiment_files(results_path(root, experiment, profile)):
         raise FileNotFoundError(
             f"no results for experiment {experiment!r} (profile {profile or 'full/cpu'}) under {root}; "
             f"run `python -m kdlib run {experiment} --profile cpu` (or full on a GPU)")
     path = results_path(root, experiment, profile)
-    return ExperimentResults(experiment, profile, path, tuple(load_records(path)))
+    return ExperimentResults(experiment, profile, path, tuple(load_experiment_records(path)))
 
 
 # ----------------------------------------------------------------------------- provenance
@@ -481,7 +481,7 @@ def _cli_number(metric: str, mean: float, std: float) -> str:
 
 
 def report_text(experiment: str, path: str | os.PathLike, include_stale: bool = False) -> str:
-    """The command line's report of one results file: provenance, teachers, one line per cell.
+    """The command line's report of one results file (and its shard files): provenance, teachers, cells.
 
     Cells are summarised by :func:`cell_summary` (the same :func:`summarize_frame` as the book) over
     the metrics the experiment declares (``report_metrics``): ``mean ± std`` over seeds, ``n`` and the
@@ -494,7 +494,7 @@ def report_text(experiment: str, path: str | os.PathLike, include_stale: bool = 
     """
     exp = get_experiment(experiment)
     path = Path(path)
-    records = load_records(path)
+    records = load_experiment_records(path)
     stale = 0
     if not include_stale and path.stem in exp.profiles:
         keep = expected_keys(experiment, path.stem)
