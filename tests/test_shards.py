@@ -10,6 +10,8 @@ scripts that keep the job scripts submitit writes, so what Slurm would be asked 
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -276,6 +278,19 @@ def test_submit_slurm_asks_for_a_teacher_job_then_an_array_that_depends_on_it(tm
     assert "teacher job 1002" in text and "shard jobs: job 1003, held until afterok:1002" in text
     assert "shard 1/2: job 1003" in text and "shard 0/2" not in text
     assert "#SBATCH --dependency=afterok:1002\n" in (fake_slurm / "1003.sh").read_text()
+
+
+def test_a_file_system_without_flock_still_takes_a_shard_run(tmp_path, cache, unsharded, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    store = ResultsStore(results_path(tmp_path, NAME, PROFILE, Shard(1, 2)))
+    with run_lock(store.path):
+        for rec in unsharded.values():
+            assert store.append(rec)
+            assert not store.append(rec)
+    assert set(by_key(results_path(tmp_path, NAME, PROFILE))) == set(unsharded)
 
 
 def test_submit_slurm_without_sbatch_is_one_line(tmp_path, monkeypatch, capsys):

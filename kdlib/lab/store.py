@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import fcntl
 import hashlib
 import io
@@ -68,12 +69,20 @@ def file_lock(path: str | os.PathLike, *, blocking: bool = True) -> Iterator[int
     file named after its results file; a teacher key locks ``<key>.lock`` while it is trained.
     Yields the open file descriptor (for reading and appending under the lock).
 
+    On a file system without ``flock`` (some NFS and Lustre mounts of clusters answer ``ENOLCK``
+    or ``EOPNOTSUPP``) the file is used unlocked: what stays safe there is what needs no lock,
+    sharded runs, where every job writes its own file (:func:`results_path`).
+
     Raises:
         BlockingIOError: ``blocking`` is false and another process holds the lock.
     """
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
         yield fd
     finally:
         os.close(fd)  # closing the descriptor releases the lock
