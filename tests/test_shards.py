@@ -293,6 +293,17 @@ def test_a_file_system_without_flock_still_takes_a_shard_run(tmp_path, cache, un
     assert set(by_key(results_path(tmp_path, NAME, PROFILE))) == set(unsharded)
 
 
+def test_a_job_the_scheduler_refuses_is_one_line(tmp_path, fake_slurm, capsys):
+    (fake_slurm.parent / "bin" / "sbatch").write_text(
+        "#!/bin/sh\necho 'sbatch: error: invalid partition specified: nope' >&2\nexit 1\n")
+    assert main(["submit", NAME, "--profile", PROFILE, "--shards", "2", "--cluster", "slurm",
+                 "--partition", "nope", "--out", str(tmp_path / "out"),
+                 "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("kdlib: error: the scheduler refused the teacher job: "
+                       "sbatch: error: invalid partition specified: nope")
+
+
 def test_submit_slurm_without_sbatch_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))
     assert main(["submit", NAME, "--profile", PROFILE, "--shards", "2", "--cluster", "slurm",

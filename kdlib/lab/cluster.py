@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable
 
 from kdlib.lab.experiments import get_experiment
@@ -168,7 +169,7 @@ def submit(name: str, profile: str, shards: int, *, cluster: str, out: str | os.
     logs = _absolute_dir(logs, "logs")
     if cluster == "slurm" and shutil.which("sbatch") is None:
         raise ClusterError("sbatch is not on this machine's PATH: submit from the cluster's login node "
-                                "(or use --cluster local)")
+                           "(or use --cluster local)")
     todo = [row.shard for row in experiment_status(name, profile, out, shards, p) if row.pending]
     if not todo:
         log(f"{name}/{profile}: every run of the {shards} shard(s) is done in {out}; nothing submitted")
@@ -177,7 +178,10 @@ def submit(name: str, profile: str, shards: int, *, cluster: str, out: str | os.
     executor = submitit.AutoExecutor(folder=logs, cluster=cluster)
     executor.update_parameters(**resources.parameters(f"kdlib-{name}-{profile}-teacher"))
     common = {"device": device, "threads": threads, "precision": precision}
-    teacher = executor.submit(Task(), name, profile, str(out), str(cache_dir), None, **common)
+    try:
+        teacher = executor.submit(Task(), name, profile, str(out), str(cache_dir), None, **common)
+    except (FailedJobError, FailedSubmissionError) as e:
+        raise ClusterError(f"the scheduler refused the teacher job: {_last(str(e))}") from None
     log(f"teacher job {teacher.job_id}: the teacher of {name}/{profile} into {cache_dir}; "
         f"log {teacher.paths.stdout}")
     if cluster == "local":  # no scheduler to hold the array back: wait here
@@ -186,8 +190,12 @@ def submit(name: str, profile: str, shards: int, *, cluster: str, out: str | os.
     after = f"afterok:{teacher.job_id}"
     params["slurm_additional_parameters"] = {**params["slurm_additional_parameters"], "dependency": after}
     executor.update_parameters(**params)
-    jobs = executor.map_array(Task(), *zip(*[(name, profile, str(out), str(cache_dir), str(s), device,
-                                              threads, precision) for s in todo], strict=True))
+    try:
+        jobs = executor.map_array(Task(), *zip(*[(name, profile, str(out), str(cache_dir), str(s), device,
+                                                  threads, precision) for s in todo], strict=True))
+    except (FailedJobError, FailedSubmissionError) as e:
+        raise ClusterError(f"the scheduler refused the shard jobs (the teacher job {teacher.job_id} is "
+                           f"submitted; cancel it or submit again): {_last(str(e))}") from None
     if cluster == "slurm":
         first = jobs[0].job_id
         what = f"array {first.split('_')[0]} of {len(jobs)}" if len(jobs) > 1 else f"job {first}"
@@ -229,9 +237,14 @@ def _wait(jobs: Sequence[submitit.Job], what: str) -> None:
 def _last_line(path: Path) -> str:
     """The last line of a job's log that names an error (else its last non-empty line)."""
     try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        return _last(path.read_text(errors="replace"))
     except OSError:
         return "no log"
-    errors = [ln for ln in lines if re.match(r"[\w.]*(Error|Exception)\b", ln)]
-    return (errors or lines or ["empty log"])[-1]
+
+
+def _last(text: str) -> str:
+    """The last line of ``text`` that names an error (else its last non-empty line)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"[\w.]*(Error|Exception|error)\b", ln)]
+    return (errors or lines or ["no message"])[-1]
 
