@@ -9,7 +9,9 @@ Data flows one way through its modules::
     metrics     logits, accuracy, recorded test metrics, the bias shift
     store       records and run keys, the results file, the teacher cache, atomic writes, the lock
     experiments the table of scales and the named experiments, each a function of a scale
+    shards      an experiment's students in N parts of whole stack groups, balanced by cost; status
     run         run_experiment(): teacher stage, then students in stacked groups, into the store
+    cluster     submit(): a teacher job, then a job array over the shards, through submitit
 
 The report side (:mod:`kdlib.report`) reads what :mod:`kdlib.lab.store` wrote; nothing here
 imports it.
