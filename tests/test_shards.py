@@ -147,6 +147,7 @@ def test_bad_shard_arguments_are_one_line_and_write_nothing(tmp_path, capsys, ar
 
 # ----------------------------------------------------------------------------- teachers first
 
+@pytest.mark.slow
 def test_a_shard_never_trains_its_teacher_and_the_teacher_stage_fills_the_cache(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache"
     argv = ["--profile", PROFILE, "--out", str(out), "--cache", str(cache)]
@@ -161,6 +162,7 @@ def test_a_shard_never_trains_its_teacher_and_the_teacher_stage_fills_the_cache(
 
 # ----------------------------------------------------------------------------- shards = one run
 
+@pytest.mark.slow
 def test_a_killed_shard_resumes_and_two_shards_equal_the_unsharded_run(sharded, unsharded, capsys):
     assert sharded["killed"] == ["teacher"], "the kill should have hit the first group in training"
     assert sharded["rc"] == [0, 0]
@@ -178,6 +180,7 @@ def test_a_killed_shard_resumes_and_two_shards_equal_the_unsharded_run(sharded, 
     assert "shard 0/2: 3 of 3 done, complete" in text and "shard 1/2: 3 of 3 done, complete" in text
 
 
+@pytest.mark.slow
 def test_report_over_shard_files_equals_the_unsharded_report_and_merge_folds_them(sharded, unsharded,
                                                                                    tmp_path, capsys):
     out = sharded["out"]
@@ -212,6 +215,7 @@ def test_report_over_shard_files_equals_the_unsharded_report_and_merge_folds_the
 
 # ----------------------------------------------------------------------------- submit
 
+@pytest.mark.slow
 def test_submit_local_equals_the_unsharded_run(tmp_path, cache, unsharded, capsys):
     out = tmp_path / "out"
     argv = ["submit", NAME, "--profile", PROFILE, "--shards", "2", "--cluster", "local", "--out", str(out),
@@ -244,6 +248,7 @@ def fake_slurm(tmp_path, monkeypatch) -> Path:
     return jobs
 
 
+@pytest.mark.slow
 def test_submit_slurm_asks_for_a_teacher_job_then_an_array_that_depends_on_it(tmp_path, fake_slurm, unsharded,
                                                                                capsys):
     def submit(out: Path) -> str:
@@ -280,6 +285,7 @@ def test_submit_slurm_asks_for_a_teacher_job_then_an_array_that_depends_on_it(tm
     assert "#SBATCH --dependency=afterok:1002\n" in (fake_slurm / "1003.sh").read_text()
 
 
+@pytest.mark.slow
 def test_a_file_system_without_flock_still_takes_a_shard_run(tmp_path, cache, unsharded, monkeypatch):
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
