@@ -57,6 +57,7 @@ notebooks: $(STAMP)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/bench_losses.py
 	$(BIN)/python benchmarks/engine_vs_naive.py --quick
+	$(BIN)/python benchmarks/engine_efficiency.py
 
 clean:
 	rm -rf _build .pytest_cache .ruff_cache

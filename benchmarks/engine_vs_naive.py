@@ -34,19 +34,13 @@ import time
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from kdlib.lab.config import StudentSpec, TrainConfig, resolve_device
 from kdlib.lab.data import DatasetNotFoundError, load_dataset
-from kdlib.lab.train import (
-    StudentSpec,
-    TrainConfig,
-    accuracy,
-    predict_logits,
-    resolve_device,
-    train_classifier,
-    train_stacked,
-)
-from kdlib.losses import DistillationLoss
+from kdlib.lab.metrics import accuracy, predict_logits
 from kdlib.lab.models import MLP, StackedMLP, hinton_teacher, init_mlp_params
 from kdlib.lab.store import device_name
+from kdlib.lab.train import cross_entropy_objective, distillation_objective, fit
+from kdlib.losses import DistillationLoss
 
 MODES = {
     "quick": dict(n=1000, hidden=(100, 100), alphas=(0.5, 1.0, 2.0, math.inf), temps=(2.0, 4.0),
@@ -96,7 +90,7 @@ def engine(students, teacher, x, y, x_test, y_test, cfg, device, stacked=True):
     accs = []
     for group in groups:
         model = StackedMLP(x[0].numel(), group[0].hidden, 10, [s.seed for s in group]).to(device)
-        train_stacked(model, x, y, t, group, cfg, data_seed=group[0].seed)
+        fit(model, x, distillation_objective(y, t, group), cfg, data_seed=group[0].seed)
         accs += accuracy(predict_logits(model, x_test), y_test).tolist()
     return accs
 
@@ -137,7 +131,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     teacher = hinton_teacher(in_features=data.in_features).to(device)
     teacher_cfg = TrainConfig(epochs=2 if name != "full" else 10, batch_size=128, lr=0.05)
-    train_classifier(teacher, x, y, teacher_cfg, seed=0)  # not timed: both sides get this teacher
+    fit(teacher, x, cross_entropy_objective(y), teacher_cfg, data_seed=0)  # not timed: both sides get it
     teacher_acc = float(accuracy(predict_logits(teacher, data.x_test), data.y_test))
     n_naive = args.naive_students or (4 if name == "full" else len(students))
     n_naive = min(n_naive, len(students))

@@ -1,0 +1,303 @@
+"""How much of the machine the training engine uses, against the recipes a PyTorch user would write.
+
+One process, side by side, for each configuration:
+
+* **engine**: :func:`kdlib.lab.train.fit` on a :class:`~kdlib.lab.models.StackedMLP` (students;
+  objective :func:`~kdlib.lab.train.distillation_objective`) or on the teacher
+  :func:`~kdlib.lab.models.hinton_teacher` (objective :func:`~kdlib.lab.train.cross_entropy_objective`),
+  with ``precision="auto"`` (bf16 autocast where the CPU multiplies bfloat16 natively; the
+  header says what it resolved to);
+* **vmap**: the ``torch.func`` model-ensembling recipe: the same students as ``nn.Sequential``
+  MLPs, ``stack_module_state`` + ``functional_call`` + ``vmap`` for the forward pass, the same
+  loss (:func:`~kdlib.lab.train.distillation_objective` on the ``(S, B, C)`` logits), SGD
+  with momentum on the stacked parameters (students only);
+* **naive**: a plain loop, one model at a time: ``nn.Sequential`` MLP, ``kdlib.DistillationLoss``
+  (or ``F.cross_entropy`` and ``nn.Dropout`` for the teacher), ``torch.optim.SGD`` with momentum,
+  minibatches indexed from tensors in memory.
+
+The baselines run in float32, as the recipes are written (``--baseline-precision same`` runs
+them under the engine's autocast instead). Every side trains the same initial weights on the
+same synthetic data of Fashion-MNIST's shape (784 inputs, 10 classes), batch ``B``, learning
+rate 0.01; each side is timed over a fixed number of steps after a warm-up, ``--repeats`` times
+in turn, and its fastest repeat counts (other processes only ever slow a repeat down).
+
+Useful work: ``6 x parameters x samples`` FLOP per step (forward 2, backward 4). The peak is the
+faster of float32 and bfloat16 square GEMMs measured in the same run. One line per configuration
+(``vmap -`` for the teacher, which is one model), then the times it comes from::
+
+ RESULT <config> batch <B> engine <G> GFLOP/s | vmap <x>x | naive <y>x | <p>% of <dtype> GEMM peak <P> GFLOP/s
+
+glibc's ``malloc`` is tuned for every side alike (:func:`kdlib.lab.train.retain_freed_memory`,
+applied at start), so the ratios measure the code, not the allocator. ``--quick``: a smoke check
+of a few steps (its figures are not the benchmark's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from kdlib.lab.config import StudentSpec, TrainConfig, cpu_flags, resolve_precision
+from kdlib.lab.experiments import SCALES, renyi_grid
+from kdlib.lab.models import StackedMLP, hinton_teacher, init_mlp_params
+from kdlib.lab.store import ISA_FLAGS, device_name
+from kdlib.lab.train import (
+    autocast,
+    cross_entropy_objective,
+    distillation_objective,
+    fit,
+    retain_freed_memory,
+)
+from kdlib.losses import DistillationLoss
+
+LR = 0.01
+IN, CLASSES = 784, 10
+
+
+@dataclass(frozen=True)
+class Config:
+    """One benchmark configuration: S students of ``hidden`` (``specs``), or the teacher (``specs`` empty)."""
+
+    name: str
+    batch: int
+    hidden: tuple[int, ...]
+    specs: tuple[StudentSpec, ...] = ()
+    steps: int = 10
+    naive_models: int | None = None  # time the naive loop on this many models and scale (None: all)
+
+    @property
+    def teacher(self) -> bool:
+        return not self.specs
+
+
+def student_specs(n: int, hidden: tuple[int, ...]) -> tuple[StudentSpec, ...]:
+    """``n`` students mixing 4 orders and 3 temperatures, each with its own seed."""
+    cells = [(a, T) for a in (0.5, 1.0, 2.0, math.inf) for T in (2.0, 4.0, 8.0)]
+    return tuple(StudentSpec(alpha=cells[i % 12][0], T=cells[i % 12][1], beta=0.9, seed=i, hidden=hidden)
+                 for i in range(n))
+
+
+def configs(quick: bool) -> list[Config]:
+    """The four configurations of the issue (fewer steps and naive models with ``quick``)."""
+    grid = tuple(renyi_grid(SCALES["cpu"]).students)  # 303 students 2x100, orders 0.25 ... inf
+    students = student_specs(60, (800, 800))
+    if quick:
+        return [Config("students-2x800x60", 128, (800, 800), students, 2, 4),
+                Config("students-2x800x60", 512, (800, 800), students, 1, 4),
+                Config("grid-2x100x303", 128, (100, 100), grid, 4, 8),
+                Config("teacher-2x1200", 128, (1200, 1200), (), 10)]
+    return [Config("students-2x800x60", 128, (800, 800), students, 10, None),
+            Config("students-2x800x60", 512, (800, 800), students, 4, 15),
+            Config("grid-2x100x303", 128, (100, 100), grid, 20, 101),
+            Config("teacher-2x1200", 128, (1200, 1200), (), 50)]
+
+
+def useful_flop(model: nn.Module, samples: int) -> float:
+    """6 x parameters x samples."""
+    return 6.0 * sum(p.numel() for p in model.parameters()) * samples
+
+
+def sequential(sizes: Sequence[int], params: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
+               dropout: float = 0.0, input_dropout: float = 0.0) -> nn.Sequential:
+    """A plain ``nn.Sequential`` ReLU MLP, optionally loaded with ``init_mlp_params``-layout weights."""
+    layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers += [nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+    net = nn.Sequential(*layers)
+    if params is not None:
+        with torch.no_grad():
+            for lin, (w, bias) in zip([m for m in net if isinstance(m, nn.Linear)], params, strict=True):
+                lin.weight.copy_(w.T)
+                lin.bias.copy_(bias)
+    return net
+
+
+def best_time(fn: Callable[[], None], repeats: int) -> float:
+    """Fastest wall time of ``repeats`` calls of ``fn``."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def gemm_peak(n: int = 2048, repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of an ``n x n`` by ``n x n`` product in float32 and bfloat16 (fastest of ``repeats``)."""
+    out = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a @ b  # warm-up
+        out[name] = 2 * n**3 / best_time(lambda a=a, b=b: a @ b, repeats) / 1e9
+    return out
+
+
+class Sides:
+    """The three implementations of one configuration, each a ``run(steps)`` closure on shared data."""
+
+    def __init__(self, cfg: Config, precision: str, baseline_precision: str, in_features: int = IN) -> None:
+        self.cfg, self.precision, self.baseline_precision = cfg, precision, baseline_precision
+        B = cfg.batch
+        n = B * (cfg.steps + 2)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.rand(n, in_features, generator=g)
+        self.y = torch.randint(0, CLASSES, (n,), generator=g)
+        self.t = torch.randn(n, CLASSES, generator=g) * 3
+        self.sizes = [in_features, *cfg.hidden, CLASSES]
+        if cfg.teacher:
+            torch.manual_seed(0)
+            self.model: nn.Module = hinton_teacher(in_features, CLASSES, hidden=cfg.hidden[0])
+            self.objective = cross_entropy_objective(self.y)
+        else:
+            self.model = StackedMLP(in_features, cfg.hidden, CLASSES, [s.seed for s in cfg.specs])
+            self.objective = distillation_objective(self.y, self.t, cfg.specs)
+        self.flop_per_step = useful_flop(self.model, B)
+
+    def batches(self, steps: int) -> list[torch.Tensor]:
+        g = torch.Generator().manual_seed(1)
+        return list(torch.randperm(len(self.y), generator=g)[: steps * self.cfg.batch].split(self.cfg.batch))
+
+    def engine(self, steps: int) -> None:
+        train = TrainConfig(epochs=1, batch_size=self.cfg.batch, lr=LR)
+        fit(self.model, self.x[: steps * self.cfg.batch], self.objective, train, data_seed=0,
+            precision=self.precision)
+
+    def _baseline_autocast(self):
+        prec = self.precision if self.baseline_precision == "same" else "fp32"
+        return autocast(torch.device("cpu"), prec)
+
+    def vmap(self, steps: int) -> None:
+        """torch.func ensembling: stacked nn.Sequential parameters, vmap(functional_call) forward."""
+        if not hasattr(self, "_vmap"):  # set up once, outside the timed steps
+            models = [sequential(self.sizes, init_mlp_params(self.sizes, s.seed)) for s in self.cfg.specs]
+            params, buffers = stack_module_state(models)
+            base = copy.deepcopy(models[0]).to("meta")
+
+            def forward(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
+                return functional_call(base, (p, b), (x,))
+
+            opt = torch.optim.SGD(list(params.values()), lr=LR, momentum=0.9)
+            self._vmap = (vmap(forward, in_dims=(0, 0, None)), params, buffers, opt)
+        ensemble, params, buffers, opt = self._vmap
+        for idx in self.batches(steps):
+            with self._baseline_autocast():
+                logits = ensemble(params, buffers, self.x[idx])
+            loss = self.objective(logits.float(), idx).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def naive(self, steps: int) -> None:
+        """One model at a time: nn.Sequential, DistillationLoss (or cross-entropy), SGD."""
+        if not hasattr(self, "_naive"):  # set up once, outside the timed steps
+            self._naive = []
+            for spec in (self.cfg.specs or (None,))[: self.cfg.naive_models]:
+                if spec is None:
+                    torch.manual_seed(0)
+                    model = sequential(self.sizes, dropout=0.5, input_dropout=0.2)
+                    loss_fn: Callable = lambda z, idx: F.cross_entropy(z, self.y[idx])  # noqa: E731
+                else:
+                    model = sequential(self.sizes, init_mlp_params(self.sizes, spec.seed))
+                    kd = DistillationLoss(spec.alpha, spec.T, spec.beta)
+                    loss_fn = lambda z, idx, kd=kd: kd(z, self.t[idx], self.y[idx])  # noqa: E731
+                self._naive.append((model, loss_fn, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)))
+        for model, loss_fn, opt in self._naive:
+            model.train()
+            for idx in self.batches(steps):
+                with self._baseline_autocast():
+                    z = model(self.x[idx])
+                loss = loss_fn(z.float(), idx)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    def naive_scale(self) -> float:
+        """Models the naive loop trains per step over the models it is timed on."""
+        n = len(self.cfg.specs) or 1
+        return n / min(n, self.cfg.naive_models or n)
+
+
+def measure(cfg: Config, precision: str, baseline_precision: str, repeats: int, peak: dict[str, float],
+            in_features: int = IN) -> list[str]:
+    """Time the three sides of ``cfg``; return its ``RESULT`` line and a line with the step times."""
+    sides = Sides(cfg, precision, baseline_precision, in_features)
+    names = ["engine", "naive"] + ([] if cfg.teacher else ["vmap"])
+    per_step = dict.fromkeys(names, math.inf)
+    for name in names:  # warm-up: kernels, allocator, first touch of the weights
+        getattr(sides, name)(1)
+    for _ in range(repeats):  # the sides in turn, so that a busy spell slows all of them
+        for name in names:
+            seconds = best_time(lambda n=name: getattr(sides, n)(cfg.steps), 1)
+            per_step[name] = min(per_step[name], seconds / cfg.steps)
+    per_step["naive"] *= sides.naive_scale()
+    gflops = sides.flop_per_step / per_step["engine"] / 1e9
+    vmap_x = f"{per_step['vmap'] / per_step['engine']:.2f}x" if "vmap" in per_step else "-"
+    dtype, best = max(peak.items(), key=lambda kv: kv[1])
+    n_models = len(cfg.specs) or 1
+    timed_on = min(n_models, cfg.naive_models or n_models)
+    return [f"RESULT {cfg.name} batch {cfg.batch} engine {gflops:.1f} GFLOP/s | vmap {vmap_x} | "
+            f"naive {per_step['naive'] / per_step['engine']:.2f}x | {100 * gflops / best:.1f}% of {dtype} "
+            f"GEMM peak {best:.1f} GFLOP/s",
+            "  ms/step: " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in per_step.items())
+            + f" ({cfg.steps} steps, fastest of {repeats}; naive timed on {timed_on} of {n_models} models"
+            + (", scaled)" if timed_on < n_models else ")")]
+
+
+def header(precision: str, baseline_precision: str, malloc: bool) -> list[str]:
+    flags = cpu_flags()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    return [f"machine: {device_name('cpu')}; ISA: {' '.join(f for f in ISA_FLAGS if f in flags) or 'unknown'}"
+            f" (amx: {'yes' if 'amx_bf16' in flags else 'no'}); torch {torch.__version__}, "
+            f"python {platform.python_version()}, cpu capability {torch.backends.cpu.get_cpu_capability()}",
+            f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+            f"engine precision: auto -> {precision}; baselines: "
+            f"{precision if baseline_precision == 'same' else 'fp32'}; "
+            f"malloc tuning: {'on' if malloc else 'off'}; torch threads {torch.get_num_threads()}"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps, the naive loop on a few models: a smoke check")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed repeats per side (default 2; 1 with --quick)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all usable cores)")
+    parser.add_argument("--baseline-precision", choices=("fp32", "same"), default="fp32",
+                        help="precision of the vmap and naive sides: fp32 (default) or the engine's")
+    parser.add_argument("--only", default=None, help="run only configurations whose name contains this")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = args.repeats or (1 if args.quick else 2)
+    precision = resolve_precision("auto", torch.device("cpu"))
+    malloc = retain_freed_memory()
+    for line in header(precision, args.baseline_precision, malloc):
+        print(line, flush=True)
+    peak = gemm_peak(1024 if args.quick else 2048)
+    print("GEMM peak: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()), flush=True)
+    for cfg in configs(args.quick):
+        if args.only and args.only not in cfg.name:
+            continue
+        for line in measure(cfg, precision, args.baseline_precision, repeats, peak):
+            print(line, flush=True)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
+    print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""benchmarks/engine_efficiency.py: its code path on tiny sizes (not timed: only the output form)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "engine_efficiency.py"
+LINE = re.compile(r"RESULT \S+ batch \d+ engine [\d.]+ GFLOP/s \| vmap (-|[\d.]+x) \| naive [\d.]+x \| "
+                  r"[\d.]+% of (fp32|bf16) GEMM peak [\d.]+ GFLOP/s")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("engine_efficiency", PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+@pytest.mark.parametrize("students", [3, 0])
+def test_engine_efficiency_runs_every_side_on_tiny_sizes(bench, students):
+    specs = bench.student_specs(students, (8, 8))
+    cfg = bench.Config("tiny", batch=8, hidden=(8, 8), specs=specs, steps=2, naive_models=2)
+    result, times = bench.measure(cfg, "fp32", "fp32", repeats=1, peak={"fp32": 1.0, "bf16": 2.0},
+                                  in_features=16)
+    assert LINE.fullmatch(result), result
+    assert ("vmap -" in result) == (students == 0) and "of bf16 GEMM peak 2.0" in result
+    assert times.startswith("  ms/step: engine ") and ("scaled" in times) == (students == 3)
+
+
+def test_engine_efficiency_configurations_are_the_issues(bench):
+    names = [(c.name, c.batch, len(c.specs)) for c in bench.configs(quick=False)]
+    assert names == [("students-2x800x60", 128, 60), ("students-2x800x60", 512, 60),
+                     ("grid-2x100x303", 128, 303), ("teacher-2x1200", 128, 0)]
+    grid = bench.configs(quick=True)[2].specs
+    assert sorted({s.alpha for s in grid}) == [0.25, 0.5, 1.0, 2.0, 4.0, float("inf")]
