@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # inline backend and figures would not be stored; scripts fall back to Agg on a headless machine.)
 export PYTHONHASHSEED := 0
 
-.PHONY: all env lock book test lint unit nbval notebooks benchmarks clean distclean
+.PHONY: all env lock book pdf test lint unit nbval notebooks benchmarks clean distclean
 
 all: test
 
@@ -34,6 +34,12 @@ lock:
 ## numbers glued from one notebook into another page (the conclusion) are never stale.
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
+
+## make pdf: the whole book as one PDF, _build/latex/book.pdf (Jupyter Book's LaTeX builder and xelatex;
+## the TeX packages are the Debian ones that .ci/run installs).
+pdf: $(STAMP)
+	$(BIN)/jupyter-book build . --builder pdflatex --all --warningiserror --keep-going
+	@test -s _build/latex/book.pdf && echo "PDF: _build/latex/book.pdf"
 
 ## make test: ruff, the book build, then pytest (unit tests + nbval over every notebook).
 test: $(STAMP)

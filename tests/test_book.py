@@ -1,29 +1,29 @@
-"""The built book (`make book` -> _build/html): its pages, its references, and that it reads offline.
+"""The built book (`make book` -> _build/html): its pages, its numbering, its references, and that it
+reads offline without raw TeX or clipped equations.
 
-`make test` builds the book first and sets KDLIB_REQUIRE_BOOK=1, so a missing build (or a missing
-Chromium) fails there; a plain `pytest` without a build skips these tests and says why.
+`make test` builds the book first and sets KDLIB_REQUIRE_BOOK=1, so a missing build fails there; a
+plain `pytest` without a build skips these tests and says why.
 
-The offline test opens pages in headless Chromium, driven over the DevTools protocol through a pipe
-(``--remote-debugging-pipe``: standard library only, no websocket client). The built site is served by
-a local HTTP server on 127.0.0.1, and ``--host-resolver-rules`` makes every other host unresolvable.
-The test records every request the page makes and asserts that none leaves 127.0.0.1, that every
-local request is answered with 200, and that MathJax typeset every formula with its own fonts.
+The browser tests drive Debian's headless Chromium with Playwright for Python
+(``executable_path=/usr/bin/chromium``; Playwright's own browser download is never used). The built
+site is served on 127.0.0.1; every request for another host is aborted *and recorded*, and the tests
+assert that none was attempted. On every page, at a 1280 px window, MathJax must typeset every
+formula with its own fonts, no TeX may be left in the text (a Markdown trap such as a line starting
+with ``- `` inside ``$...$`` leaves it there), and no display equation may be wider than the box
+that shows it (the rest would be behind an invisible scroller). A failure names the page and the
+equation; ``test_browser_check_catches_planted_faults`` shows that the check catches both faults.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
 import html.parser
 import json
 import os
 import re
-import select
 import shutil
-import subprocess
-import sys
 import threading
-import time
+from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -116,15 +116,17 @@ def test_introduction_page(html_dir):
         "Rényi divergence in knowledge distillation",
         "dark knowledge",
         "zebra",
-        "make book",
-        "make test",
+        "(B1.1)",
     ):
         assert phrase in text, f"intro lacks {phrase!r}"
-    # The numbered equation exists and the {eq} reference to it resolved to a link with its number.
-    assert 'id="equation-eq-intro-loss"' in page
-    assert re.search(r'href="#equation-eq-intro-loss"[^>]*>\s*(?:<span[^>]*>)?\s*\(1\)', page), (
-        "{eq} ref unresolved"
-    )
+    rerunning = _text(_read(html_dir, "book/rerunning.html"))
+    for phrase in ("make book", "make test", "make pdf", "KDLIB_PROFILE"):
+        assert phrase in rerunning, f"the rerunning page lacks {phrase!r}"
+    # The loss carries the thesis's number, and the reference to it resolved to a link with that number.
+    assert 'id="eq-intro-loss"' in page and r"\tag{1.13}" in page
+    assert re.search(r'href="#eq-intro-loss"[^>]*>\s*(?:<span[^>]*>)?\s*\(1\.13\)', page), "ref unresolved"
+    # The in-book section on rerunning and the notation page are linked.
+    assert 'href="rerunning.html"' in page and 'href="notation.html"' in page
     # Citations resolved to the bibliography page (author-year style).
     assert re.search(r'href="bibliography\.html#id\d+" title="Geoffrey Hinton, Oriol Vinyals', page), (
         "citation not linked"
@@ -148,7 +150,7 @@ def test_temperature_page(html_dir):
         assert img and (html_dir / "notebooks" / unquote(img.group(1))).resolve().is_file()
         assert re.search(r"Fig\. \d", block.group(0)), f"figure {name} has no numbered caption"
     assert "prop-ts-entropy-monotone" in page  # the sphinx-proof proposition
-    assert 'id="equation-eq-ts-softmax-t"' in page
+    assert 'id="eq-ts-softmax-t"' in page
 
 
 def _bib_titles() -> dict[str, str]:
@@ -162,7 +164,7 @@ def _norm(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", s.replace("{", "").replace("}", "").lower()).strip()
 
 
-def test_bibliography_lists_every_entry(html_dir):
+def test_bibliography_lists_the_cited_works_only(html_dir):
     titles = _bib_titles()
     for key in (
         "hinton2015distilling",
@@ -174,9 +176,20 @@ def test_bibliography_lists_every_entry(html_dir):
         "gratzer2025thesis",
     ):
         assert key in titles, f"references.bib lacks {key}"
-    text = _norm(_text(_read(html_dir, BIBLIOGRAPHY)))
+    cited = set()
+    for path in [*ROOT.glob("book/*.md"), *ROOT.glob("notebooks/*.ipynb")]:
+        for keys in re.findall(r"\{cite(?::[a-z]+)?\}`([^`]+)`", path.read_text(encoding="utf-8")):
+            cited |= {k.strip() for k in keys.split(",")}
+    assert cited <= set(titles), f"cited but not in references.bib: {sorted(cited - set(titles))}"
+    assert set(titles) <= cited, f"in references.bib but cited nowhere: {sorted(set(titles) - cited)}"
+    bib_page = _text(_read(html_dir, BIBLIOGRAPHY))
+    text = _norm(bib_page)
     missing = [key for key, title in titles.items() if _norm(title) not in text]
     assert not missing, f"bibliography page lacks {missing}"
+    # The thesis is cited as a dated master's thesis, not "n.d." / "In preparation".
+    intro = _text(_read(html_dir, INTRO))
+    assert "n.d." not in intro and "Grätzer, 2025" in intro
+    assert "In preparation" not in bib_page and "Master's thesis" in bib_page
 
 
 def test_no_page_references_another_host_for_assets(html_dir):
@@ -211,8 +224,161 @@ def test_mathjax_is_bundled(html_dir):
 
 
 # --------------------------------------------------------------------------------------------
-# Headless Chromium: typesetting with no request leaving the machine
+# Numbering: the thesis's numbers on the thesis's equations, the book's own in a scheme of its own
 # --------------------------------------------------------------------------------------------
+
+CHAPTER1 = {
+    "temperature": "notebooks/ch1_temperature_scaling.html",
+    "kl": "notebooks/ch1_kl_gradient.html",
+    "t2": "notebooks/ch1_t2_scaling.html",
+    "renyi": "notebooks/ch1_renyi_divergence.html",
+    "rkd": "notebooks/ch1_renyi_distillation.html",
+}
+
+#: Thesis equation -> (page, the label of the display on that page that reproduces it).
+THESIS_EQUATIONS = {
+    "1.3": ("temperature", "eq-ts-softmax-t"),
+    "1.4": ("kl", "eq-klg-definitions"),
+    "1.8": ("kl", "eq-klg-gradient"),
+    "1.11": ("t2", "eq-t2-loss"),
+    "1.13": ("t2", "eq-t2-loss"),
+    "1.15": ("t2", "eq-t2-thesis-approximation"),
+    "1.16": ("renyi", "eq-rd-definition"),
+    "1.20": ("renyi", "eq-rd-conditional"),
+    "1.27": ("renyi", "eq-rd-order-zero"),
+    "1.31": ("renyi", "eq-rd-order-one"),
+    "1.33": ("renyi", "eq-rd-order-infinity"),
+}
+
+THESIS_TAG = re.compile(r"^1\.(?:[1-9]|[12][0-9]|3[0-3])$")  # (1.1)-(1.33), the thesis's range
+BOOK_TAG = re.compile(r"^B[12]\.[1-9][0-9]*$")  # (B1.1), (B2.1): the book's own
+
+
+def _book_pages(html_dir: Path) -> list[str]:
+    """Every content page of the build (not Sphinx's generated index, search and redirect pages)."""
+    pages = []
+    for path in sorted(html_dir.rglob("*.html")):
+        rel = path.relative_to(html_dir).as_posix()
+        if rel.startswith("_") or rel in ("index.html", "genindex.html", "search.html", "prf-prf.html"):
+            continue
+        pages.append(rel)
+    return pages
+
+
+def _displays(page_html: str) -> dict[str, str]:
+    """Label -> the TeX of the display it labels (MyST writes ``(label)=`` as the display's id)."""
+    out = {}
+    pattern = r'<div class="(?:amsmath )?math notranslate nohighlight" id="([^"]+)">(.*?)</div>'
+    for m in re.finditer(pattern, page_html, re.S):
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+def _tags(tex: str) -> list[str]:
+    return re.findall(r"\\tag\{([^}]*)\}", tex)
+
+
+def test_thesis_equations_carry_the_thesis_numbers(html_dir):
+    displays = {key: _displays(_read(html_dir, page)) for key, page in CHAPTER1.items()}
+    wrong = []
+    for number, (page, label) in THESIS_EQUATIONS.items():
+        tex = displays[page].get(label)
+        if tex is None:
+            wrong.append(f"({number}): no display labelled {label} on {CHAPTER1[page]}")
+        elif number not in _tags(tex):
+            wrong.append(f"({number}): {label} on {CHAPTER1[page]} is tagged {_tags(tex)}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_every_equation_number_is_the_thesis_s_or_the_book_s(html_dir):
+    """No number Sphinx assigns (which would collide with the thesis's), and every tag in one of the
+    two schemes; the book's own numbers are not reused."""
+    bad, seen = [], {}
+    for page in _book_pages(html_dir):
+        page_html = _read(html_dir, page)
+        if 'class="eqno"' in page_html:
+            bad.append(f"{page}: an equation numbered by Sphinx")
+        for tag in _tags(page_html):
+            if THESIS_TAG.match(tag):
+                continue
+            if not BOOK_TAG.match(tag):
+                bad.append(f"{page}: tag ({tag}) is in neither scheme")
+            elif seen.setdefault(tag, page) != page:
+                bad.append(f"{page}: (B) number ({tag}) also used on {seen[tag]}")
+        # Blocks: no "Theorem 1.2" that could be read as the thesis's numbering.
+        for title in re.findall(r'<p class="admonition-title"[^>]*>(.*?)</p>', page_html, re.S):
+            title = _text(title).strip()
+            if re.match(r"(Theorem|Lemma|Proposition|Definition|Corollary) \d", title) and (
+                "of the thesis" not in title
+            ):
+                bad.append(f"{page}: block numbered like the thesis: {title!r}")
+    assert not bad, "\n".join(bad)
+
+
+def test_equation_references_show_the_number_of_their_target(html_dir):
+    tags = {}
+    for page in _book_pages(html_dir):
+        for label, tex in _displays(_read(html_dir, page)).items():
+            if _tags(tex):
+                tags[label] = _tags(tex)
+    assert len(tags) >= 30, f"only {len(tags)} tagged displays found"
+    wrong, checked = [], 0
+    for page in _book_pages(html_dir):
+        for m in re.finditer(r'<a class="reference internal" href="[^"#]*#([^"]+)"[^>]*>(.*?)</a>',
+                             _read(html_dir, page), re.S):
+            label, text = m.group(1), _text(m.group(2)).strip()
+            if label not in tags:
+                continue
+            checked += 1
+            shown = re.findall(r"\(([^()]+)\)", text)
+            if not shown or not set(shown) <= set(tags[label]) | {t for t in shown if t in tags[label]}:
+                wrong.append(f"{page}: link to {label} reads {text!r}, the display is tagged {tags[label]}")
+    assert checked >= 40, f"only {checked} equation references found"
+    assert not wrong, "\n".join(wrong)
+
+
+def test_navigation(html_dir):
+    intro = _read(html_dir, INTRO)
+    captions = re.findall(r'class="caption"[^>]*><span class="caption-text">([^<]+)<', intro)
+    assert captions == ["Theory", "Experiments", "Back matter"], captions
+    # The chapter-2 landing page has no sections of its own numbered after its children, and no
+    # landing page lists its children twice (a prose list and a toctree).
+    for page in ("book/chapter1.html", "book/chapter2.html"):
+        article = _read(html_dir, page).split('<article class="bd-article">', 1)[1].split("</article>", 1)[0]
+        toctree = re.search(r'<div class="toctree-wrapper.*?</div>', article, re.S)
+        assert not toctree or "<li" not in toctree.group(0), f"{page} lists its children twice"
+        assert not re.search(r"<h2", article), f"{page} has numbered sections of its own"
+    # The proof index (it listed internal labels and nothing linked to it) is gone from every page.
+    for page in _book_pages(html_dir):
+        assert "prf-prf.html" not in _read(html_dir, page), f"{page} links the proof index"
+
+
+def test_download_buttons_work_offline(html_dir):
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        page = _read(html_dir, f"notebooks/{path.stem}.html")
+        for suffix in (".ipynb", ".md"):
+            link = f"../_sources/notebooks/{path.stem}{suffix}"
+            assert f'href="{link}"' in page, f"{path.stem}: no {suffix} download"
+            assert (html_dir / "_sources" / "notebooks" / f"{path.stem}{suffix}").is_file()
+        md = (html_dir / "_sources" / "notebooks" / f"{path.stem}.md").read_text(encoding="utf-8")
+        assert md.startswith("---\njupytext:") and "```{code-cell} ipython3" in md
+    assert (html_dir / "_sources" / "book" / "intro.md").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Headless Chromium (Playwright): typesetting, raw TeX, clipping, with no request leaving the machine
+# --------------------------------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    path = os.environ.get("KDLIB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    needs(bool(path), "headless Chromium (for the browser tests of the book)",
+          "`sudo apt-get install chromium` (Debian), or set KDLIB_CHROMIUM to a Chromium binary")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        needs(False, "Playwright for Python (the test extra)", "`pip install -c constraints.txt -e .[test]`")
+    return path
 
 
 class _Recorder(SimpleHTTPRequestHandler):
@@ -225,176 +391,194 @@ class _Recorder(SimpleHTTPRequestHandler):
         pass
 
 
-class _DevTools:
-    """A minimal Chrome DevTools Protocol client over --remote-debugging-pipe (fd 3 in, fd 4 out)."""
+class _Site:
+    """A local server for ``root`` and a browser context that may reach nothing else.
 
-    def __init__(self, chromium: str, profile: Path) -> None:
-        to_browser_r, self._w = os.pipe()
-        self._r, from_browser_w = os.pipe()
-        flags = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",
-            "--disable-extensions", "--disable-default-apps", "--mute-audio", "--remote-debugging-pipe",
-            # Any host other than the local server resolves to nothing: an external fetch cannot succeed.
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-            f"--user-data-dir={profile}", "about:blank",
-        ]  # fmt: skip
-        # The browser's ends of the pipes must be fds 3 and 4 in the browser: a tiny Python trampoline
-        # moves them there (from fds >= 10, so the moves cannot collide) and execs Chromium.
-        a, b = (fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_browser_r, from_browser_w))
-        for fd in (to_browser_r, from_browser_w):
-            os.close(fd)
-        trampoline = (
-            f"import os, sys; os.dup2({a}, 3); os.dup2({b}, 4); os.close({a}); os.close({b}); "
-            "os.execv(sys.argv[1], sys.argv[1:])"
+    Every request is recorded; one for any host other than the server's is aborted before it leaves
+    (Playwright's routing), and recorded in ``blocked``."""
+
+    def __init__(self, root: Path, browser) -> None:
+        handler = type("Recorder", (_Recorder,), {"log": []})
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+        self.log = handler.log
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.requests: list[str] = []
+        self.blocked: list[str] = []
+        self.failed: list[str] = []
+        self.context = browser.new_context(
+            viewport={"width": 1280, "height": 900}, service_workers="block"
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", trampoline, chromium, *flags],
-            pass_fds=(a, b),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        os.close(a)
-        os.close(b)
-        self._buf = b""
-        self._next_id = 0
-        self.events: list[dict] = []
+        self.context.route("**/*", self._route)
+        self.context.on("request", lambda r: self.requests.append(r.url))
+        self.context.on("requestfailed", lambda r: self.failed.append(f"{r.url}: {r.failure}"))
+        self.page = self.context.new_page()
 
-    def _read_message(self, deadline: float) -> dict:
-        while b"\0" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no answer from Chromium")
-            ready, _, _ = select.select([self._r], [], [], left)
-            if ready:
-                chunk = os.read(self._r, 1 << 20)
-                if not chunk:
-                    raise RuntimeError("Chromium closed the DevTools pipe (crashed?)")
-                self._buf += chunk
-        raw, self._buf = self._buf.split(b"\0", 1)
-        return json.loads(raw)
+    def _route(self, route) -> None:
+        url = route.request.url
+        if url.startswith(self.origin + "/") or url.startswith(("data:", "blob:", "about:")):
+            route.continue_()
+        else:
+            self.blocked.append(url)
+            route.abort("blockedbyclient")
 
-    def call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60):
-        self._next_id += 1
-        msg = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        os.write(self._w, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            reply = self._read_message(deadline)
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise RuntimeError(f"{method}: {reply['error']}")
-                return reply["result"]
-            self.events.append(reply)
-
-    def wait_for(self, method: str, session: str, timeout: float = 60) -> dict:
-        for i, event in enumerate(self.events):
-            if event.get("method") == method and event.get("sessionId") == session:
-                return self.events.pop(i)
-        deadline = time.monotonic() + timeout
-        while True:
-            event = self._read_message(deadline)
-            if event.get("method") == method and event.get("sessionId") == session:
-                return event
-            self.events.append(event)
+    def probe(self, page: str) -> dict:
+        self.page.goto(f"{self.origin}/{page}", wait_until="load")
+        return self.page.evaluate(_PROBE)
 
     def close(self) -> None:
-        try:
-            self.call("Browser.close", timeout=10)
-        except Exception:
-            pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._r)
-        os.close(self._w)
+        self.context.close()
+        self.server.shutdown()
+        self.server.server_close()
 
 
-# Runs in the page after load: waits for MathJax's first typesetting pass and the web fonts, then reports.
-_TYPESET_PROBE = r"""
-(async () => {
-  if (!window.MathJax || !MathJax.startup) return {mathjax: false};
-  await MathJax.startup.promise;
-  await document.fonts.ready;
-  const math = [...document.querySelectorAll('.math')];
-  const body = document.querySelector('main') || document.body;
-  return {
-    mathjax: true,
-    version: MathJax.version,
-    math: math.length,
-    typeset: math.filter(el => el.querySelector('mjx-container')).length,
-    errors: document.querySelectorAll('mjx-merror, mjx-container [data-mjx-error]').length,
-    raw_tex: /\\\(|\\\[|\$\$/.test(body.innerText),
-    fonts_loaded: [...document.fonts].filter(f => f.family.includes('MJX') && f.status === 'loaded').length,
-  };
-})()
+# Runs in a loaded page: waits for MathJax and its fonts, then reports every formula that was not
+# typeset or raised a TeX error, every piece of TeX left in the visible text, and every display
+# equation wider than the box that shows it, each with the TeX of the equation.
+_PROBE = r"""
+async () => {
+  const main = document.querySelector('article') || document.querySelector('main') || document.body;
+  const out = {mathjax: false, math: 0, typeset: 0, errors: [], raw: [], clipped: [], fonts_loaded: 0};
+  if (window.MathJax && MathJax.startup) {
+    await MathJax.startup.promise;
+    await document.fonts.ready;
+    out.mathjax = true;
+    out.version = MathJax.version;
+    const els = [...main.querySelectorAll('.math')];
+    out.math = els.length;
+    out.typeset = els.filter(el => el.querySelector('mjx-container')).length;
+    const col = main.getBoundingClientRect();
+    for (const item of MathJax.startup.document.math) {
+      const root = item.typesetRoot;
+      if (!root || !main.contains(root)) continue;
+      const tex = item.math.replace(/\s+/g, ' ').trim().slice(0, 160);
+      if (root.querySelector('mjx-merror, [data-mjx-error]')) out.errors.push(tex);
+      if (!item.display) continue;
+      let hidden = 0;  // width behind a scroller: the equation's box or any box around it
+      for (let el = root; el && el !== main; el = el.parentElement) {
+        hidden = Math.max(hidden, el.scrollWidth - el.clientWidth);
+      }
+      const r = (root.querySelector('mjx-math') || root).getBoundingClientRect();
+      const outside = Math.max(0, r.right - col.right, col.left - r.left);  // beyond the text column
+      const px = Math.round(Math.max(hidden, outside));
+      if (px > 1) out.clipped.push({tex, px});
+    }
+    out.fonts_loaded = [...document.fonts]
+      .filter(f => f.family.includes('MJX') && f.status === 'loaded').length;
+  }
+  const skip = 'script, style, pre, code, mjx-container, .highlight, textarea';
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);  // sidebar too
+  const tex = /\\[A-Za-z]{2,}|\\[()\[\]]|\$\$|\$[^$\s][^$]*\$/;
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (n.parentElement.closest(skip)) continue;
+    const text = n.textContent.replace(/\s+/g, ' ');
+    const m = text.match(tex);
+    if (m) out.raw.push(text.slice(Math.max(0, m.index - 40), m.index + 60).trim());
+  }
+  return out;
+}
 """
 
+#: Display equations known to be too wide that live in files this book does not own, with the reason.
+#: (Each entry is matched against the start of the equation's TeX; keep this list empty if you can.)
+KNOWN_WIDE = {
+    "book/api.html": {
+        r"\ell_b = (1-\beta)": "DistillationLoss's docstring in kdlib/losses.py (autodoc): needs aligned",
+    },
+}
 
-def test_equations_typeset_offline_in_chromium(html_dir, tmp_path):
-    chromium = (
-        os.environ.get("KDLIB_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-    )
-    needs(bool(chromium), "headless Chromium (for the offline-rendering test)",
-          "`sudo apt-get install chromium` (Debian), or set KDLIB_CHROMIUM to a Chromium binary")
 
-    _Recorder.log = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Recorder, directory=str(html_dir)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    origin = f"http://127.0.0.1:{server.server_address[1]}"
-    browser = _DevTools(chromium, tmp_path / "profile")
-    try:
-        target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = browser.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Network", "Page", "Runtime"):
-            browser.call(f"{domain}.enable", session=session)
+def _faults(page: str, report: dict, expect_math: bool) -> list[str]:
+    faults = []
+    if expect_math:
+        if not report["mathjax"]:
+            return [f"{page}: MathJax did not load"]
+        if report["typeset"] != report["math"]:
+            missing = report["math"] - report["typeset"]
+            faults.append(f"{page}: {missing} of {report['math']} formulas not typeset")
+        if report["fonts_loaded"] == 0 and report["math"]:
+            faults.append(f"{page}: MathJax's fonts did not load")
+    faults += [f"{page}: TeX error in {tex}" for tex in report["errors"]]
+    faults += [f"{page}: raw TeX in the text: ...{raw}..." for raw in report["raw"]]
+    for c in report["clipped"]:
+        if any(c["tex"].startswith(k) for k in KNOWN_WIDE.get(page, {})):
+            continue
+        faults.append(f"{page}: display equation clipped by {c['px']} px at 1280 px: {c['tex']}")
+    return faults
 
-        reports = {}
-        for page in (INTRO, TEMPERATURE):
-            browser.call("Page.navigate", {"url": f"{origin}/{page}"}, session=session)
-            browser.wait_for("Page.loadEventFired", session)
-            probe = {"expression": _TYPESET_PROBE, "awaitPromise": True, "returnByValue": True}
-            result = browser.call("Runtime.evaluate", probe, session=session, timeout=90)
-            assert "exceptionDetails" not in result, result
-            reports[page] = result["result"]["value"]
-        requests = [
-            e["params"]["request"]["url"]
-            for e in browser.events
-            if e.get("method") == "Network.requestWillBeSent"
-        ]
-        failed = [e["params"] for e in browser.events if e.get("method") == "Network.loadingFailed"]
-    finally:
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator:
+    """Debian's Chromium, headless, driven by Playwright (its own browser download is never used)."""
+    path = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=path,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"],
+        )  # fmt: skip
+        yield browser
         browser.close()
-        server.shutdown()
-        server.server_close()
 
-    print(json.dumps(reports, indent=1))
-    for page, r in reports.items():
-        assert r["mathjax"], f"{page}: MathJax did not load"
-        assert r["version"].startswith("3."), f"{page}: MathJax {r['version']}"
-        assert r["math"] >= 3, f"{page}: expected formulas, found {r['math']}"
-        assert r["typeset"] == r["math"], f"{page}: {r['math'] - r['typeset']} formulas not typeset"
-        assert r["errors"] == 0, f"{page}: {r['errors']} TeX errors"
-        assert not r["raw_tex"], f"{page}: raw TeX delimiters left in the text"
-        assert r["fonts_loaded"] > 0, f"{page}: MathJax's fonts did not load"
 
-    external = [
-        u for u in requests if not (u.startswith(origin + "/") or u.startswith(("data:", "blob:", "about:")))
-    ]
+@pytest.fixture(scope="module")
+def browser(html_dir, chromium) -> Iterator[_Site]:
+    site = _Site(html_dir, chromium)
+    yield site
+    site.close()
+
+
+def test_every_page_typesets_offline_without_raw_tex_or_clipped_equations(html_dir, browser):
+    reports, faults = {}, []
+    for page in _book_pages(html_dir):
+        page_html = _read(html_dir, page)
+        reports[page] = r = browser.probe(page)
+        has_math = bool(re.search(r'<(div|span) class="[^"]*\bmath\b', page_html))
+        faults += _faults(page, r, expect_math=has_math)
+    print(json.dumps({p: {k: r[k] for k in ("math", "typeset")} for p, r in reports.items()}, indent=1))
+    assert not faults, "\n".join(faults)
+    assert reports[INTRO]["version"].startswith("3."), reports[INTRO]["version"]
+    assert reports[TEMPERATURE]["math"] >= 3
+
+    # Offline: nothing was even attempted outside the local server, and everything local was served.
+    assert not browser.blocked, "requests for other hosts (aborted):\n" + "\n".join(browser.blocked)
+    local = (browser.origin + "/", "data:", "blob:", "about:")
+    external = [u for u in browser.requests if not u.startswith(local)]
     assert not external, "requests left the machine:\n" + "\n".join(external)
-    assert not failed, f"failed requests: {failed}"
-    served = {unquote(urlsplit(path).path) for path, _ in _Recorder.log}
+    assert not browser.failed, f"failed requests: {browser.failed}"
+    served = {unquote(urlsplit(path).path) for path, _ in browser.log}
     assert f"/{INTRO}" in served and f"/{TEMPERATURE}" in served
-    assert any(p.startswith("/_static/mathjax/") and p.endswith(".woff") for p in served), (
-        "no MathJax font served"
-    )
+    assert any(p.startswith("/_static/mathjax/") and p.endswith(".woff") for p in served), "no MathJax font"
     # 304: a revalidated cached file. Chromium probes /favicon.ico on its own when a page declares no
     # icon; that is not the book's request.
-    not_ok = [
-        (path, code) for path, code in _Recorder.log if code not in (200, 304) and path != "/favicon.ico"
-    ]
+    not_ok = [(path, code) for path, code in browser.log if code not in (200, 304) and path != "/favicon.ico"]
     assert not not_ok, f"local requests that failed: {not_ok}"
+
+
+def test_browser_check_catches_planted_faults(html_dir, chromium, tmp_path):
+    """A copy of a real page with a raw-TeX line (the Markdown list trap), an over-long display
+    equation and a request for another host: the check names all three."""
+    site = tmp_path / "site"
+    (site / "book").mkdir(parents=True)
+    (site / "_static").symlink_to(html_dir / "_static")
+    page = _read(html_dir, "book/chapter1.html")
+    planted = (
+        '<p>the variance is</p><ul><li><p>(1-\\alpha)$\\operatorname{Var}(\\mathbf z)$ leaks</p></li></ul>'
+        '<div class="math notranslate nohighlight">\\['
+        + " + ".join(f"\\frac{{a_{{{i}}}}}{{b_{{{i}}}}}" for i in range(60))
+        + "\\]</div>" '<img src="https://example.org/tracker.png" alt="">'
+    )
+    page = page.replace('<section', planted + "<section", 1)
+    (site / "book" / "planted.html").write_text(page, encoding="utf-8")
+    b = _Site(site, chromium)
+    try:
+        faults = _faults("book/planted.html", b.probe("book/planted.html"), expect_math=True)
+    finally:
+        b.close()
+    assert any("raw TeX in the text" in f and "operatorname{Var}" in f for f in faults), faults
+    long_one = "\\frac{a_{0}}{b_{0}} + \\frac{a_{1}}"
+    assert any("display equation clipped" in f and long_one in f for f in faults), faults
+    assert all(f.startswith("book/planted.html: ") for f in faults)
+    assert b.blocked == ["https://example.org/tracker.png"], b.blocked

@@ -56,10 +56,64 @@ def setup_page() -> None:
 
 # ----------------------------------------------------------------------------- chapter 1
 
-def show(lhs: str, rhs: sp.Expr) -> None:
-    """Display ``lhs = rhs``: ``lhs`` is LaTeX, ``rhs`` a sympy expression typeset by :func:`sympy.latex`
-    (deterministic for a pinned sympy, so nbval can compare it)."""
-    display(Math(lhs + " = " + sp.latex(rhs)))
+#: Characters of LaTeX source that fit on one line of a displayed equation at the book's column width
+#: (about 700 px at a 1280 px window): longer results are broken over several lines.
+LINE_CHARS = 150
+
+
+def _add_terms(expr: sp.Expr) -> list[str]:
+    """The terms of a sum as sympy's LaTeX printer writes them, each with its sign (`` + t``/`` - t``)."""
+    from sympy.printing.latex import LatexPrinter
+
+    printer = LatexPrinter()
+    pieces = []
+    for index, term in enumerate(printer._as_ordered_terms(expr)):
+        sign = "" if index == 0 else " + "
+        if index and term.could_extract_minus_sign():
+            sign, term = " - ", -term
+        tex = printer._print(term)
+        if printer._needs_add_brackets(term):
+            tex = rf"\left({tex}\right)"
+        pieces.append(sign + tex)
+    return pieces
+
+
+def _lines(expr: sp.Expr) -> list[str]:
+    """``expr`` as LaTeX lines of at most about :data:`LINE_CHARS` characters (a sum breaks between terms)."""
+    tex = sp.latex(expr)
+    if len(tex) <= LINE_CHARS or not isinstance(expr, sp.Add):
+        return [tex]
+    lines = [""]
+    for piece in _add_terms(expr):
+        if lines[-1] and len(lines[-1]) + len(piece) > LINE_CHARS:
+            lines.append("")
+        lines[-1] += piece
+    return lines
+
+
+def latex_chain(lhs: str, *rhs: sp.Expr) -> str:
+    """LaTeX for ``lhs = rhs[0] = rhs[1] ...``, on one line when it is short and otherwise as an
+    ``aligned`` block: each ``= rhs`` on its own line, a long sum broken between its terms, so that no
+    result is wider than the book's column (the book's browser test checks this)."""
+    parts = [_lines(r) for r in rhs]
+    one_line = lhs + "".join(" = " + " ".join(p) for p in parts)
+    if len(one_line) <= LINE_CHARS:
+        return one_line
+    rows = []
+    for n, lines in enumerate(parts):
+        for m, line in enumerate(lines):
+            if m == 0:
+                rows.append((lhs if n == 0 else "") + " &= " + line)
+            else:
+                rows.append(r"&\phantom{{}={}}" + line)
+    return r"\begin{aligned}" + r" \\ ".join(rows) + r"\end{aligned}"
+
+
+def show(lhs: str, rhs: sp.Expr, *more: sp.Expr) -> None:
+    """Display ``lhs = rhs`` (``= more[0] = ...``): ``lhs`` is LaTeX, the others sympy expressions
+    typeset by :func:`sympy.latex` (deterministic for a pinned sympy, so nbval can compare it) and
+    broken over lines by :func:`latex_chain` when they would be wider than the book's column."""
+    display(Math(latex_chain(lhs, rhs, *more)))
 
 
 def expand_logs(expr: sp.Expr) -> sp.Expr:
