@@ -35,7 +35,7 @@ def use_book_style() -> None:
     mpl.rcParams.update(
         {
             "figure.figsize": (6.4, 3.6),
-            "figure.dpi": 100,
+            "figure.dpi": 150,  # the PNGs stored in the notebooks (and shown by the book)
             "savefig.dpi": 150,
             "font.size": 10,
             "axes.grid": True,
