@@ -174,6 +174,10 @@ def test_provenance_from_records(tmp_path):
     line = analysis.provenance_line(res)
     assert "profile cpu" in line and "cccccccccc+dirty" in line and "2026-01-01 to 2026-01-03" in line
     assert "45 min of training" in line
+    fields = dict(analysis.provenance_fields(res))
+    assert fields["results"] == "experiment synth, profile cpu"
+    assert fields["commit"] == "aaaaaaaaaa, bbbbbbbbbb, cccccccccc+dirty"
+    assert fields["run"] == "2026-01-01 to 2026-01-03, 09:00 to 08:30 UTC, 45 min of training"
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -276,6 +280,30 @@ def test_formatting():
     table = analysis.summary_table(summ, ["alpha", "T"], {"alpha": "α"})
     assert list(table.columns) == ["α", "T", "n", "mean ± std", "95% interval"]
     assert table.to_string() == analysis.summary_table(summ, ["alpha", "T"], {"alpha": "α"}).to_string()
+
+
+def test_book_table_drops_the_index_and_states_constant_columns_once():
+    df = analysis.student_frame(grid_records())
+    summ = analysis.summarize_frame(df, ["alpha", "T"])
+    table = analysis.summary_table(summ, ["alpha", "T"], {"alpha": "α"})
+    shown = analysis.book_table(table, "Test accuracy (%)")
+    assert "n" not in shown.frame.columns and shown.constants == [("n", str(len(SEEDS)))]
+    assert shown.note == f"Every row: n = {len(SEEDS)}"
+    # the same strings as the frame: only the layout changes
+    assert shown.frame.equals(table.drop(columns=["n"]).astype(str))
+    text = shown.to_text().splitlines()
+    assert text[:2] == ["Test accuracy (%)", f"Every row: n = {len(SEEDS)}"]
+    assert text[2].split() == ["α", "T", "mean", "±", "std", "95%", "interval"], "no index column"
+    html = shown._repr_html_()
+    assert html.count("<table>") == 1 and "<th" in html and ">n<" not in html
+    assert '<td class="num">[' in html and html.count("<tr>") == len(table) + 1
+    # a named index (pivot_means) becomes a column; rows under group headings
+    grid = analysis.book_table(analysis.pivot_means(summ))
+    assert list(grid.frame.columns)[0] == "α"
+    grouped = analysis.book_table(table.assign(g=["a", "a", "b", "b", "b", "b"][: len(table)]), group="g")
+    assert grouped.to_html().count('class="kd-group"') == 2 and ">g<" not in grouped.to_html()
+    # keep: a constant column that must stay
+    assert "n" in analysis.book_table(table, keep=["n"]).frame.columns
 
 
 def test_figures_draw_every_cell():
@@ -434,19 +462,26 @@ def test_show_displays_typeset_math(monkeypatch):
     assert len(shown) == 1 and shown[0].data == r"\frac{\partial}{\partial z} = - p + q"
 
 
-def test_page_header_and_results_page(tmp_path, monkeypatch, capsys):
+def test_page_header_and_results_page(tmp_path, monkeypatch):
     from kdlib.report import book
 
     monkeypatch.delenv(ENV_PROFILE, raising=False)
+    shown = []
+    monkeypatch.setattr(book, "display", shown.append)
     res = book.results_page("hinton")
-    printed = capsys.readouterr().out
-    assert printed == book.page_header(res) + "\n"
-    lines = printed.splitlines()
-    assert lines[0].startswith("Results: experiment hinton, profile cpu;")
-    assert max(len(ln) for ln in printed.splitlines()[:-2]) <= book.WIDTH
-    assert lines[-2].startswith("data: fashion_mnist,") and "transfer set: first 5000" in lines[-2]
-    assert lines[-1].startswith("teacher: MLP with hidden layers 1200-1200, test accuracy 86.63%")
-    assert printed.startswith(book.page_header(res, details=False) + "\ndata: ")
+    assert len(shown) == 1, "the header is one output"
+    text = repr(shown[0])
+    assert text == repr(book.page_header(res))
+    lines = text.splitlines()
+    assert lines[0] == "results: experiment hinton, profile cpu"
+    assert lines[1].startswith("runs: 39 students and 1 teacher; seeds 0, 1, 2")
+    assert max(len(ln) for ln in lines) <= book.WIDTH, "short lines: the block reads without scrolling"
+    assert any(ln.startswith("data: fashion_mnist: 54000 training") for ln in lines)
+    assert "transfer set: the first 5000 training images (students)" in lines
+    assert lines[-1] == "teacher, test: accuracy 86.63% (1337 errors)"
+    assert text.startswith(repr(book.page_header(res, details=False)) + "\ndata: ")
+    html = shown[0]._repr_html_()
+    assert html.startswith('<dl class="kd-fields">') and "<dt>commit</dt>" in html
     # results of the smoke profile are never shown as findings
     write(tmp_path, "synth", "smoke", grid_records())
     monkeypatch.setenv("KDLIB_RESULTS_DIR", str(tmp_path))

@@ -7,6 +7,8 @@
 - **.md downloads of notebook pages.** Every notebook page is also written to ``_sources`` as a MyST
   Markdown notebook (the format Jupytext and MyST-NB read), and the page's download menu offers it
   next to the ``.ipynb``. Both are plain files of the built site, so they download offline.
+- **The companion's styles** (``book/_ext/static/companion.css``): experiment tables and provenance
+  blocks of :mod:`kdlib.report`, and display equations that scroll in their own box at narrow widths.
 """
 
 from __future__ import annotations
@@ -109,7 +111,17 @@ def write_markdown_sources(app: Sphinx, exception: Exception | None) -> None:
         target.write_text(notebook_to_myst(json.loads(source.read_text(encoding="utf-8"))), encoding="utf-8")
 
 
+STATIC = Path(__file__).parent / "static"
+
+
+def add_static(app: Sphinx, config: Config) -> None:
+    """Serve ``book/_ext/static`` with the book's other static files."""
+    config.html_static_path = [*config.html_static_path, str(STATIC)]
+
+
 def setup(app: Sphinx) -> dict:
+    app.connect("config-inited", add_static)
+    app.add_css_file("companion.css")
     app.add_config_value("companion_repository_url", "", "html")
     app.add_config_value("companion_repository_branch", "main", "html")
     app.connect("config-inited", configure_repository, priority=900)

@@ -12,7 +12,7 @@ Chapter 2 (experiments):
     :func:`smoke_run` runs an experiment at the ``smoke`` scale into a temporary folder and checks
     that every run was recorded; :func:`results_page` reruns the experiment if ``$KDLIB_PROFILE``
     asks for it, loads the committed results and prints the page header (:func:`page_header`:
-    results and provenance, data, teacher).
+    results and provenance, data, teacher, as short ``name: value`` lines).
 
 Both:
     :func:`glue_many` glues many numbers for the prose (``{glue:text}`key``` in MyST) in one call,
@@ -24,8 +24,8 @@ import it.
 
 from __future__ import annotations
 
+import html
 import tempfile
-import textwrap
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -40,10 +40,11 @@ from tqdm import TqdmWarning
 from kdlib.lab.experiments import expected_keys, get_experiment
 from kdlib.lab.run import rerun_if_requested, run_experiment
 from kdlib.report.figures import use_book_style
-from kdlib.report.tables import PROFILE_PREFERENCE, ExperimentResults, load_results, provenance_line
+from kdlib.report.tables import PROFILE_PREFERENCE, ExperimentResults, load_results, provenance_fields
 
-#: Width at which the page header wraps its lines (the book's code cells show about 100 characters).
-WIDTH = 100
+#: The longest line of the page header (:func:`page_header`): an output box at the book's width shows
+#: about 75 characters of code font without scrolling.
+WIDTH = 75
 
 
 def setup_page() -> None:
@@ -240,31 +241,51 @@ def smoke_run(experiment: str) -> ExperimentResults:
     return res
 
 
-def page_header(res: ExperimentResults, details: bool = True) -> str:
-    """The header of a chapter-2 page: the provenance line (:func:`~kdlib.report.tables.provenance_line`)
-    and, with ``details``, the data (dataset, split sizes, transfer set) and the teacher (architecture,
-    test accuracy and errors); wrapped at :data:`WIDTH`."""
-    lines = [textwrap.fill(provenance_line(res), WIDTH)]
+class Fields:
+    """``(name, value)`` pairs shown as a block: an HTML definition list (``kd-fields``, styled by the
+    book's CSS) with ``name: value`` lines as its plain-text twin (``repr``). One output in a notebook;
+    deterministic, so nbval compares it."""
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        self.fields = list(fields)
+
+    def __repr__(self) -> str:
+        return "\n".join(f"{k}: {v}" for k, v in self.fields)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in self.fields)
+        return f'<dl class="kd-fields">{rows}</dl>'
+
+
+def page_header(res: ExperimentResults, details: bool = True) -> Fields:
+    """The header of a chapter-2 page as short ``name: value`` lines (:class:`Fields`): the provenance
+    (:func:`~kdlib.report.tables.provenance_fields`: results, runs, device, commit, date) and, with
+    ``details``, the data (dataset, split sizes), the students' transfer set and the teacher
+    (architecture, training images, test accuracy and errors). Each line is at most about
+    :data:`WIDTH` characters, so the block reads without scrolling."""
+    fields = provenance_fields(res)
     if details:
         teacher = res.teachers[0]
         info, tconf = teacher["config"]["data_info"], teacher["config"]
-        lines.append(f"data: {info['dataset']}, {info['n_train']} training images (teacher: first "
-                     f"{tconf['data']['train_size'] or info['n_train']}), {info['n_val']} validation, "
-                     f"{info['n_test']} test; students' transfer set: first {res.transfer_size} "
-                     "training images")
-        lines.append(f"teacher: MLP with hidden layers {'-'.join(map(str, tconf['model']['hidden']))}, test "
-                     f"accuracy {100 * teacher['metrics']['test_accuracy']:.2f}% "
-                     f"({teacher['metrics']['test_errors']} errors)")
-    return "\n".join(lines)
+        fields += [
+            ("data", f"{info['dataset']}: {info['n_train']} training, {info['n_val']} validation, "
+                     f"{info['n_test']} test images"),
+            ("transfer set", f"the first {res.transfer_size} training images (students)"),
+            ("teacher", f"MLP, hidden layers {'-'.join(map(str, tconf['model']['hidden']))}, on the first "
+                        f"{tconf['data']['train_size'] or info['n_train']} training images"),
+            ("teacher, test", f"accuracy {100 * teacher['metrics']['test_accuracy']:.2f}% "
+                              f"({teacher['metrics']['test_errors']} errors)"),
+        ]
+    return Fields(fields)
 
 
 def results_page(experiment: str, details: bool = True) -> ExperimentResults:
-    """The results a chapter-2 page shows, with its header printed.
+    """The results a chapter-2 page shows, with its header displayed.
 
     If ``$KDLIB_PROFILE`` is set, the experiment is first run (or resumed) at that profile into
     ``results/`` (:func:`kdlib.lab.run.rerun_if_requested`, device ``$KDLIB_DEVICE``); then the best
     committed profile is loaded (:func:`~kdlib.report.tables.load_results`) and :func:`page_header`
-    printed.
+    displayed (one output).
 
     Raises:
         AssertionError: the results are not of a profile shown as findings (``full``, ``cpu``), or
@@ -276,5 +297,5 @@ def results_page(experiment: str, details: bool = True) -> ExperimentResults:
     assert res.profile in PROFILE_PREFERENCE, "smoke numbers are never shown as results"
     diverged = [bool(r["metrics"].get("diverged")) for r in res.students]
     assert not diverged or not all(diverged), f"every student of {experiment} diverged"
-    print(page_header(res, details))
+    display(page_header(res, details))
     return res

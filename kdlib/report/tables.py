@@ -16,17 +16,21 @@ this module turns them into what a reader sees, always through a :class:`pandas.
   comparison where every arm gets the temperature that is best on *validation* data
   (:func:`tuned_comparison`);
 * **deterministic text** (fixed float formats): the book's tables (:func:`summary_table`,
-  :func:`paired_table`, :func:`pivot_means`) and the command line's report (:func:`report_text`);
-* **provenance** built from the records (:func:`provenance`, :func:`provenance_line`), never typed
-  by hand.
+  :func:`paired_table`, :func:`pivot_means`), shown on a page by :func:`book_table` (no index, constant
+  columns stated once above the table, one output per table, HTML with a plain-text twin), and the
+  command line's report (:func:`report_text`);
+* **provenance** built from the records (:func:`provenance`, :func:`provenance_line`,
+  :func:`provenance_fields`), never typed by hand.
 
 Accuracies are fractions in [0, 1]; tables show them in percent (``scale=100``).
 """
 
 from __future__ import annotations
 
+import html
 import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -168,6 +172,24 @@ def provenance_line(results: ExperimentResults) -> str:
             f"commit {', '.join(p['commits'])}; run {' to '.join(day)} "
             f"({p['started'][11:16]} to {p['finished'][11:16]} UTC, "
             f"{p['wall_seconds'] / 60:.0f} min of training)")
+
+
+def provenance_fields(results: ExperimentResults) -> list[tuple[str, str]]:
+    """The provenance of :func:`provenance_line` as short ``(name, value)`` pairs, for a block that
+    reads without scrolling: results, runs, device, torch, commit, date (each value well under 80 characters
+    unless the records name several devices or commits)."""
+    p = provenance(results.records)
+    day = " to ".join(sorted({p["started"][:10], p["finished"][:10]}))
+    teachers = f"{p['teachers']} teacher" + ("s" if p["teachers"] != 1 else "")
+    return [
+        ("results", f"experiment {results.experiment}, profile {results.profile}"),
+        ("runs", f"{p['students']} students and {teachers}; seeds {', '.join(map(str, p['seeds']))}"),
+        ("device", "; ".join(p["devices"])),
+        ("torch", ", ".join(p["torch"])),
+        ("commit", ", ".join(p["commits"])),
+        ("run", f"{day}, {p['started'][11:16]} to {p['finished'][11:16]} UTC, "
+                f"{p['wall_seconds'] / 60:.0f} min of training"),
+    ]
 
 
 # ----------------------------------------------------------------------------- frames
@@ -452,6 +474,108 @@ def pivot_means(summary: pd.DataFrame, index: str = "alpha", columns: str = "T",
     out = pd.DataFrame(table)
     out.index.name = "α" if index == "alpha" else index
     return out
+
+
+# ----------------------------------------------------------------------------- tables on a page
+
+#: A cell that reads as a number (right-aligned on the page): digits, a sign, an interval, ``<0.001``,
+#: ``∞``, ``-`` (undefined).
+_NUMERIC = re.compile(r"^(?:[<\[]?\s*[-−+]?\s*[\d.∞]|-$)")
+
+
+def _constant(values: pd.Series) -> bool:
+    return values.astype(str).nunique(dropna=False) == 1
+
+
+class BookTable:
+    """A table as the book shows it: no index, readable headers, constant columns stated once.
+
+    Made by :func:`book_table`. In a notebook it displays as one output: HTML (``_repr_html_``: a
+    caption, the line naming the constant columns, the table; rows of a ``group`` under a full-width
+    heading) with plain text as its twin (``repr``, :meth:`to_text`: the same lines, then
+    ``DataFrame.to_string(index=False)``). Both are deterministic, so nbval compares them.
+
+    Attributes:
+        frame: the columns shown (strings as given; no index).
+        caption: what the table shows ('' for none).
+        constants: ``(column, value)`` of the columns left out because every row has the same value.
+        group: the column whose values head groups of rows in HTML (``None``: no groups); it is not a
+            column of the HTML table, and the first column of the text.
+    """
+
+    def __init__(self, frame: pd.DataFrame, caption: str = "", constants: Sequence[tuple[str, str]] = (),
+                 group: str | None = None) -> None:
+        self.frame = frame
+        self.caption = caption
+        self.constants = list(constants)
+        self.group = group
+
+    @property
+    def note(self) -> str:
+        """``'Every row: n = 3; verdict = no difference'`` ('' when no column is constant)."""
+        if not self.constants:
+            return ""
+        return "Every row: " + "; ".join(f"{k} = {v}" for k, v in self.constants)
+
+    def to_text(self) -> str:
+        """Caption, note and the table as plain text (``DataFrame.to_string(index=False)``)."""
+        lines = [x for x in (self.caption, self.note) if x]
+        return "\n".join([*lines, self.frame.to_string(index=False)])
+
+    def __repr__(self) -> str:
+        return self.to_text()
+
+    def to_html(self) -> str:
+        """The table as an HTML fragment (classes ``kd-table``, styled by the book's CSS)."""
+        e = html.escape
+        cols = [c for c in self.frame.columns if c != self.group]
+        numeric = {c: all(_NUMERIC.match(str(v)) for v in self.frame[c]) for c in cols}
+        # labels longer than a few words may wrap between words; numbers and short labels never wrap
+        kind = {c: "num" if numeric[c] else ("text wrap" if self.frame[c].str.len().max() > 20 else "text")
+                for c in cols}
+        out = ['<div class="kd-table">']
+        head = ([e(self.caption)] if self.caption else []) + (
+            [f'<span class="kd-table-note">{e(self.note)}</span>'] if self.note else [])
+        if head:
+            out.append('<p class="kd-table-caption">' + "<br>".join(head) + "</p>")
+        out.append('<div class="kd-table-scroll"><table>')
+        out.append("<thead><tr>" + "".join(f'<th class="{kind[c]}">{e(str(c))}</th>'
+                                           for c in cols) + "</tr></thead>")
+        out.append("<tbody>")
+        current = None
+        for _, row in self.frame.iterrows():
+            if self.group is not None and row[self.group] != current:
+                current = row[self.group]
+                out.append(f'<tr class="kd-group"><th colspan="{len(cols)}">{e(str(current))}</th></tr>')
+            out.append("<tr>" + "".join(f'<td class="{kind[c]}">{e(str(row[c]))}</td>'
+                                        for c in cols) + "</tr>")
+        out.append("</tbody></table></div></div>")
+        return "\n".join(out)
+
+    def _repr_html_(self) -> str:
+        return self.to_html()
+
+
+def book_table(frame: pd.DataFrame, caption: str = "", keep: Sequence[str] = (), group: str | None = None,
+               drop_constant: bool = True) -> BookTable:
+    """``frame`` as the book shows a table (:class:`BookTable`), its values unchanged.
+
+    A named index (:func:`pivot_means`) becomes the first column; any other index is dropped. With
+    ``drop_constant``, a column whose value is the same in every row (n = 3 everywhere, a verdict that
+    never changes) is left out and stated once above the table, unless it is in ``keep`` or is the
+    ``group`` column; a table of one row keeps all its columns. Every value is shown as text
+    (:func:`str`), so the digits are those of the frame.
+    """
+    named = any(n is not None for n in frame.index.names)
+    df = frame.reset_index() if named else frame.reset_index(drop=True)
+    df = df.astype(object).where(df.notna(), "-").astype(str)
+    constants = []
+    if drop_constant and len(df) > 1:
+        for c in list(df.columns):
+            if c not in keep and c != group and _constant(df[c]):
+                constants.append((str(c), df[c].iloc[0]))
+                df = df.drop(columns=c)
+    return BookTable(df, caption, constants, group)
 
 
 # ----------------------------------------------------------------------------- the command line's report
