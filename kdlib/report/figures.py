@@ -30,14 +30,33 @@ ORDER_COLORS: dict[float, str] = {
 }
 
 
+#: The widest figure, in inches: the book's text column is about 700 CSS pixels at a 1280 px window,
+#: and a figure this wide is shown at about its own size there (700 px / 96 px per inch), so a font of
+#: f points in the figure reads as about f points on the page. Wider figures are scaled down with
+#: their text: a 9.6-inch figure shows 8-point text at 6 points.
+MAX_WIDTH = 7.2
+
+#: The smallest font in the book's figures (points): legends, tick labels and annotations.
+MIN_FONT = 8.5
+
+
 def use_book_style() -> None:
-    """Set matplotlib's rc parameters to the book's style (deterministic, no date or backend stamps)."""
+    """Set matplotlib's rc parameters to the book's style (deterministic, no date or backend stamps).
+
+    Figures are at most :data:`MAX_WIDTH` inches wide and no text is smaller than :data:`MIN_FONT`
+    points, so that legends, ticks and labels read at 8 points or more at the book's width.
+    """
     mpl.rcParams.update(
         {
-            "figure.figsize": (6.4, 3.6),
+            "figure.figsize": (MAX_WIDTH, 3.6),
             "figure.dpi": 150,  # the PNGs stored in the notebooks (and shown by the book)
             "savefig.dpi": 150,
-            "font.size": 10,
+            "font.size": 9.5,
+            "axes.titlesize": 9.5,
+            "axes.labelsize": 9.5,
+            "xtick.labelsize": MIN_FONT,
+            "ytick.labelsize": MIN_FONT,
+            "legend.fontsize": MIN_FONT,
             "axes.grid": True,
             "grid.alpha": 0.3,
             "axes.spines.top": False,
@@ -87,7 +106,7 @@ def heatmap(ax: Any, summary: pd.DataFrame, index: str = "alpha", columns: str =
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
             if not math.isnan(v):
-                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{v:.{digits}f}", ha="center", va="center", fontsize=MIN_FONT,
                         color="white" if v < mid else "black")
     return im
 
