@@ -1,8 +1,10 @@
 r"""The distillation loss as a function, in the style of :mod:`torch.nn.functional`.
 
-.. math:: \ell_b = (1-\beta)\,\bigl(-\log \operatorname{softmax}(z_b)_{y_b}\bigr)
-          + \beta\,\frac{T^2}{c_\alpha}\,D_\alpha\bigl(\operatorname{softmax}(v_b/T)\,\big\|\,
+.. math:: \begin{aligned}
+          \ell_b = {}& (1-\beta)\,\bigl(-\log \operatorname{softmax}(z_b)_{y_b}\bigr) \\
+          &+ \beta\,\frac{T^2}{c_\alpha}\,D_\alpha\bigl(\operatorname{softmax}(v_b/T)\,\big\|\,
           \operatorname{softmax}(z_b/T)\bigr)
+          \end{aligned}
 
 for each row :math:`b` with student logits :math:`z_b`, teacher logits :math:`v_b` and label
 :math:`y_b`; :math:`c_\alpha = \alpha` with ``normalize_by_alpha``, else 1. The hard term is the

@@ -1,7 +1,9 @@
 r"""The distillation loss of the thesis (eq 1.9–1.13) with the Rényi divergence in place of KL.
 
-.. math:: \mathcal{L} = (1-\beta)\,\mathrm{CE}\big(\operatorname{softmax}(z), y\big)
-          + \beta\,T^2\,D_\alpha\big(\operatorname{softmax}(v/T)\,\big\|\,\operatorname{softmax}(z/T)\big)
+.. math:: \begin{aligned}
+          \mathcal{L} = {}& (1-\beta)\,\mathrm{CE}\big(\operatorname{softmax}(z), y\big) \\
+          &+ \beta\,T^2\,D_\alpha\big(\operatorname{softmax}(v/T)\,\big\|\,\operatorname{softmax}(z/T)\big)
+          \end{aligned}
 
 with student logits :math:`z`, teacher logits :math:`v`, labels :math:`y`. At ``alpha = 1`` this is
 Hinton's loss (eq 1.13 with 1.9 and 1.11).
@@ -28,9 +30,11 @@ class DistillationLoss(nn.Module):
     For each row (sample) :math:`b` with student logits :math:`z_b`, teacher logits :math:`v_b` and
     label :math:`y_b`,
 
-    .. math:: \ell_b = (1-\beta)\,\bigl(-\log \operatorname{softmax}(z_b)_{y_b}\bigr)
-              + \beta\,\frac{T^2}{c_\alpha}\,D_\alpha\bigl(\operatorname{softmax}(v_b/T)\,\big\|\,
+    .. math:: \begin{aligned}
+              \ell_b = {}& (1-\beta)\,\bigl(-\log \operatorname{softmax}(z_b)_{y_b}\bigr) \\
+              &+ \beta\,\frac{T^2}{c_\alpha}\,D_\alpha\bigl(\operatorname{softmax}(v_b/T)\,\big\|\,
               \operatorname{softmax}(z_b/T)\bigr),
+              \end{aligned}
 
     with :math:`c_\alpha = \alpha` if ``normalize_by_alpha`` else 1, and the loss is the mean of
     :math:`\ell_b` over all rows (``reduction="mean"``, the default; ``"sum"`` and ``"none"`` as in

@@ -454,18 +454,24 @@ async () => {
       const tex = item.math.replace(/\s+/g, ' ').trim().slice(0, 160);
       if (root.querySelector('mjx-merror, [data-mjx-error]')) out.errors.push(tex);
       if (!item.display) continue;
-      let hidden = 0;  // width behind a scroller: the equation's box or any box around it
+      let hidden = 0, scrolls = true;  // width behind a scroller: the equation's box or any box around it
       for (let el = root; el && el !== main; el = el.parentElement) {
-        hidden = Math.max(hidden, el.scrollWidth - el.clientWidth);
+        const extra = el.scrollWidth - el.clientWidth;
+        if (extra > 1) {  // a box narrower than its content: it must let the reader scroll to the rest
+          scrolls = scrolls && ['auto', 'scroll'].includes(getComputedStyle(el).overflowX);
+        }
+        hidden = Math.max(hidden, extra);
       }
       const r = (root.querySelector('mjx-math') || root).getBoundingClientRect();
-      const outside = Math.max(0, r.right - col.right, col.left - r.left);  // beyond the text column
+      // beyond the text column (only where no box scrolls)
+      const outside = hidden > 1 ? 0 : Math.max(0, r.right - col.right, col.left - r.left);
       const px = Math.round(Math.max(hidden, outside));
-      if (px > 1) out.clipped.push({tex, px});
+      if (px > 1) out.clipped.push({tex, px, scrolls: hidden > 1 && scrolls});
     }
     out.fonts_loaded = [...document.fonts]
       .filter(f => f.family.includes('MJX') && f.status === 'loaded').length;
   }
+  out.page_overflow = document.documentElement.scrollWidth - window.innerWidth;  // the page scrolls sideways
   const skip = 'script, style, pre, code, mjx-container, .highlight, textarea';
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);  // sidebar too
   const tex = /\\[A-Za-z]{2,}|\\[()\[\]]|\$\$|\$[^$\s][^$]*\$/;
@@ -481,14 +487,20 @@ async () => {
 
 #: Display equations known to be too wide that live in files this book does not own, with the reason.
 #: (Each entry is matched against the start of the equation's TeX; keep this list empty if you can.)
-KNOWN_WIDE = {
-    "book/api.html": {
-        r"\ell_b = (1-\beta)": "DistillationLoss's docstring in kdlib/losses.py (autodoc): needs aligned",
-    },
+KNOWN_WIDE: dict[str, dict[str, str]] = {}
+
+#: Pages checked at 400 px only for typesetting and raw TeX, not for width, with the reason (open work).
+KNOWN_NARROW_WIDE = {
+    "book/api.html": "inside autodoc's definition lists the long docstring equations widen the page "
+                     "(MathJax's assistive MathML sticks out of the scrolling box) instead of scrolling",
 }
 
 
-def _faults(page: str, report: dict, expect_math: bool) -> list[str]:
+def _faults(page: str, report: dict, expect_math: bool, width: int = 1280) -> list[str]:
+    """What is wrong with a probed page. At 1280 px no display equation may be wider than its box. At a
+    narrow window (400 px, a phone) a long equation may be wider than the column, but then only in a
+    box that scrolls sideways (``overflow-x: auto``, book/_ext/static/companion.css): the reader can
+    reach the rest, the page itself does not scroll, and the equation number stays with it."""
     faults = []
     if expect_math:
         if not report["mathjax"]:
@@ -503,7 +515,9 @@ def _faults(page: str, report: dict, expect_math: bool) -> list[str]:
     for c in report["clipped"]:
         if any(c["tex"].startswith(k) for k in KNOWN_WIDE.get(page, {})):
             continue
-        faults.append(f"{page}: display equation clipped by {c['px']} px at 1280 px: {c['tex']}")
+        if width < 1280 and c["scrolls"]:
+            continue
+        faults.append(f"{page}: display equation clipped by {c['px']} px at {width} px: {c['tex']}")
     return faults
 
 
@@ -555,6 +569,27 @@ def test_every_page_typesets_offline_without_raw_tex_or_clipped_equations(html_d
     # icon; that is not the book's request.
     not_ok = [(path, code) for path, code in browser.log if code not in (200, 304) and path != "/favicon.ico"]
     assert not not_ok, f"local requests that failed: {not_ok}"
+
+
+def test_every_page_at_400px_typesets_and_scrolls_long_equations_in_their_box(html_dir, browser):
+    """A phone-sized window: every formula typeset, no raw TeX, and an equation wider than the column
+    scrolls inside its own box (a visible scroller; accepted at this width, see :func:`_faults`)."""
+    faults, scrolled = [], 0
+    browser.page.set_viewport_size({"width": 400, "height": 900})
+    try:
+        for page in _book_pages(html_dir):
+            has_math = bool(re.search(r'<(div|span) class="[^"]*\bmath\b', _read(html_dir, page)))
+            r = browser.probe(page)
+            if page in KNOWN_NARROW_WIDE:
+                r = {**r, "clipped": [], "page_overflow": 0}
+            faults += _faults(page, r, expect_math=has_math, width=400)
+            scrolled += sum(c["scrolls"] for c in r["clipped"])
+            if r["page_overflow"] > 1:
+                faults.append(f"{page}: the page scrolls sideways by {r['page_overflow']} px at 400 px")
+    finally:
+        browser.page.set_viewport_size({"width": 1280, "height": 900})
+    print(f"{scrolled} display equations scroll in their box at 400 px")
+    assert not faults, "\n".join(faults)
 
 
 def test_browser_check_catches_planted_faults(html_dir, chromium, tmp_path):
