@@ -4,9 +4,9 @@
   :func:`hinton_student` (784-800-800-10), the networks of Hinton et al.'s MNIST
   experiment (Hinton et al., 2015); widths are free, down to tiny students with
   30 hidden units.
-* :class:`SmallCNN`: two conv blocks and a linear head, for 1×8×8, 1×28×28 or 3×32×32 inputs.
-* :func:`resnet18_cifar`: torchvision's ResNet-18 with a 3×3 stride-1 stem and no
-  max-pool, the usual adaptation to 32×32 CIFAR-10 images; a teacher.
+* :class:`SmallCNN`: two conv blocks and a linear head, for 1×8×8 or 1×28×28 inputs: the
+  convolutional teacher that the Hinton experiment falls back to where an MLP teacher is no
+  better than its student (``{"kind": "cnn"}``).
 * :class:`StackedMLP`: S MLP students of one shape whose parameters have the students on
   their first dimension, evaluated with one GEMM for the first layer and batched matrix
   products after it; student ``s`` is initialised from its own seed exactly as
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODEL_KINDS = ("mlp", "cnn", "resnet18")
+MODEL_KINDS = ("mlp", "cnn")
 
 
 class Dropout(nn.Dropout):
@@ -121,7 +121,7 @@ class SmallCNN(nn.Module):
     """Conv(3×3, w)-ReLU-MaxPool, Conv(3×3, 2w)-ReLU-MaxPool, global average pool, Linear.
 
     Args:
-        in_channels: 1 for (Fashion-)MNIST and digits, 3 for CIFAR-10.
+        in_channels: 1 for (Fashion-)MNIST and digits.
         num_classes: number of outputs.
         width: channels of the first block (``>= 1``).
     """
@@ -143,31 +143,17 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
-    """torchvision's ResNet-18 adapted to 32×32 inputs (3×3 stride-1 stem, no max-pool).
-
-    About 11.2 M parameters; a teacher for CIFAR-10.
-    """
-    from torchvision.models import resnet18
-
-    model = resnet18(num_classes=num_classes)
-    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model
-
-
 def build_model(spec: dict[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Model from a spec such as ``{"kind": "mlp", "hidden": [1200, 1200], "dropout": 0.5}``.
 
-    Keys by kind: ``mlp``: ``hidden``, ``dropout``, ``input_dropout``; ``cnn``: ``width``;
-    ``resnet18``: none.
+    Keys by kind: ``mlp``: ``hidden``, ``dropout``, ``input_dropout``; ``cnn``: ``width``.
 
     Raises:
         ValueError: unknown ``kind`` or unknown keys.
     """
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    allowed = {"mlp": {"hidden", "dropout", "input_dropout"}, "cnn": {"width"}, "resnet18": set()}
+    allowed = {"mlp": {"hidden", "dropout", "input_dropout"}, "cnn": {"width"}}
     if kind not in allowed:
         raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
     if set(spec) - allowed[kind]:
@@ -175,9 +161,7 @@ def build_model(spec: dict[str, Any], input_shape: Sequence[int], num_classes: i
     if kind == "mlp":
         return MLP(math.prod(input_shape), tuple(spec.get("hidden", (800, 800))), num_classes,
                    dropout=spec.get("dropout", 0.0), input_dropout=spec.get("input_dropout", 0.0))
-    if kind == "cnn":
-        return SmallCNN(input_shape[0], num_classes, width=spec.get("width", 32))
-    return resnet18_cifar(num_classes, in_channels=input_shape[0])
+    return SmallCNN(input_shape[0], num_classes, width=spec.get("width", 32))
 
 
 def _check_sizes(in_features: int, hidden: Sequence[int], num_classes: int) -> list[int]:
