@@ -172,14 +172,13 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
         cache.check()
         if teachers_only:
             splits = _load_splits(p, dev)
-            env = {**environment(dev), "tf32": dev.type == "cuda", "precision": prec}
+            env = _run_environment(dev, prec, log)
             tkey, _, trecord = _teacher_stage(name, profile, p, splits, dev, prec, cache, env, log)
             log(f"teacher {tkey}: test accuracy {trecord['metrics']['test_accuracy']:.4f}, in {cache.dir}")
             return cache.paths(tkey)[2]
         main = results_path(out, name, profile)
-        part = f" shard {shard}" if shard is not None else ""
         if expected_keys(name, profile, p, (prec,)) <= _done(store, main):
-            log(f"{store.path}: every run of {name}/{profile}{part} ({prec}) is done; nothing to do")
+            log(f"{store.path}: every run of {_label(name, profile, shard)} ({prec}) is done; nothing to do")
             return store.path
         store.check_writable()
         with run_lock(store.path):
@@ -196,6 +195,24 @@ def _directory(path: str | os.PathLike, name: str) -> Path:
     if path.exists() and not path.is_dir():
         raise ValueError(f"{name} must be a directory, but {path} exists and is not one")
     return path
+
+
+def _label(name: str, profile: str, shard: Shard | None) -> str:
+    """``name/profile``, with `` shard I/N`` for a shard run (for log lines and the progress bar)."""
+    return f"{name}/{profile}" + (f" shard {shard}" if shard is not None else "")
+
+
+def _run_environment(dev: torch.device, precision: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Provenance of a training run (TF32 is switched on for CUDA); warns when the CPU is busy."""
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    env = {**environment(dev), "tf32": dev.type == "cuda", "precision": precision}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if dev.type == "cpu" and load > (os.cpu_count() or 1):
+        log(f"warning: this machine is busy (load {load:.1f} on {os.cpu_count()} cores); a run with "
+            f"{env['threads']} threads can take several times longer than on a quiet machine")
+    return env
 
 
 def _done(store: ResultsStore, main: Path) -> set[str]:
@@ -224,14 +241,7 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
         log(f"{store.path}: {stale} records come from another definition of this profile; "
             "they are kept, but reports leave them out")
     splits = _load_splits(p, dev)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    env = {**environment(dev), "tf32": dev.type == "cuda", "precision": precision}
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    if dev.type == "cpu" and load > (os.cpu_count() or 1):
-        log(f"warning: this machine is busy (load {load:.1f} on {os.cpu_count()} cores); a run with "
-            f"{env['threads']} threads can take several times longer than on a quiet machine")
+    env = _run_environment(dev, precision, log)
     if shard is not None:
         env["shard"] = str(shard)
     tkey, tlogits, trecord = _teacher_stage(name, profile, p, splits, dev, precision, cache, env, log, shard)
@@ -251,9 +261,9 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
         if key not in done:
             pending.append((spec, conf, key))
             done.add(key)  # a duplicate spec in the profile is run once
-    part = f" shard {shard}" if shard is not None else ""
-    log(f"{name}/{profile}{part}: {len(p.students)} students, {len(pending)} to run, on {dev} ({precision})")
-    bar = progress(total=len(pending), desc=f"{name}/{profile}{part}", unit="student", iterable=None)
+    label = _label(name, profile, shard)
+    log(f"{label}: {len(p.students)} students, {len(pending)} to run, on {dev} ({precision})")
+    bar = progress(total=len(pending), desc=label, unit="student", iterable=None)
     for group in ([pending[i] for i in g] for g in stack_groups([item[0] for item in pending], p.max_group)):
         specs = [g[0] for g in group]
         start, t0 = utc_now(), time.perf_counter()
