@@ -118,6 +118,9 @@ class TrainConfig:
         clip_norm: clip each network's gradient to this L2 norm (``> 0``; ``None``: no
             clipping). For stacked students the norm is taken per student, exactly as
             ``torch.nn.utils.clip_grad_norm_`` would on that student alone.
+        jitter: input jitter, ``>= 0`` pixels: each training image of each step is translated
+            by a random whole number of pixels in ``[-jitter, jitter]`` in each direction
+            (:func:`kdlib.lab.data.random_translate`; Hinton et al.'s teacher). 0: none.
 
     Raises:
         ValueError: a field outside the range given above.
@@ -132,6 +135,7 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_steps: int = 0
     clip_norm: float | None = None
+    jitter: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -145,12 +149,14 @@ class TrainConfig:
         if self.warmup_steps < 0 or (self.clip_norm is not None and not self.clip_norm > 0):
             raise ValueError(f"warmup_steps must be >= 0 and clip_norm > 0 or None; got "
                              f"{self.warmup_steps}, {self.clip_norm}")
+        if not isinstance(self.jitter, int) or self.jitter < 0:
+            raise ValueError(f"jitter must be an integer >= 0 (pixels), got {self.jitter!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields. ``warmup_steps`` and ``clip_norm`` appear only when set, so the run
-        keys of configs from before these options existed stay valid."""
+        """JSON-ready fields. ``warmup_steps``, ``clip_norm`` and ``jitter`` appear only when set, so
+        the run keys of configs from before these options existed stay valid."""
         d = asdict(self)
-        for name, off in (("warmup_steps", 0), ("clip_norm", None)):
+        for name, off in (("warmup_steps", 0), ("clip_norm", None), ("jitter", 0)):
             if d[name] == off:
                 del d[name]
         return d
@@ -177,10 +183,14 @@ class StudentSpec:
         normalize_by_alpha: divide the soft term by ``alpha`` (finite ``alpha`` only).
         hidden: hidden widths of the student MLP.
         label: a name for reports, e.g. ``"distilled"`` or ``"alone"``.
+        teacher: the seed of the student's teacher (experiments with several independently
+            trained teachers; a student alone trains beside the students of this teacher).
+        epochs: this student's training epochs (``None``: the profile's); a budget study
+            trains the same student for several budgets.
 
     Raises:
         ValueError: alpha not in ``(0, inf]``, T not finite and ``> 0``, beta not in
-            ``[0, 1]``, or ``normalize_by_alpha`` with ``alpha = inf``.
+            ``[0, 1]``, ``normalize_by_alpha`` with ``alpha = inf``, or ``epochs < 1``.
     """
 
     alpha: float = 1.0
@@ -190,8 +200,12 @@ class StudentSpec:
     normalize_by_alpha: bool = False
     hidden: tuple[int, ...] = (800, 800)
     label: str = "distilled"
+    teacher: int = 0
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1 or None, got {self.epochs!r}")
         if not (self.alpha > 0):
             raise ValueError(f"alpha must be in (0, inf], got {self.alpha!r}")
         if not (math.isfinite(self.T) and self.T > 0):

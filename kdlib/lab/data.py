@@ -353,3 +353,38 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, *, drop_l
     perm = torch.randperm(n, generator=generator).to(device)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
     return list(perm[:stop].split(batch_size))
+
+
+def random_translate(x: torch.Tensor, max_shift: int, fill: float) -> torch.Tensor:
+    """Each image of ``x`` translated by its own random whole-pixel shift (input jitter).
+
+    Image ``b`` is moved by ``(dy_b, dx_b)``, each drawn uniformly from ``{-max_shift, ...,
+    max_shift}`` with torch's global generator; pixels moved in from outside the image take the
+    value ``fill`` (the normalised value of a blank pixel). One ``gather`` over a padded copy,
+    so the cost is a few copies of the batch.
+
+    Args:
+        x: float images ``(B, C, H, W)``.
+        max_shift: largest shift in pixels, ``>= 0`` (0 returns ``x``).
+        fill: value of the pixels shifted in.
+
+    Returns:
+        ``(B, C, H, W)``, a new tensor (``x`` itself for ``max_shift = 0``).
+
+    Raises:
+        ValueError: ``x`` is not 4-dimensional or ``max_shift < 0``.
+    """
+    if x.dim() != 4 or max_shift < 0:
+        raise ValueError(f"need images (B, C, H, W) and max_shift >= 0, got shape {tuple(x.shape)} "
+                         f"and max_shift {max_shift}")
+    if max_shift == 0:
+        return x
+    B, C, H, W = x.shape
+    m, Wp = max_shift, W + 2 * max_shift
+    padded = torch.nn.functional.pad(x, (m, m, m, m), value=fill).view(B, C, -1)
+    # output pixel (i, j) of image b reads padded pixel (i + m - dy_b, j + m - dx_b)
+    offset = torch.randint(0, 2 * m + 1, (B, 2), device=x.device)
+    rows = torch.arange(H, device=x.device).view(1, H, 1) + offset[:, 0].view(B, 1, 1)
+    cols = torch.arange(W, device=x.device).view(1, 1, W) + offset[:, 1].view(B, 1, 1)
+    index = (rows * Wp + cols).view(B, 1, H * W).expand(B, C, H * W)
+    return padded.gather(2, index).view(B, C, H, W)

@@ -10,6 +10,12 @@ Experiments (``python -m kdlib list``):
 ``hinton``
     Hinton et al.'s MNIST experiment on Fashion-MNIST: a 2×1200 dropout teacher, a 2×800
     student trained alone and distilled with KL at several T, and a 2×30 student across T.
+``hinton_budget``
+    The training budget of Hinton's 2×800 student: alone and distilled, trained for several
+    numbers of epochs, so the main runs use one where both have plateaued on validation data.
+``hinton_data_poor``
+    Hinton's 2×800 student learning from about 3% of the transfer set (soft targets should
+    matter most there).
 ``renyi_grid``
     Rényi orders × temperatures × beta × seeds, with and without dividing the soft term by alpha.
 ``omitted_class``
@@ -22,7 +28,9 @@ Experiments (``python -m kdlib list``):
 ``hinton_mnist``, ``omitted_class_mnist``
     The same on MNIST (digit 3 omitted), for machines that have MNIST (``cpu``/``full``).
 
-The ``cpu`` scale shares one teacher (same config, hence same cache key): Hinton's 2×1200
+The ``full`` scale trains three teachers (seeds 0, 1, 2) with input jitter on all 54,000
+training images and commits their logits (``results/teachers/``); student seed ``s`` learns
+from teacher ``s mod 3``. The ``cpu`` scale shares one teacher (same config, hence same cache key): Hinton's 2×1200
 dropout MLP trained on the first 20,000 images of the training split. The students learn from
 a *transfer set* of the first 5,000 training images (a prefix of the fixed permutation).
 """
@@ -65,6 +73,13 @@ class Scale:
             ``confirm`` (fresh seeds of the confirmation).
         temperatures: by role: ``big``, ``small``, ``grid``, ``omit``.
         orders: Rényi orders by role: ``grid``, ``omit``.
+        teachers: the seeds of the independently trained teachers; student seed ``s`` of the
+            Hinton experiments learns from teacher ``teachers[s % len(teachers)]``.
+        budgets: the student epochs of the budget study (:func:`hinton_budget`).
+        data_poor_size: the transfer set of :func:`hinton_data_poor` (about 3% of ``transfer_size``).
+        data_poor_epochs: the epochs of its students.
+        commit_teacher_logits: write each teacher's logits under ``results/teachers/`` (float16)
+            and train the students from exactly those values (see :mod:`kdlib.lab.run`).
         threads: torch CPU threads (``None``: :func:`kdlib.lab.config.default_threads`). The smoke
             scale uses 1: its tensors are too small to gain from threads.
         precision: ``fp32``, ``bf16`` or ``auto`` (see :mod:`kdlib.lab.config`); the committed
@@ -85,6 +100,11 @@ class Scale:
     orders: dict[str, tuple[float, ...]]
     threads: int | None = None
     precision: str = "fp32"
+    teachers: tuple[int, ...] = (0,)
+    budgets: tuple[int, ...] = ()
+    data_poor_size: int = 0
+    data_poor_epochs: int = 1
+    commit_teacher_logits: bool = False
 
 
 HINTON_TEACHER = {"kind": "mlp", "hidden": [1200, 1200], "dropout": 0.5, "input_dropout": 0.2}
@@ -101,7 +121,8 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
           hidden={"big": (64, 64), "small": (16, 16), "grid": (32, 32), "omit": (32, 32)},
           seeds={"hinton": (0,), "grid": (0,), "confirm": (3, 4)},
           temperatures={"big": (2.0, 4.0), "small": (2.0, 4.0), "grid": (2.0, 8.0), "omit": (4.0,)},
-          orders={"grid": (0.5, 1.0, INF), "omit": (0.5, 1.0, INF)}, threads=1),
+          orders={"grid": (0.5, 1.0, INF), "omit": (0.5, 1.0, INF)}, threads=1,
+          budgets=(4, 12), data_poor_size=200, data_poor_epochs=20),
     #      teacher: 6 epochs on 20,000 images (7.4 min measured on two shared cores); students
     #      8 epochs on a 5,000-image transfer set.
     Scale("cpu", dataset=None, teacher_model=HINTON_TEACHER,
@@ -109,14 +130,19 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
           student_train=TrainConfig(epochs=8, batch_size=128, lr=0.05), transfer_size=5_000, val_size=2_000,
           hidden={"big": (800, 800), "small": (30, 30), "grid": (100, 100), "omit": (300, 300)},
           seeds={"hinton": (0, 1, 2), "grid": (0, 1, 2), "confirm": tuple(range(3, 13))},
-          temperatures=TEMPERATURES, orders={"grid": ORDERS, "omit": ORDERS}),
-    #      Hinton scale: the teacher 60 epochs and students 30 epochs on all training images.
+          temperatures=TEMPERATURES, orders={"grid": ORDERS, "omit": ORDERS},
+          budgets=(8, 32), data_poor_size=150, data_poor_epochs=100),
+    #      Hinton scale: three teachers, each 60 epochs with input jitter on all 54,000 training
+    #      images; students 30 epochs on all of them (the budget study checks that this is enough).
     Scale("full", dataset=None, teacher_model=HINTON_TEACHER,
-          teacher_train=TrainConfig(epochs=60, batch_size=128, lr=0.05), teacher_train_size=None,
+          teacher_train=TrainConfig(epochs=60, batch_size=128, lr=0.05, jitter=2), teacher_train_size=None,
           student_train=TrainConfig(epochs=30, batch_size=128, lr=0.05), transfer_size=None, val_size=None,
           hidden={"big": (800, 800), "small": (30, 30), "grid": (800, 800), "omit": (800, 800)},
-          seeds={"hinton": (0, 1, 2, 3, 4), "grid": (0, 1, 2), "confirm": tuple(range(3, 13))},
-          temperatures=TEMPERATURES, orders={"grid": ORDERS, "omit": ORDERS}, precision="auto"),
+          seeds={"hinton": tuple(range(15)), "grid": (0, 1, 2), "confirm": tuple(range(3, 13))},
+          temperatures={**TEMPERATURES, "big": (1.0, 2.0, 4.0, 8.0, 20.0),
+                        "small": (1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 20.0)},
+          orders={"grid": ORDERS, "omit": ORDERS}, precision="auto", teachers=(0, 1, 2),
+          budgets=(10, 20, 30, 40), data_poor_size=1_620, data_poor_epochs=100, commit_teacher_logits=True),
 ]}
 PROFILES = tuple(SCALES)
 
@@ -140,7 +166,11 @@ class Profile:
         max_group: most students trained together in one stacked model.
         threads: torch CPU threads (``None``: :func:`kdlib.lab.config.default_threads`).
         precision: ``fp32``, ``bf16`` or ``auto``.
-        teacher_seed, split_seed, val_fraction: seeds and split of the data (see kdlib.lab.data).
+        commit_teacher_logits: see :class:`Scale`.
+        split_seed, val_fraction: seed and split of the data (see kdlib.lab.data).
+
+    Each student names its teacher by seed (:attr:`StudentSpec.teacher`); :attr:`teacher_seeds`
+    lists them.
     """
 
     dataset: str
@@ -156,9 +186,18 @@ class Profile:
     max_group: int = 128
     threads: int | None = None
     precision: str = "fp32"
-    teacher_seed: int = 0
+    commit_teacher_logits: bool = False
     split_seed: int = 0
     val_fraction: float = 0.1
+
+    @property
+    def teacher_seeds(self) -> tuple[int, ...]:
+        """The seeds of the teachers the students learn from, in order of first appearance."""
+        return tuple(dict.fromkeys(s.teacher for s in self.students))
+
+    def student_train_of(self, spec: StudentSpec) -> TrainConfig:
+        """How ``spec`` is trained: :attr:`student_train` with the student's own epochs, if any."""
+        return self.student_train if spec.epochs is None else replace(self.student_train, epochs=spec.epochs)
 
 
 def profile_of(scale: Scale, dataset: str, students: Sequence[StudentSpec], **kw: Any) -> Profile:
@@ -166,7 +205,8 @@ def profile_of(scale: Scale, dataset: str, students: Sequence[StudentSpec], **kw
     return Profile(scale.dataset or dataset, scale.teacher_model, scale.teacher_train, scale.student_train,
                    tuple(students), transfer_size=scale.transfer_size,
                    teacher_train_size=scale.teacher_train_size, val_size=scale.val_size,
-                   threads=scale.threads, precision=scale.precision, **kw)
+                   threads=scale.threads, precision=scale.precision,
+                   commit_teacher_logits=scale.commit_teacher_logits, **kw)
 
 
 @dataclass(frozen=True)
@@ -194,9 +234,16 @@ class Experiment:
 
 # ----------------------------------------------------------------------------- the experiments
 
-def alone(hidden: tuple[int, ...], seeds: Sequence[int]) -> list[StudentSpec]:
+def alone(hidden: tuple[int, ...], seeds: Sequence[int], teacher: int = 0, epochs: int | None = None
+          ) -> list[StudentSpec]:
     """Students trained on the hard labels only (beta = 0; alpha and T are unused)."""
-    return [StudentSpec(alpha=1.0, T=1.0, beta=0.0, seed=s, hidden=hidden, label="alone") for s in seeds]
+    return [StudentSpec(alpha=1.0, T=1.0, beta=0.0, seed=s, hidden=hidden, label="alone", teacher=teacher,
+                        epochs=epochs) for s in seeds]
+
+
+def teacher_of(scale: Scale, seed: int) -> int:
+    """The teacher of student seed ``seed``: the scale's teachers in turn (seed mod their number)."""
+    return scale.teachers[seed % len(scale.teachers)]
 
 
 def hinton(scale: Scale, dataset: str = "fashion_mnist") -> Profile:
@@ -204,16 +251,55 @@ def hinton(scale: Scale, dataset: str = "fashion_mnist") -> Profile:
 
     Per seed: a ``big`` student alone and distilled with KL (alpha = 1, beta = 0.9) at the
     ``big`` temperatures (20 is the one Hinton et al. report for 2×800), a ``small`` student alone
-    and at the ``small`` temperatures (they found 2.5-4 best for 30 units).
+    and at the ``small`` temperatures (they found 2.5-4 best for 30 units). Seed ``s`` learns
+    from teacher :func:`teacher_of` (full: 15 seeds, 5 for each of 3 teachers).
     """
     students: list[StudentSpec] = []
     for s in scale.seeds["hinton"]:
+        t = teacher_of(scale, s)
         for role in ("big", "small"):
             hidden = scale.hidden[role]
-            students += alone(hidden, [s])
-            students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=hidden)
+            students += alone(hidden, [s], teacher=t)
+            students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=hidden, teacher=t)
                          for T in scale.temperatures[role]]
     return profile_of(scale, dataset, students)
+
+
+BUDGET_T = 4.0
+
+
+def hinton_budget(scale: Scale) -> Profile:
+    """The training budget of the Hinton students: the ``big`` student alone and distilled with KL
+    at T = :data:`BUDGET_T`, seed 0 (teacher 0), trained for each of the scale's ``budgets``
+    epochs (each a full cosine schedule, so each budget is a run of its own).
+
+    The rule, fixed before the study ran: the main runs use the smallest budget whose validation
+    accuracy is within 0.2 points (about one seed's standard deviation) of the largest budget's,
+    for both the student alone and the distilled one.
+    """
+    hidden, t = scale.hidden["big"], teacher_of(scale, 0)
+    students: list[StudentSpec] = []
+    for e in scale.budgets:
+        students += alone(hidden, [0], teacher=t, epochs=e)
+        students.append(StudentSpec(alpha=1.0, T=BUDGET_T, beta=0.9, seed=0, hidden=hidden, teacher=t,
+                                    epochs=e))
+    return profile_of(scale, "fashion_mnist", students)
+
+
+def hinton_data_poor(scale: Scale) -> Profile:
+    """Hinton et al.'s data-poor setting: the ``big`` student, alone and with KL at the ``big``
+    temperatures, learning from only the first ``data_poor_size`` images of the transfer set
+    (about 3%) for ``data_poor_epochs`` epochs; the same teachers and seeds as :func:`hinton`.
+    """
+    students: list[StudentSpec] = []
+    for s in scale.seeds["hinton"]:
+        t, hidden = teacher_of(scale, s), scale.hidden["big"]
+        students += alone(hidden, [s], teacher=t)
+        students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=hidden, teacher=t)
+                     for T in scale.temperatures["big"]]
+    p = profile_of(scale, "fashion_mnist", students)
+    return replace(p, transfer_size=scale.data_poor_size,
+                   student_train=replace(p.student_train, epochs=scale.data_poor_epochs))
 
 
 GRID_BETAS = (0.9, 1.0)
@@ -309,6 +395,11 @@ OMITTED_METRICS = ("test_accuracy", "omitted_class_accuracy_before_shift",
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment("hinton", "Hinton-style reproduction on Fashion-MNIST: 2x1200 dropout teacher, 2x800 "
                "student alone vs distilled with KL, 2x30 student across T", hinton),
+    Experiment("hinton_budget", "the Hinton students' training budget: 2x800 alone and KL at T = 4 "
+               "trained for several numbers of epochs (validation accuracy against budget)", hinton_budget,
+               ("final_val_accuracy", "test_accuracy")),
+    Experiment("hinton_data_poor", "the Hinton experiment's 2x800 student, alone and distilled with KL, "
+               "learning from about 3% of the transfer set", hinton_data_poor),
     Experiment("renyi_grid", "Renyi orders x temperatures x beta x seeds, with and without dividing the "
                "soft term by alpha", renyi_grid, ("test_accuracy",)),
     Experiment("omitted_class", "Fashion-MNIST class 3 (Dress) left out of the transfer set: accuracy on "
@@ -339,13 +430,13 @@ def _data_config(p: Profile) -> dict[str, Any]:
             "val_size": p.val_size}
 
 
-def teacher_config(p: Profile, precision: str = "fp32") -> dict[str, Any]:
-    """The config that determines a teacher (its cache key is :func:`~kdlib.lab.store.run_key` of this).
+def teacher_config(p: Profile, precision: str = "fp32", seed: int = 0) -> dict[str, Any]:
+    """The config that determines teacher ``seed`` (its key is :func:`~kdlib.lab.store.run_key` of this).
 
     ``precision`` is the resolved one (``fp32`` or ``bf16``), stored as ``"dtype"``.
     """
     return {"role": "teacher", "data": {**_data_config(p), "train_size": p.teacher_train_size},
-            "model": p.teacher_model, "seed": p.teacher_seed, **p.teacher_train.to_dict(),
+            "model": p.teacher_model, "seed": seed, **p.teacher_train.to_dict(),
             "dtype": PRECISION_DTYPE[precision]}
 
 
@@ -356,7 +447,7 @@ def student_config(experiment: str, profile: str, p: Profile, spec: StudentSpec,
             "data": {**_data_config(p), "transfer_size": p.transfer_size, "omit_class": p.omit_class},
             "model": {"kind": "mlp", "hidden": list(spec.hidden)}, "alpha": spec.alpha, "T": spec.T,
             "beta": spec.beta, "seed": spec.seed, "normalize_by_alpha": spec.normalize_by_alpha,
-            "label": spec.label, **p.student_train.to_dict(), "teacher_key": teacher_key,
+            "label": spec.label, **p.student_train_of(spec).to_dict(), "teacher_key": teacher_key,
             "dtype": PRECISION_DTYPE[precision]}
 
 
@@ -371,6 +462,8 @@ def expected_keys(name: str, profile: str, p: Profile | None = None,
     p = p if p is not None else get_experiment(name).profile(profile)
     keys = set()
     for precision in precisions:
-        tkey = run_key(teacher_config(p, precision))
-        keys |= {tkey} | {run_key(student_config(name, profile, p, s, tkey, precision)) for s in p.students}
+        tkeys = {t: run_key(teacher_config(p, precision, t)) for t in p.teacher_seeds}
+        keys |= set(tkeys.values())
+        keys |= {run_key(student_config(name, profile, p, s, tkeys[s.teacher], precision))
+                 for s in p.students}
     return keys

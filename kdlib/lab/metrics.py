@@ -36,7 +36,8 @@ def evaluate_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int,
     Returns:
         one dict per model with ``test_accuracy``, ``test_errors`` (count),
         ``per_class_accuracy`` (list of ``num_classes``), ``test_ce`` (mean cross-entropy,
-        nats) and, with ``teacher_logits`` ``(N, C)``, ``teacher_agreement`` (fraction of equal
+        nats), ``test_ece`` (:func:`expected_calibration_error`) and, with ``teacher_logits``
+        ``(N, C)``, ``teacher_agreement`` (fraction of equal
         arg-max predictions) and ``test_kl_from_teacher`` (mean KL(teacher || model) at T = 1, nats).
     """
     stacked = logits.dim() == 3
@@ -49,13 +50,14 @@ def evaluate_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int,
     onehot = F.one_hot(y, num_classes).to(torch.float64)  # (N, C)
     counts = onehot.sum(0)
     per_class = (correct.to(torch.float64) @ onehot) / counts.clamp_min(1)
+    ece = expected_calibration_error(z, y)
     out = []
     for s in range(z.shape[0]):
         m = {"test_accuracy": float(correct[s].to(torch.float64).mean()),
              "test_errors": int((~correct[s]).sum()),
              "per_class_accuracy": [float(v) if c > 0 else None
                                     for v, c in zip(per_class[s].tolist(), counts.tolist(), strict=True)],
-             "test_ce": float(ce[s])}
+             "test_ce": float(ce[s]), "test_ece": float(ece[s])}
         out.append(m)
     if teacher_logits is not None:
         log_p = F.log_softmax(teacher_logits.to(torch.float64), -1)
@@ -65,6 +67,31 @@ def evaluate_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int,
             m["teacher_agreement"] = float(agree[s])
             m["test_kl_from_teacher"] = float(kl[s])
     return out
+
+
+def expected_calibration_error(logits: torch.Tensor, y: torch.Tensor, bins: int = 15) -> torch.Tensor:
+    """Expected calibration error of the arg-max predictions, equal-width confidence bins.
+
+    ``ECE = sum_b (n_b / N) |acc_b - conf_b|`` over ``bins`` bins of the top softmax probability
+    on ``(0, 1]`` (Guo et al., 2017); ``acc_b`` and ``conf_b`` are the accuracy and mean
+    confidence of the ``n_b`` examples in bin ``b``.
+
+    Args:
+        logits: ``(N, C)`` or ``(S, N, C)``.
+        y: ``(N,)`` labels.
+        bins: number of bins, ``>= 1``.
+
+    Returns:
+        ``()`` or ``(S,)``, a fraction in ``[0, 1]``.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    conf, pred = F.softmax(logits.to(torch.float64), -1).max(-1)
+    correct = (pred == y).to(torch.float64)
+    b = (conf * bins).ceil().clamp(1, bins).long() - 1  # bin of (k/bins, (k+1)/bins]
+    onehot = F.one_hot(b, bins).to(torch.float64)  # (..., N, bins)
+    gap = ((correct - conf).unsqueeze(-2) @ onehot).squeeze(-2)  # per bin: n_b (acc_b - conf_b)
+    return gap.abs().sum(-1) / y.shape[0]
 
 
 def bias_shift(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch.Tensor,

@@ -30,6 +30,7 @@ from kdlib.lab.models import StackedMLP, build_model
 from kdlib.lab.shards import shard_profile, stack_groups
 from kdlib.lab.store import (
     SCRATCH,
+    CommittedTeachers,
     ResultsStore,
     Shard,
     TeacherCache,
@@ -72,38 +73,67 @@ def requested_device() -> str:
     return os.environ.get(ENV_DEVICE, "").strip() or "auto"
 
 
-def _teacher_stage(experiment: str, profile: str, p: Profile, splits: Any, device: torch.device,
-                   precision: str, cache: TeacherCache, env: dict[str, Any], log: Callable[[str], None],
-                   shard: Shard | None = None) -> tuple[str, dict[str, torch.Tensor], dict]:
-    tconf = teacher_config(p, precision)
+Teacher = tuple[str, dict[str, torch.Tensor], dict]  # (key, logits by split (N, C) at T = 1, record)
+
+
+def _teacher_stage(experiment: str, profile: str, p: Profile, seed: int, splits: Any, device: torch.device,
+                   precision: str, cache: TeacherCache, committed: CommittedTeachers | None,
+                   env: dict[str, Any], log: Callable[[str], None], shard: Shard | None = None) -> Teacher:
+    """Teacher ``seed`` of the profile: from the committed logits, the cache, or trained now.
+
+    With ``committed`` (profiles that commit their teachers' logits) the committed float16
+    logits are used when present, so a student can be rerun without its teacher; a teacher
+    trained or read from the cache is committed first and its logits rounded to float16.
+    """
+    tconf = teacher_config(p, precision, seed)
     key = run_key(tconf)
     rows = {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test)}
+    if committed is not None and committed.exists(key):
+        return key, *committed.load(key, rows, splits.num_classes, device)
     with cache.lock(key):
         cached = cache.load(key, rows, splits.num_classes, device, log)
         if cached is not None:
-            return key, *cached
-        if shard is not None:
+            logits, record = cached
+        elif shard is not None:
             raise MissingTeacherError(
                 f"shard {shard} of {experiment}/{profile} needs teacher {key} ({precision}), which is not in "
                 f"the teacher cache {cache.dir}; shards never train their own copy: run `python -m kdlib run "
                 f"{experiment} --profile {profile} --teachers-only` with the same --cache first")
-        torch.manual_seed(p.teacher_seed)  # the teacher's initial weights come from its seed
-        model = build_model(p.teacher_model, splits.input_shape, splits.num_classes).to(device)
-        start, t0 = utc_now(), time.perf_counter()
-        n = p.teacher_train_size or len(splits.y_train)
-        curves = fit(model, splits.x_train[:n], cross_entropy_objective(splits.y_train[:n]), p.teacher_train,
-                     data_seed=p.teacher_seed, val=(splits.x_val, splits.y_val), precision=precision,
-                     desc="teacher")
-        curves = {k: v[0] for k, v in curves.items()}
-        logits = {k: predict_logits(model, getattr(splits, f"x_{k}")) for k in rows}
-        metrics = evaluate_logits(logits["test"], splits.y_test, splits.num_classes)[0]
-        metrics.update(_curve_metrics(curves))
-        record = make_record("teacher", key,
-                             {**tconf, "experiment": experiment, "profile": profile, "label": "teacher",
-                              "data_info": splits.info}, metrics,
-                             {**env, "started": start, "finished": utc_now(),
-                              "wall_seconds": round(time.perf_counter() - t0, 3)})
-        return key, logits, cache.save(key, model.state_dict(), logits, record)
+        else:
+            logits, record = _train_teacher(experiment, profile, p, seed, tconf, key, splits, device,
+                                            precision, cache, env, rows)
+    if committed is not None:
+        logits, record = committed.save(key, logits, record)
+    return key, logits, record
+
+
+def _train_teacher(experiment: str, profile: str, p: Profile, seed: int, tconf: dict[str, Any], key: str,
+                   splits: Any, device: torch.device, precision: str, cache: TeacherCache,
+                   env: dict[str, Any], rows: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Train teacher ``seed`` on the first ``teacher_train_size`` training images; cache and return it."""
+    torch.manual_seed(seed)  # the teacher's initial weights come from its seed
+    model = build_model(p.teacher_model, splits.input_shape, splits.num_classes).to(device)
+    start, t0 = utc_now(), time.perf_counter()
+    n = p.teacher_train_size or len(splits.y_train)
+    curves = fit(model, splits.x_train[:n], cross_entropy_objective(splits.y_train[:n]), p.teacher_train,
+                 data_seed=seed, val=(splits.x_val, splits.y_val), precision=precision,
+                 desc=f"teacher {seed}")
+    curves = {k: v[0] for k, v in curves.items()}
+    logits = {k: predict_logits(model, getattr(splits, f"x_{k}")) for k in rows}
+    metrics = evaluate_logits(logits["test"], splits.y_test, splits.num_classes)[0]
+    metrics.update(_curve_metrics(curves))
+    record = make_record("teacher", key,
+                         {**tconf, "experiment": experiment, "profile": profile, "label": "teacher",
+                          "data_info": splits.info}, metrics,
+                         {**env, "started": start, "finished": utc_now(),
+                          "wall_seconds": round(time.perf_counter() - t0, 3)})
+    return logits, cache.save(key, model.state_dict(), logits, record)
+
+
+def _logits_sha256(teacher_record: dict) -> str | None:
+    """SHA-256 of the logits the students learn from: the committed file's, else the cache's."""
+    prov = teacher_record["provenance"]
+    return prov.get("teacher_logits", {}).get("sha256") or prov.get("cache", {}).get("logits_sha256")
 
 
 def _curve_metrics(curves: dict[str, list[float]]) -> dict[str, Any]:
@@ -170,11 +200,15 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
         store = ResultsStore(results_path(out, name, profile, shard))
         cache = TeacherCache(_directory(cache_dir, "cache") if cache_dir is not None else None)
         cache.check()
+        committed = CommittedTeachers(out) if p.commit_teacher_logits else None
         if teachers_only:
             splits = _load_splits(p, dev)
             env = _run_environment(dev, prec, log)
-            tkey, _, trecord = _teacher_stage(name, profile, p, splits, dev, prec, cache, env, log)
-            log(f"teacher {tkey}: test accuracy {trecord['metrics']['test_accuracy']:.4f}, in {cache.dir}")
+            for seed in p.teacher_seeds:
+                tkey, _, trecord = _teacher_stage(name, profile, p, seed, splits, dev, prec, cache, committed,
+                                                  env, log)
+                log(f"teacher {seed} ({tkey}): test accuracy {trecord['metrics']['test_accuracy']:.4f}, "
+                    f"in {cache.dir}")
             return cache.paths(tkey)[2]
         main = results_path(out, name, profile)
         if expected_keys(name, profile, p, (prec,)) <= _done(store, main):
@@ -182,7 +216,7 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
             return store.path
         store.check_writable()
         with run_lock(store.path):
-            return _run_locked(name, profile, p, dev, prec, store, main, cache, log, shard)
+            return _run_locked(name, profile, p, dev, prec, store, main, cache, committed, log, shard)
     finally:
         torch.set_num_threads(before)
 
@@ -234,7 +268,8 @@ def _load_splits(p: Profile, dev: torch.device) -> Any:
 
 
 def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precision: str, store: ResultsStore,
-                main: Path, cache: TeacherCache, log: Callable[[str], None], shard: Shard | None) -> Path:
+                main: Path, cache: TeacherCache, committed: CommittedTeachers | None,
+                log: Callable[[str], None], shard: Shard | None) -> Path:
     done = _done(store, main)
     stale = len(done - expected_keys(name, profile, p))
     if stale and shard is None:
@@ -244,19 +279,23 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
     env = _run_environment(dev, precision, log)
     if shard is not None:
         env["shard"] = str(shard)
-    tkey, tlogits, trecord = _teacher_stage(name, profile, p, splits, dev, precision, cache, env, log, shard)
-    if tkey not in done:
-        store.append(trecord)
-    log(f"teacher {tkey}: test accuracy {trecord['metrics']['test_accuracy']:.4f}")
+    teachers = {}
+    for seed in p.teacher_seeds:
+        teachers[seed] = _teacher_stage(name, profile, p, seed, splits, dev, precision, cache, committed, env,
+                                        log, shard)
+        tkey, _, trecord = teachers[seed]
+        if tkey not in done:
+            store.append(trecord)
+        log(f"teacher {seed} ({tkey}): test accuracy {trecord['metrics']['test_accuracy']:.4f}")
 
     n = p.transfer_size or len(splits.y_train)
     keep = torch.arange(n, device=dev)
     if p.omit_class is not None:
         keep = keep[splits.y_train[:n] != p.omit_class]
-    x_tr, y_tr, t_tr = splits.x_train[keep], splits.y_train[keep], tlogits["train"][keep]
+    x_tr, y_tr = splits.x_train[keep], splits.y_train[keep]
     pending = []
     for spec in p.students:
-        conf = student_config(name, profile, p, spec, tkey, precision)
+        conf = student_config(name, profile, p, spec, teachers[spec.teacher][0], precision)
         key = run_key(conf)
         if key not in done:
             pending.append((spec, conf, key))
@@ -266,12 +305,13 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
     bar = progress(total=len(pending), desc=label, unit="student", iterable=None)
     for group in ([pending[i] for i in g] for g in stack_groups([item[0] for item in pending], p.max_group)):
         specs = [g[0] for g in group]
+        _, tlogits, trecord = teachers[specs[0].teacher]
         start, t0 = utc_now(), time.perf_counter()
         model = StackedMLP(splits.in_features, specs[0].hidden, splits.num_classes,
                            [s.seed for s in specs]).to(dev)
-        curves = fit(model, x_tr, distillation_objective(y_tr, t_tr, specs), p.student_train,
-                     data_seed=specs[0].seed, val=(splits.x_val, splits.y_val), precision=precision,
-                     desc=f"{len(specs)} students")
+        curves = fit(model, x_tr, distillation_objective(y_tr, tlogits["train"][keep], specs),
+                     p.student_train_of(specs[0]), data_seed=specs[0].seed, val=(splits.x_val, splits.y_val),
+                     precision=precision, desc=f"{len(specs)} students")
         test_logits = predict_logits(model, splits.x_test)
         metrics = evaluate_logits(test_logits, splits.y_test, splits.num_classes, tlogits["test"])
         if p.omit_class is not None:
@@ -282,7 +322,7 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
         prov = {**env, "started": start, "finished": utc_now(),
                 "wall_seconds": round(time.perf_counter() - t0, 3), "group_size": len(specs),
                 "teacher_test_accuracy": trecord["metrics"]["test_accuracy"],
-                "teacher_logits_sha256": trecord["provenance"].get("cache", {}).get("logits_sha256")}
+                "teacher_logits_sha256": _logits_sha256(trecord)}
         for s, ((_, conf, key), m) in enumerate(zip(group, metrics, strict=True)):
             m.update(_curve_metrics({k: v[s] for k, v in curves.items()}))
             m["diverged"] = not math.isfinite(m["final_train_loss"])

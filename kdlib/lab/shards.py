@@ -31,22 +31,24 @@ from kdlib.lab.store import (
 
 
 def stack_groups(specs: Sequence[StudentSpec], max_group: int) -> list[list[int]]:
-    """Indices of ``specs`` in the groups that train together: one width and seed, at most ``max_group``.
+    """Indices of ``specs`` in the groups that train together: one width, seed, teacher and number
+    of epochs (the students of a group share the minibatch order, the teacher's logits and the
+    schedule), at most ``max_group``.
 
-    Groups come in order of first appearance; a (width, seed) with more than ``max_group``
-    students is cut into consecutive chunks.
+    Groups come in order of first appearance; a group with more than ``max_group`` students is
+    cut into consecutive chunks.
     """
     by: dict[tuple, list[int]] = {}
     for i, spec in enumerate(specs):
-        by.setdefault((spec.hidden, spec.seed), []).append(i)
+        by.setdefault((spec.hidden, spec.seed, spec.teacher, spec.epochs), []).append(i)
     return [g[i:i + max_group] for g in by.values() for i in range(0, len(g), max_group)]
 
 
 def student_cost(spec: StudentSpec, in_features: int = 784, classes: int = 10) -> int:
     """Multiply-adds per example of the student's MLP (``in_features -> hidden... -> classes``).
 
-    Every student of a profile sees the same data for the same epochs, so this is its training
-    cost up to a common factor: what :func:`plan_shards` balances.
+    Every student of a profile sees the same data, so this is its training cost per epoch up to a
+    common factor; times its epochs (where it has its own) it is what :func:`plan_shards` balances.
     """
     widths = (in_features, *spec.hidden, classes)
     return sum(a * b for a, b in zip(widths[:-1], widths[1:], strict=False))
@@ -63,7 +65,7 @@ def plan_shards(specs: Sequence[StudentSpec], max_group: int, count: int) -> lis
         raise ValueError(f"the students form {len(groups)} stack group(s), which are never split; "
                          f"the number of shards must be between 1 and {max(len(groups), 1)}, got {count}")
     loads, plan = [0] * count, [[] for _ in range(count)]
-    costs = [sum(student_cost(specs[i]) for i in g) for g in groups]
+    costs = [sum(student_cost(specs[i]) * (specs[i].epochs or 1) for i in g) for g in groups]
     for n in sorted(range(len(groups)), key=lambda n: -costs[n]):  # stable: ties keep profile order
         target = min(range(count), key=lambda k: (loads[k], k))
         plan[target] += groups[n]
@@ -102,13 +104,13 @@ def student_keys(name: str, profile: str, p: Profile, spec: StudentSpec) -> set[
     A login node may resolve ``auto`` differently from the GPU nodes, so status counts a student
     done when any of its keys is in the results.
     """
-    return {run_key(student_config(name, profile, p, spec, run_key(teacher_config(p, prec)), prec))
-            for prec in PRECISION_DTYPE}
+    return {run_key(student_config(name, profile, p, spec, run_key(teacher_config(p, prec, spec.teacher)),
+                                   prec)) for prec in PRECISION_DTYPE}
 
 
 def teacher_keys(p: Profile) -> set[str]:
-    """The cache keys the profile's teacher can have, one per precision."""
-    return {run_key(teacher_config(p, prec)) for prec in PRECISION_DTYPE}
+    """The cache keys the profile's teachers can have, one per teacher and precision."""
+    return {run_key(teacher_config(p, prec, t)) for t in p.teacher_seeds for prec in PRECISION_DTYPE}
 
 
 def shard_count(path: str | os.PathLike) -> int | None:

@@ -746,3 +746,89 @@ def _torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- committed teacher logits
+
+class CommittedTeachers:
+    """Teachers' logits committed beside the results, so any student can be rerun without its teacher.
+
+    ``<results>/teachers/<key>.npy``: one float16 array ``(N_train + N_val + N_test, C)``, the
+    logits at temperature 1 of the train, validation and test splits in that order (a ``.npy``
+    file's bytes depend only on the array, so its SHA-256 is stable); ``<key>.json``: the
+    teacher's record, whose ``provenance.teacher_logits`` holds the file name, the row counts of
+    the splits and the SHA-256. Students of a profile that commits its teachers' logits train
+    from exactly these float16 values (as float32) and carry the SHA-256 in their records.
+
+    Unlike :class:`TeacherCache` nothing here is moved aside or retrained: a committed file that
+    does not match its record is an error to look at.
+    """
+
+    def __init__(self, results: str | os.PathLike) -> None:
+        self.dir = Path(results) / "teachers"
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        """``(logits, record)`` paths of teacher ``key``."""
+        return self.dir / f"{key}.npy", self.dir / f"{key}.json"
+
+    def exists(self, key: str) -> bool:
+        """Whether both files of teacher ``key`` are there."""
+        return all(p.exists() for p in self.paths(key))
+
+    def save(self, key: str, logits: dict[str, torch.Tensor], record: dict[str, Any]
+             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Write ``logits`` (``{"train", "val", "test"}``, each ``(N, C)``) as float16, then the record.
+
+        Returns:
+            ``(logits rounded to float16 and back to float32, record with provenance.teacher_logits)``.
+
+        Raises:
+            ResultsFileError: a file cannot be written.
+        """
+        import numpy as np
+
+        halves = {k: logits[k].detach().to(torch.float16).cpu() for k in ("train", "val", "test")}
+        buf = io.BytesIO()
+        np.save(buf, torch.cat(list(halves.values())).numpy(), allow_pickle=False)
+        data = buf.getvalue()
+        info = {"file": f"teachers/{key}.npy", "dtype": "float16", "sha256": hashlib.sha256(data).hexdigest(),
+                "rows": {k: int(v.shape[0]) for k, v in halves.items()}}
+        record = {**record, "provenance": {**record.get("provenance", {}), "teacher_logits": info}}
+        npy, rec = self.paths(key)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(npy, data)
+            atomic_write(rec, dumps(record).encode())
+        except OSError as e:
+            raise ResultsFileError(f"cannot write the teacher logits in {self.dir}: {e.strerror or e}"
+                                   ) from None
+        device = logits["train"].device
+        return {k: v.to(device=device, dtype=torch.float32) for k, v in halves.items()}, record
+
+    def load(self, key: str, rows: dict[str, int], num_classes: int, device: torch.device | str = "cpu"
+             ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The committed ``(logits as float32 on device, record)`` of teacher ``key``.
+
+        Raises:
+            ResultsFileError: a file is missing or unreadable, the array's SHA-256 differs from
+                the record's, or its shape does not match ``rows`` and ``num_classes``.
+        """
+        import numpy as np
+
+        npy, rec = self.paths(key)
+        try:
+            record = json.loads(rec.read_text())
+            data = npy.read_bytes()
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ResultsFileError(f"cannot read the committed teacher {key} in {self.dir}: {e}") from None
+        info = record.get("provenance", {}).get("teacher_logits", {}) if isinstance(record, dict) else {}
+        if record.get("key") != key or hashlib.sha256(data).hexdigest() != info.get("sha256"):
+            raise ResultsFileError(f"{npy} does not match the SHA-256 in {rec.name}: the committed teacher "
+                                   "logits were changed (`git checkout -- results/teachers` restores them)")
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+        want = (sum(rows.values()), num_classes)
+        if array.shape != want or info.get("rows") != rows:
+            raise ResultsFileError(f"{npy} holds logits of shape {array.shape} for splits "
+                                   f"{info.get('rows')}; this data needs {want} for {rows}")
+        parts = torch.from_numpy(array).to(device=device, dtype=torch.float32).split(list(rows.values()))
+        return dict(zip(rows, parts, strict=True)), record

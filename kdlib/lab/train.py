@@ -39,7 +39,7 @@ from torch import nn
 
 from kdlib.functional import distillation_loss
 from kdlib.lab.config import StudentSpec, TrainConfig
-from kdlib.lab.data import batch_indices
+from kdlib.lab.data import batch_indices, random_translate
 from kdlib.lab.metrics import accuracy, predict_logits
 
 #: ``objective(logits, idx) -> losses``: logits ``(B, C)`` or ``(S, B, C)`` of the batch whose
@@ -187,12 +187,14 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
     Each step draws one minibatch of indices ``idx`` (order from ``data_seed``), evaluates
     ``losses = objective(model(x[idx]), idx)`` (one per model), steps the optimiser on
     ``losses.sum()`` (clipping each model's gradient when ``cfg.clip_norm`` is set) and sets the
-    learning rate by ``cfg.lr_at``. There is no host synchronisation inside an epoch. On the CPU,
-    :func:`retain_freed_memory` is applied first.
+    learning rate by ``cfg.lr_at``. With ``cfg.jitter`` each batch is translated first
+    (:func:`~kdlib.lab.data.random_translate`, blank pixels filled with the smallest value of
+    ``x``, which is a blank pixel for these datasets). There is no host synchronisation inside an
+    epoch. On the CPU, :func:`retain_freed_memory` is applied first.
 
     Args:
         model: returns ``(B, C)`` or ``(S, B, C)`` logits.
-        x: training inputs.
+        x: training inputs, ``(N, C, H, W)`` when ``cfg.jitter`` is set.
         objective: see :data:`Objective`.
         cfg: optimiser, schedule, epochs, batch size.
         data_seed: seed of the minibatch order and of ``torch.manual_seed`` (dropout).
@@ -216,14 +218,16 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
     num_models = 0
     loss_curve: list[torch.Tensor] = []
     val_curve: list[torch.Tensor] = []
+    fill = float(x.amin()) if cfg.jitter else 0.0
     model.train()
     for _ in progress(range(cfg.epochs), desc=desc, unit="epoch"):
         total: torch.Tensor | None = None  # sum over the epoch's examples of each model's loss, float64
         for idx in batch_indices(n, cfg.batch_size, gen, device=x.device):
             for group in opt.param_groups:
                 group["lr"] = cfg.lr_at(step, steps)
+            xb = random_translate(x[idx], cfg.jitter, fill) if cfg.jitter else x[idx]
             with autocast(x.device, precision):
-                logits = model(x[idx])
+                logits = model(xb)
             losses = objective(logits, idx)
             opt.zero_grad(set_to_none=True)
             losses.sum().backward()
