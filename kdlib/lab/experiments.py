@@ -30,9 +30,10 @@ Experiments (``python -m kdlib list``):
 
 The ``full`` scale trains three teachers (seeds 0, 1, 2) with input jitter on all 54,000
 training images and commits their logits (``results/teachers/``); student seed ``s`` learns
-from teacher ``s mod 3``. The ``cpu`` scale shares one teacher (same config, hence same cache key): Hinton's 2×1200
-dropout MLP trained on the first 20,000 images of the training split. The students learn from
-a *transfer set* of the first 5,000 training images (a prefix of the fixed permutation).
+from teacher ``s mod 3``. The ``cpu`` scale shares one teacher (same config, hence same cache
+key): Hinton's 2×1200 dropout MLP trained on the first 20,000 images of the training split. The
+students learn from a *transfer set* of the first 5,000 training images (a prefix of the fixed
+permutation).
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ CELL_FIELDS = ("label", "model", "alpha", "T", "beta", "normalize_by_alpha")
 
 #: Metrics copied from each record into :func:`student_frame` (missing ones become NaN).
 METRICS = ("test_accuracy", "test_errors", "final_val_accuracy", "teacher_agreement", "test_kl_from_teacher",
+           "test_ce", "test_ece",
            "omitted_class_accuracy_before_shift", "omitted_class_accuracy_after_shift",
            "test_accuracy_before_shift", "test_accuracy_after_shift", "bias_shift", "diverged")
 
@@ -206,7 +207,7 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per student record, sorted by the :data:`CELL_FIELDS`, then the seed.
 
     Columns: ``key``, the :data:`CELL_FIELDS` (``model`` from :func:`model_name`; ``alpha`` a float,
-    ``inf`` allowed), ``seed, epochs``, the :data:`METRICS` (NaN where a record lacks one;
+    ``inf`` allowed), ``seed, epochs, teacher_key``, the :data:`METRICS` (NaN where a record lacks one;
     ``diverged`` a bool), and ``curve_val_accuracy`` / ``curve_train_loss`` (lists, one value per
     epoch). Teacher records are skipped.
     """
@@ -219,7 +220,7 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                "alpha": float(c.get("alpha", 1.0)),  # "inf" strings are decoded by float() too
                "T": float(c.get("T")), "beta": float(c.get("beta")),
                "normalize_by_alpha": bool(c.get("normalize_by_alpha", False)),
-               "seed": int(c.get("seed")), "epochs": c.get("epochs")}
+               "seed": int(c.get("seed")), "epochs": c.get("epochs"), "teacher_key": c.get("teacher_key")}
         for name in METRICS:
             value = m.get(name)
             row[name] = math.nan if value is None else (bool(value) if name == "diverged" else float(value))
@@ -231,6 +232,27 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     if df.empty:
         return df
     return df.sort_values([*CELL_FIELDS, "seed"], kind="mergesort").reset_index(drop=True)
+
+
+def teacher_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per teacher record, sorted by seed: ``teacher_key``, ``teacher`` (its seed),
+    ``epochs``, ``jitter`` (pixels), ``test_accuracy``, ``test_errors``, ``final_val_accuracy``,
+    ``wall_seconds`` and ``curve_val_accuracy`` / ``curve_train_loss`` (one value per epoch)."""
+    rows = []
+    for r in records:
+        if r.get("kind") != "teacher":
+            continue
+        c, m = r["config"], r["metrics"]
+        curves = m.get("curves", {})
+        rows.append({"teacher_key": r["key"], "teacher": int(c.get("seed", 0)), "epochs": c.get("epochs"),
+                     "jitter": int(c.get("jitter", 0)), "test_accuracy": float(m["test_accuracy"]),
+                     "test_errors": int(m["test_errors"]),
+                     "final_val_accuracy": float(m.get("final_val_accuracy", math.nan)),
+                     "wall_seconds": float(r.get("provenance", {}).get("wall_seconds", math.nan)),
+                     "curve_val_accuracy": list(curves.get("val_accuracy", [])),
+                     "curve_train_loss": list(curves.get("train_loss", []))})
+    df = pd.DataFrame(rows)
+    return df if df.empty else df.sort_values("teacher", kind="mergesort").reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- summaries
@@ -388,6 +410,67 @@ def tuned_comparison(df: pd.DataFrame, groups: Sequence[str], over: str = "T",
         best = means.index[int(means.to_numpy().argmax())]
         chosen.append(g[g[over] == best])
     return pd.concat(chosen).sort_values([*groups, "seed"], kind="mergesort").reset_index(drop=True)
+
+
+def gap_closed(distilled: pd.DataFrame, alone: pd.DataFrame, teachers: pd.DataFrame,
+               metric: str = "test_accuracy", resamples: int = 10_000, confidence: float = 0.95,
+               seed: int = 0) -> dict[str, Any]:
+    """The share of the teacher-student gap that distillation closes, with a two-level bootstrap interval.
+
+    ``share = (mean distilled - mean alone) / (mean teacher - mean alone)``, where the means run over
+    the distilled runs, the students alone *of the same seeds* and the teachers of those runs
+    (a distilled run names its teacher by ``teacher_key``; a student alone is paired with the
+    distilled run of its seed). 1 means the distilled students match their teachers, 0 the
+    students alone.
+
+    The interval resamples what varies between replications of the whole experiment: teachers
+    with replacement, then, within each drawn teacher, its seeds with replacement (a paired
+    draw of the distilled run, its student alone and the teacher); percentile interval of
+    ``resamples`` draws from a ``numpy`` generator seeded with ``seed``. With three teachers the
+    outer level has few distinct draws, so the interval is coarse; it ignores the choice of T.
+
+    Returns:
+        ``share``, ``ci_low``, ``ci_high``, ``gap`` (mean teacher - mean alone, same units as
+        ``metric``), ``gain`` (mean distilled - mean alone), ``n`` (pairs), ``teachers`` and
+        ``per_teacher`` (teacher_key -> share computed on that teacher's runs alone).
+
+    Raises:
+        ValueError: a distilled run's seed has no student alone, or its teacher is not in ``teachers``.
+    """
+    alone_by_seed = alone.set_index("seed")[metric]
+    teacher_acc = teachers.set_index("teacher_key")[metric]
+    missing = set(distilled["seed"]) - set(alone_by_seed.index)
+    unknown = set(distilled["teacher_key"]) - set(teacher_acc.index)
+    if missing or unknown:
+        raise ValueError(f"every distilled run needs its student alone and its teacher; seeds without a "
+                         f"student alone: {sorted(missing)}, unknown teachers: {sorted(unknown)}")
+    groups = []  # per teacher: arrays (distilled, alone, teacher) of its pairs
+    for key, g in distilled.groupby("teacher_key", sort=True):
+        d = g[metric].to_numpy(float)
+        a = alone_by_seed.loc[g["seed"]].to_numpy(float)
+        groups.append((key, d, a, np.full(len(d), teacher_acc[key])))
+
+    def share(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+        d, a, t = (np.concatenate(x) for x in zip(*parts, strict=True))
+        return float((d.mean() - a.mean()) / (t.mean() - a.mean()))
+
+    rng = np.random.default_rng(seed)
+    draws = np.empty(resamples)
+    for i in range(resamples):
+        picked = rng.integers(len(groups), size=len(groups))
+        parts = []
+        for j in picked:
+            _, d, a, t = groups[j]
+            k = rng.integers(len(d), size=len(d))
+            parts.append((d[k], a[k], t[k]))
+        draws[i] = share(parts)
+    tail = (1 - confidence) / 2
+    whole = [(d, a, t) for _, d, a, t in groups]
+    d, a, t = (np.concatenate(x) for x in zip(*whole, strict=True))
+    return {"share": share(whole), "ci_low": float(np.quantile(draws, tail)),
+            "ci_high": float(np.quantile(draws, 1 - tail)), "gap": float(t.mean() - a.mean()),
+            "gain": float(d.mean() - a.mean()), "n": len(d), "teachers": len(groups),
+            "per_teacher": {key: share([(d_, a_, t_)]) for key, d_, a_, t_ in groups}}
 
 
 # ----------------------------------------------------------------------------- formatting
