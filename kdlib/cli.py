@@ -198,10 +198,9 @@ def _status(name: str, profile: str, out: str | os.PathLike, shards: int | None,
     total, done = sum(r.students for r in rows), sum(r.done for r in rows)
     line = f"{name}/{profile}: {done} of {total} students done, {total - done} pending"
     if cache is not False:
-        teachers = TeacherCache(cache)
-        keys = teacher_keys(get_experiment(name).profile(profile))
-        cached = any(teachers.paths(k)[2].exists() for k in keys)
-        line += f"; the teacher is {'in' if cached else 'not in'} the cache {teachers.dir}"
+        teachers, p = TeacherCache(cache), get_experiment(name).profile(profile)
+        cached = sum(any(teachers.paths(k)[2].exists() for k in teacher_keys(p, t)) for t in p.teacher_seeds)
+        line += f"; {cached} of {len(p.teacher_seeds)} teacher(s) in the cache {teachers.dir}"
     print(line)
     for r in rows:
         state = "complete" if not r.pending else f"{r.pending} pending"

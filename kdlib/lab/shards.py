@@ -108,9 +108,11 @@ def student_keys(name: str, profile: str, p: Profile, spec: StudentSpec) -> set[
                                    prec)) for prec in PRECISION_DTYPE}
 
 
-def teacher_keys(p: Profile) -> set[str]:
-    """The cache keys the profile's teachers can have, one per teacher and precision."""
-    return {run_key(teacher_config(p, prec, t)) for t in p.teacher_seeds for prec in PRECISION_DTYPE}
+def teacher_keys(p: Profile, seed: int | None = None) -> set[str]:
+    """The cache keys the profile's teachers (only teacher ``seed``, when given) can have, one per
+    teacher and precision."""
+    seeds = p.teacher_seeds if seed is None else (seed,)
+    return {run_key(teacher_config(p, prec, t)) for t in seeds for prec in PRECISION_DTYPE}
 
 
 def shard_count(path: str | os.PathLike) -> int | None:
