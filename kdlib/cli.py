@@ -20,6 +20,10 @@
     Done and pending students per shard.
 ``merge NAME --profile P [--out DIR]``
     Folds the shard files into ``DIR/NAME/PROFILE.jsonl`` (atomically), then removes them.
+``rerun KEY [--out DIR] [--cache DIR]``
+    Reruns the committed student ``KEY`` (and the students stacked with it) into ``DIR``
+    (default ``results/_scratch/rerun``) from its teacher's committed logits, and prints each
+    metric of the committed record beside the rerun's (:func:`kdlib.lab.run.rerun_student`).
 
 Errors (unknown experiment or profile, a results file that cannot be read or written, an
 unusable ``--out`` or ``--cache``, a full disk, a missing dataset, CUDA requested but absent)
@@ -45,7 +49,7 @@ from kdlib.lab.experiments import (
     UnknownExperimentError,
     get_experiment,
 )
-from kdlib.lab.run import MissingTeacherError, run_experiment
+from kdlib.lab.run import rerun_student, run_experiment
 from kdlib.lab.shards import experiment_status, teacher_keys
 from kdlib.lab.store import (
     SCRATCH,
@@ -104,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
                          help="a further #SBATCH option, e.g. account=myproject (repeatable)")
     status.add_argument("--shards", type=int, default=None,
                         help="the split to show (default: that of the shard files present, else 1)")
+    rerun = sub.add_parser("rerun", help="rerun one committed student from its teacher's committed logits")
+    rerun.add_argument("key", help="the run key of a student record under results/")
+    rerun.add_argument("--out", default=str(Path("results") / SCRATCH / "rerun"),
+                       help="where the rerun writes (default results/_scratch/rerun)")
+    rerun.add_argument("--cache", default=None, help="teacher cache directory (teachers not committed)")
     report = sub.add_parser("report", help="summary table of an experiment's results")
     report.add_argument("name")
     report.add_argument("--profile", default=None, help="one profile (default: every profile with results)")
@@ -121,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for exp in EXPERIMENTS.values():
                 print(f"{exp.name}\t{exp.description}")
             return 0
+        if args.command == "rerun":
+            return _rerun(args.key, args.out, args.cache)
         exp = get_experiment(args.name)
         if args.command == "report":
             return _report(exp, args.profile, args.out, args.all)
@@ -153,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _status(exp.name, args.profile, out, 1)
         return 0
     except (UnknownExperimentError, ResultsFileError, DatasetNotFoundError, DeviceUnavailableError,
-            RunInProgressError, MissingTeacherError, ClusterError, ValueError) as e:
+            RunInProgressError, LookupError, ClusterError, ValueError) as e:
         print(f"kdlib: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. a full disk while the teacher is saved: one line, finished runs are kept
@@ -188,6 +199,22 @@ def _key_value(text: str) -> tuple[str, str]:
     if not sep or not key.strip():
         raise ValueError(f"--slurm-option must be KEY=VALUE (e.g. account=myproject), got {text!r}")
     return key.strip(), value.strip()
+
+
+def _rerun(key: str, out: str, cache: str | None) -> int:
+    """Rerun student ``key``; print committed and rerun metrics side by side; 0 if all are equal."""
+    before, after = rerun_student(key, out, cache_dir=cache)
+    names = [k for k in before["metrics"] if not isinstance(before["metrics"][k], (dict, list))]
+    same = True
+    for k in names:
+        a, b = before["metrics"][k], after["metrics"].get(k)
+        same &= a == b
+        print(f"{k:32s} committed {a!s:>24}  rerun {b!s:>24}  {'equal' if a == b else 'DIFFERENT'}")
+    curves = before["metrics"].get("curves") == after["metrics"].get("curves")
+    print(f"{'curves':32s} {'equal' if curves else 'DIFFERENT'}")
+    verdict = "the rerun equals the committed record" if same and curves else "the rerun differs"
+    print(f"student {key}: {verdict}")
+    return 0 if same and curves else 1
 
 
 def _status(name: str, profile: str, out: str | os.PathLike, shards: int | None,

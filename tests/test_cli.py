@@ -128,7 +128,8 @@ def test_module_entry_point_exit_status(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "TQDM_DISABLE": "1"})
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip().startswith("kdlib: error: experiment must be one of hinton, hinton_budget, hinton_data_poor, renyi_grid")
+    assert proc.stderr.strip().startswith(
+        "kdlib: error: experiment must be one of hinton, hinton_budget, hinton_data_poor, renyi_grid")
 
 
 def test_report_leaves_out_records_of_another_definition(smoke_run, tmp_path, capsys):

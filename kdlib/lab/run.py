@@ -10,12 +10,13 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdlib.lab.config import default_threads, resolve_device, resolve_precision
+from kdlib.lab.config import PRECISION_DTYPE, default_threads, resolve_device, resolve_precision
 from kdlib.lab.data import load_dataset
 from kdlib.lab.experiments import (
     PROFILES,
@@ -146,7 +147,7 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
                    out: str | Path = "results", cache_dir: str | Path | None = None,
                    profile_override: Profile | None = None, threads: int | None = None,
                    precision: str | None = None, shard: Shard | None = None, teachers_only: bool = False,
-                   log: Callable[[str], None] = print) -> Path:
+                   teachers_root: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
     """Run (or resume) experiment ``name`` with ``profile``; returns the results file path.
 
     Finished runs (keys already in ``<out>/<name>/<profile>.jsonl`` or in any of its shard
@@ -159,6 +160,10 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
     raises :class:`MissingTeacherError` when the teacher is not cached. ``teachers_only`` is the
     stage before the shards: it trains (or checks) the teacher into the cache, writes no results
     and returns the path of the teacher's cache record.
+
+    Profiles that commit their teachers' logits read them from ``<out>/teachers`` or, failing
+    that, ``<teachers_root>/teachers`` (default :func:`~kdlib.lab.store.results_root`, the
+    repository's ``results/``), and write newly trained ones to ``<out>/teachers``.
 
     ``threads`` (default: the profile's, else :func:`~kdlib.lab.config.default_threads`) sets
     ``torch.set_num_threads`` for the run on a CPU; the previous setting is restored afterwards.
@@ -200,7 +205,8 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
         store = ResultsStore(results_path(out, name, profile, shard))
         cache = TeacherCache(_directory(cache_dir, "cache") if cache_dir is not None else None)
         cache.check()
-        committed = CommittedTeachers(out) if p.commit_teacher_logits else None
+        committed = (CommittedTeachers(out, teachers_root if teachers_root is not None else results_root())
+                     if p.commit_teacher_logits else None)
         if teachers_only:
             splits = _load_splits(p, dev)
             env = _run_environment(dev, prec, log)
@@ -348,3 +354,49 @@ def rerun_if_requested(experiment: str, root: str | os.PathLike | None = None,
     out = root / SCRATCH if profile == "smoke" else root
     run_experiment(experiment, profile, device=requested_device(), out=out, log=log)
     return profile
+
+
+def rerun_student(key: str, out: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Rerun the committed student ``key`` into ``out`` from its teacher's committed logits.
+
+    The student is found in the results under ``root`` (default :func:`results_root`); its stack
+    group (the students of its experiment's profile that trained beside it: same width, seed,
+    teacher and epochs) is rerun with the precision the record names, so the student sees exactly
+    the computation it saw. The teacher comes from ``<root>/teachers`` when the profile commits its
+    teachers' logits (no teacher is trained), else from the cache or trained afresh.
+
+    Returns:
+        ``(committed record, rerun record)``.
+
+    Raises:
+        KeyError: no student record with that key under ``root``.
+        LookupError: the record's experiment no longer defines that student.
+    """
+    root = Path(root) if root is not None else results_root()
+    record = next((r for path in sorted(root.glob("*/*.jsonl"))
+                   for r in load_experiment_records(path, kind="student") if r["key"] == key), None)
+    if record is None:
+        raise KeyError(f"no student record with key {key!r} under {root}")
+    conf = record["config"]
+    name, profile = conf["experiment"], conf["profile"]
+    precision = {v: k for k, v in PRECISION_DTYPE.items()}[conf["dtype"]]
+    p = get_experiment(name).profile(profile)
+    tkeys = {t: run_key(teacher_config(p, precision, t)) for t in p.teacher_seeds}
+    index = next((i for i, s in enumerate(p.students)
+                  if run_key(student_config(name, profile, p, s, tkeys[s.teacher], precision)) == key), None)
+    if index is None:
+        raise LookupError(f"{name}/{profile} no longer defines the student {key}")
+    group = next(g for g in stack_groups(p.students, p.max_group) if index in g)
+    sub = replace(p, students=tuple(p.students[i] for i in group))
+    committed_teachers = CommittedTeachers(root)
+    for t in sub.teacher_seeds:
+        if p.commit_teacher_logits and not committed_teachers.exists(tkeys[t]):
+            log(f"warning: teacher {tkeys[t]} is not committed under {root}; "
+                "it comes from the cache or is trained")
+    path = run_experiment(name, profile, device=record["provenance"].get("device", "cpu"), out=out,
+                          cache_dir=cache_dir, profile_override=sub, precision=precision, log=log,
+                          teachers_root=root)
+    again = next(r for r in load_experiment_records(path, kind="student") if r["key"] == key)
+    return record, again

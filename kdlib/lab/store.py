@@ -762,13 +762,24 @@ class CommittedTeachers:
 
     Unlike :class:`TeacherCache` nothing here is moved aside or retrained: a committed file that
     does not match its record is an error to look at.
+
+    Args:
+        results: the results directory written to (``<results>/teachers/``).
+        fallback: another results directory searched when ``results`` lacks a teacher (a run into
+            a scratch directory finds the repository's committed teachers).
     """
 
-    def __init__(self, results: str | os.PathLike) -> None:
+    def __init__(self, results: str | os.PathLike, fallback: str | os.PathLike | None = None) -> None:
         self.dir = Path(results) / "teachers"
+        self.search = [self.dir] + ([Path(fallback) / "teachers"] if fallback is not None else [])
 
     def paths(self, key: str) -> tuple[Path, Path]:
-        """``(logits, record)`` paths of teacher ``key``."""
+        """``(logits, record)`` paths of teacher ``key``: where both exist (searching ``results``,
+        then ``fallback``), else where :meth:`save` writes them."""
+        for d in self.search:
+            npy, rec = d / f"{key}.npy", d / f"{key}.json"
+            if npy.exists() and rec.exists():
+                return npy, rec
         return self.dir / f"{key}.npy", self.dir / f"{key}.json"
 
     def exists(self, key: str) -> bool:
@@ -794,7 +805,7 @@ class CommittedTeachers:
         info = {"file": f"teachers/{key}.npy", "dtype": "float16", "sha256": hashlib.sha256(data).hexdigest(),
                 "rows": {k: int(v.shape[0]) for k, v in halves.items()}}
         record = {**record, "provenance": {**record.get("provenance", {}), "teacher_logits": info}}
-        npy, rec = self.paths(key)
+        npy, rec = self.dir / f"{key}.npy", self.dir / f"{key}.json"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write(npy, data)

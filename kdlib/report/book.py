@@ -265,16 +265,25 @@ def page_header(res: ExperimentResults, details: bool = True) -> Fields:
     :data:`WIDTH` characters, so the block reads without scrolling."""
     fields = provenance_fields(res)
     if details:
-        teacher = res.teachers[0]
-        info, tconf = teacher["config"]["data_info"], teacher["config"]
+        teachers = sorted(res.teachers, key=lambda r: r["config"].get("seed", 0))
+        info, tconf = teachers[0]["config"]["data_info"], teachers[0]["config"]
+        size = res.transfer_size
+        jitter = tconf.get("jitter", 0)
+        accs = [100 * t["metrics"]["test_accuracy"] for t in teachers]
+        errs = [t["metrics"]["test_errors"] for t in teachers]
         fields += [
             ("data", f"{info['dataset']}: {info['n_train']} training, {info['n_val']} validation, "
                      f"{info['n_test']} test images"),
-            ("transfer set", f"the first {res.transfer_size} training images (students)"),
-            ("teacher", f"MLP, hidden layers {'-'.join(map(str, tconf['model']['hidden']))}, on the first "
-                        f"{tconf['data']['train_size'] or info['n_train']} training images"),
-            ("teacher, test", f"accuracy {100 * teacher['metrics']['test_accuracy']:.2f}% "
-                              f"({teacher['metrics']['test_errors']} errors)"),
+            ("transfer set", f"the first {size} training images (students)" if size is not None
+             else f"all {info['n_train']} training images (students)"),
+            ("teacher" if len(teachers) == 1 else "teachers",
+             ("" if len(teachers) == 1 else f"{len(teachers)} independently trained, each an ")
+             + f"MLP, hidden layers {'-'.join(map(str, tconf['model']['hidden']))}, on "
+             + (f"the first {tconf['data']['train_size']}" if tconf["data"]["train_size"] else "all")
+             + " training images" + (f", input jitter ±{jitter} px" if jitter else "")),
+            ("teacher, test" if len(teachers) == 1 else "teachers, test",
+             f"accuracy {accs[0]:.2f}% ({errs[0]} errors)" if len(teachers) == 1 else
+             f"accuracy {', '.join(f'{a:.2f}' for a in accs)}% ({', '.join(map(str, errs))} errors)"),
         ]
     return Fields(fields)
 
