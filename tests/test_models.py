@@ -52,8 +52,14 @@ def test_mlp_rejects_bad_arguments():
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28)])
 def test_small_cnn_and_build_model(shape):
     x = torch.randn(2, *shape)
-    assert SmallCNN(shape[0], 10, width=8)(x).shape == (2, 10)
-    assert build_model({"kind": "cnn", "width": 4}, shape, 10)(x).shape == (2, 10)
+    assert SmallCNN(shape[0], 10, width=8, image_size=shape[-1])(x).shape == (2, 10)
+    cnn = build_model({"kind": "cnn", "width": 4, "hidden": 5, "dropout": 0.5}, shape, 10)
+    assert cnn(x).shape == (2, 10)
+    assert cnn.head[1].in_features == 8 * (shape[-1] // 4) ** 2 and cnn.head[1].out_features == 5
+    with pytest.raises(ValueError, match="divisible by 4"):
+        SmallCNN(1, 10, image_size=30)
+    with pytest.raises(ValueError, match="dropout"):
+        SmallCNN(1, 10, dropout=1.0)
     mlp = build_model({"kind": "mlp", "hidden": [7]}, shape, 10)
     assert mlp(x).shape == (2, 10) and mlp.sizes == [math.prod(shape), 7, 10]
 

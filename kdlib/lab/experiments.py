@@ -28,12 +28,12 @@ Experiments (``python -m kdlib list``):
 ``hinton_mnist``, ``omitted_class_mnist``
     The same on MNIST (digit 3 omitted), for machines that have MNIST (``cpu``/``full``).
 
-The ``full`` scale trains three teachers (seeds 0, 1, 2) with input jitter on all 54,000
-training images and commits their logits (``results/teachers/``); student seed ``s`` learns
-from teacher ``s mod 3``. The ``cpu`` scale shares one teacher (same config, hence same cache
-key): Hinton's 2×1200 dropout MLP trained on the first 20,000 images of the training split. The
-students learn from a *transfer set* of the first 5,000 training images (a prefix of the fixed
-permutation).
+The ``full`` scale trains three convolutional teachers (:data:`CNN_TEACHER`; seeds 0, 1, 2)
+with input jitter on all 54,000 training images and commits their logits
+(``results/teachers/``); student seed ``s`` learns from teacher ``s mod 3``. The ``cpu`` scale
+shares one teacher (same config, hence same cache key): Hinton's 2×1200 dropout MLP trained on
+the first 20,000 images of the training split. The students learn from a *transfer set* of the
+first 5,000 training images (a prefix of the fixed permutation).
 """
 
 from __future__ import annotations
@@ -109,6 +109,10 @@ class Scale:
 
 
 HINTON_TEACHER = {"kind": "mlp", "hidden": [1200, 1200], "dropout": 0.5, "input_dropout": 0.2}
+#: The full scale's teacher. Hinton's MLP teacher (dropout, input jitter; the first definition of the
+#: full scale) reached 88.05% on Fashion-MNIST, below what a 2×800 student trained alone reaches on
+#: the same images, so it could not pass the experiment's gate; a small CNN replaced it.
+CNN_TEACHER = {"kind": "cnn", "width": 32, "hidden": 256, "dropout": 0.3}
 ORDERS = (0.25, 0.5, 1.0, 2.0, 4.0, INF)
 TEMPERATURES = {"big": (2.0, 4.0, 8.0, 20.0), "small": (1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 16.0),
                 "grid": (1.0, 2.0, 4.0, 8.0, 16.0), "omit": (2.0, 4.0, 8.0)}
@@ -133,10 +137,10 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
           seeds={"hinton": (0, 1, 2), "grid": (0, 1, 2), "confirm": tuple(range(3, 13))},
           temperatures=TEMPERATURES, orders={"grid": ORDERS, "omit": ORDERS},
           budgets=(8, 32), data_poor_size=150, data_poor_epochs=100),
-    #      Hinton scale: three teachers, each 60 epochs with input jitter on all 54,000 training
+    #      Hinton scale: three CNN teachers, each 20 epochs with input jitter on all 54,000 training
     #      images; students 30 epochs on all of them (the budget study checks that this is enough).
-    Scale("full", dataset=None, teacher_model=HINTON_TEACHER,
-          teacher_train=TrainConfig(epochs=60, batch_size=128, lr=0.05, jitter=2), teacher_train_size=None,
+    Scale("full", dataset=None, teacher_model=CNN_TEACHER,
+          teacher_train=TrainConfig(epochs=20, batch_size=128, lr=0.05, jitter=2), teacher_train_size=None,
           student_train=TrainConfig(epochs=30, batch_size=128, lr=0.05), transfer_size=None, val_size=None,
           hidden={"big": (800, 800), "small": (30, 30), "grid": (800, 800), "omit": (800, 800)},
           seeds={"hinton": tuple(range(15)), "grid": (0, 1, 2), "confirm": tuple(range(3, 13))},
@@ -249,6 +253,9 @@ def teacher_of(scale: Scale, seed: int) -> int:
 
 def hinton(scale: Scale, dataset: str = "fashion_mnist") -> Profile:
     """Hinton-style reproduction: teacher, 2×800 student alone and distilled, 2×30 student across T.
+
+    The teacher is the scale's: Hinton's 2×1200 dropout MLP at the ``smoke`` and ``cpu`` scales, a
+    small CNN at the ``full`` scale (see :data:`CNN_TEACHER`).
 
     Per seed: a ``big`` student alone and distilled with KL (alpha = 1, beta = 0.9) at the
     ``big`` temperatures (20 is the one Hinton et al. report for 2×800), a ``small`` student alone

@@ -118,42 +118,56 @@ def hinton_student(in_features: int = 784, num_classes: int = 10, hidden: int = 
 
 
 class SmallCNN(nn.Module):
-    """Conv(3×3, w)-ReLU-MaxPool, Conv(3×3, 2w)-ReLU-MaxPool, global average pool, Linear.
+    """Conv(3×3, w)-ReLU-MaxPool, Conv(3×3, 2w)-ReLU-MaxPool, then a hidden fully connected layer.
+
+    For 28×28 inputs: ``(1, 28, 28) -> (w, 14, 14) -> (2w, 7, 7) -> hidden -> classes``, with
+    dropout ``dropout`` before each of the two linear layers. With ``w = 32``, ``hidden = 256``
+    (about 0.85 M parameters) it is the convolutional teacher of the Hinton experiment, a model
+    clearly better than a 2×800 MLP on Fashion-MNIST.
 
     Args:
         in_channels: 1 for (Fashion-)MNIST and digits.
         num_classes: number of outputs.
         width: channels of the first block (``>= 1``).
+        hidden: units of the hidden linear layer (``>= 1``).
+        dropout: dropout probability before each linear layer, in ``[0, 1)`` (:class:`Dropout`).
+        image_size: height and width of the input (divisible by 4).
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32, hidden: int = 256,
+                 dropout: float = 0.0, image_size: int = 28) -> None:
         super().__init__()
-        if in_channels < 1 or num_classes < 2 or width < 1:
-            raise ValueError(f"in_channels >= 1, num_classes >= 2 and width >= 1 required, got "
-                             f"{in_channels}, {num_classes}, {width}")
+        if in_channels < 1 or num_classes < 2 or width < 1 or hidden < 1 or image_size % 4:
+            raise ValueError(f"in_channels >= 1, num_classes >= 2, width >= 1, hidden >= 1 and an image size "
+                             f"divisible by 4 required, got {in_channels}, {num_classes}, {width}, {hidden}, "
+                             f"{image_size}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        side = image_size // 4
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
         )
-        self.head = nn.Linear(2 * width, num_classes)
+        self.head = nn.Sequential(Dropout(dropout), nn.Linear(2 * width * side * side, hidden), nn.ReLU(),
+                                  Dropout(dropout), nn.Linear(hidden, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)`` with ``H, W >= 4``."""
+        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)`` with ``H = W = image_size``."""
         return self.head(self.features(x))
 
 
 def build_model(spec: dict[str, Any], input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Model from a spec such as ``{"kind": "mlp", "hidden": [1200, 1200], "dropout": 0.5}``.
 
-    Keys by kind: ``mlp``: ``hidden``, ``dropout``, ``input_dropout``; ``cnn``: ``width``.
+    Keys by kind: ``mlp``: ``hidden``, ``dropout``, ``input_dropout``; ``cnn``: ``width``, ``hidden``,
+    ``dropout``.
 
     Raises:
         ValueError: unknown ``kind`` or unknown keys.
     """
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    allowed = {"mlp": {"hidden", "dropout", "input_dropout"}, "cnn": {"width"}}
+    allowed = {"mlp": {"hidden", "dropout", "input_dropout"}, "cnn": {"width", "hidden", "dropout"}}
     if kind not in allowed:
         raise ValueError(f"model kind must be one of {', '.join(MODEL_KINDS)}, got {kind!r}")
     if set(spec) - allowed[kind]:
@@ -161,7 +175,8 @@ def build_model(spec: dict[str, Any], input_shape: Sequence[int], num_classes: i
     if kind == "mlp":
         return MLP(math.prod(input_shape), tuple(spec.get("hidden", (800, 800))), num_classes,
                    dropout=spec.get("dropout", 0.0), input_dropout=spec.get("input_dropout", 0.0))
-    return SmallCNN(input_shape[0], num_classes, width=spec.get("width", 32))
+    return SmallCNN(input_shape[0], num_classes, width=spec.get("width", 32), hidden=spec.get("hidden", 256),
+                    dropout=spec.get("dropout", 0.0), image_size=input_shape[-1])
 
 
 def _check_sizes(in_features: int, hidden: Sequence[int], num_classes: int) -> list[int]:

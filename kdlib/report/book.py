@@ -257,6 +257,14 @@ class Fields:
         return f'<dl class="kd-fields">{rows}</dl>'
 
 
+def describe_model(spec: dict[str, Any]) -> str:
+    """A model spec in words: ``MLP, hidden layers 1200-1200`` or ``CNN, conv 32-64, hidden 256``."""
+    if spec.get("kind") == "cnn":
+        width = spec.get("width", 32)
+        return f"CNN, conv {width}-{2 * width}, hidden {spec.get('hidden', 256)}"
+    return f"MLP, hidden layers {'-'.join(map(str, spec['hidden']))}"
+
+
 def page_header(res: ExperimentResults, details: bool = True) -> Fields:
     """The header of a chapter-2 page as short ``name: value`` lines (:class:`Fields`): the provenance
     (:func:`~kdlib.report.tables.provenance_fields`: results, runs, device, commit, date) and, with
@@ -278,7 +286,7 @@ def page_header(res: ExperimentResults, details: bool = True) -> Fields:
              else f"all {info['n_train']} training images (students)"),
             ("teacher" if len(teachers) == 1 else "teachers",
              ("" if len(teachers) == 1 else f"{len(teachers)} independently trained, each an ")
-             + f"MLP, hidden layers {'-'.join(map(str, tconf['model']['hidden']))}, on "
+             + describe_model(tconf["model"]) + ", on "
              + (f"the first {tconf['data']['train_size']}" if tconf["data"]["train_size"] else "all")
              + " training images" + (f", input jitter ±{jitter} px" if jitter else "")),
             ("teacher, test" if len(teachers) == 1 else "teachers, test",

@@ -200,7 +200,10 @@ def model_name(config: dict[str, Any]) -> str:
     model = config.get("model") or {}
     if not isinstance(model, dict):
         return str(model)
-    return f"{model.get('kind', '')}{'x'.join(str(h) for h in model.get('hidden') or [])}"
+    hidden = model.get("hidden") or []
+    if not isinstance(hidden, list):  # a CNN: width and hidden units
+        return f"{model.get('kind', '')}{model.get('width', '')}-{hidden}"
+    return f"{model.get('kind', '')}{'x'.join(str(h) for h in hidden)}"
 
 
 def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
