@@ -213,3 +213,28 @@ def test_student_frame_carries_the_teacher_of_each_run():
     row = student_frame([rec]).iloc[0]
     assert row["teacher_key"] == "tk" and row["test_ece"] == 0.1 and math.isnan(row["test_ce"])
     assert json.loads(json.dumps({"e": int(row["epochs"])})) == {"e": 5}
+
+
+def test_a_committed_full_scale_student_reruns_exactly_from_the_committed_logits(tmp_path):
+    """The committed claim: a 2×30 student of results/hinton/full.jsonl (and the students stacked
+    with it), rerun from its teacher's committed float16 logits without the teacher, reproduces its
+    record exactly, on the same kind of machine (same torch, CPU kernels and instruction set)."""
+    from kdlib.lab.run import rerun_student
+    from kdlib.lab.store import environment, load_experiment_records, results_root
+
+    path = results_root() / "hinton" / "full.jsonl"
+    if not path.exists():
+        pytest.skip("no committed full-scale Hinton results")
+    students = [r for r in load_experiment_records(path, kind="student")
+                if r["config"]["model"]["hidden"] == [30, 30] and r["config"]["label"] == "alone"]
+    assert students, "the full-scale results hold 2x30 students"
+    target = students[0]
+    here, there = environment("cpu"), target["provenance"]
+    same = all(here.get(k) == there.get(k) for k in ("torch", "cpu_capability", "cpu_isa", "threads"))
+    if not same or there.get("device") != "cpu":
+        pytest.skip("the record comes from another kind of machine; see the README for the tolerance")
+    before, after = rerun_student(target["key"], tmp_path / "rerun", cache_dir=tmp_path / "cache",
+                                  log=lambda m: None)
+    assert not (tmp_path / "cache" / "teachers").exists(), "the teacher came from the committed logits"
+    assert after["provenance"]["teacher_logits_sha256"] == before["provenance"]["teacher_logits_sha256"]
+    assert after["metrics"] == before["metrics"]

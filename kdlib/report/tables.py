@@ -28,6 +28,7 @@ Accuracies are fractions in [0, 1]; tables show them in percent (``scale=100``).
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import re
@@ -238,16 +239,19 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def teacher_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
-    """One row per teacher record, sorted by seed: ``teacher_key``, ``teacher`` (its seed),
-    ``epochs``, ``jitter`` (pixels), ``test_accuracy``, ``test_errors``, ``final_val_accuracy``,
-    ``wall_seconds`` and ``curve_val_accuracy`` / ``curve_train_loss`` (one value per epoch)."""
+    """One row per teacher record, sorted by seed: ``teacher_key``, ``teacher`` (its seed), ``model``
+    (its spec), ``experiment`` and ``profile`` (of the run that trained it), ``epochs``, ``jitter``
+    (pixels), ``test_accuracy``, ``test_errors``, ``final_val_accuracy``, ``wall_seconds`` and
+    ``curve_val_accuracy`` / ``curve_train_loss`` (one value per epoch)."""
     rows = []
     for r in records:
         if r.get("kind") != "teacher":
             continue
         c, m = r["config"], r["metrics"]
         curves = m.get("curves", {})
-        rows.append({"teacher_key": r["key"], "teacher": int(c.get("seed", 0)), "epochs": c.get("epochs"),
+        rows.append({"teacher_key": r["key"], "teacher": int(c.get("seed", 0)), "model": c.get("model", {}),
+                     "experiment": c.get("experiment"), "profile": c.get("profile"),
+                     "epochs": c.get("epochs"),
                      "jitter": int(c.get("jitter", 0)), "test_accuracy": float(m["test_accuracy"]),
                      "test_errors": int(m["test_errors"]),
                      "final_val_accuracy": float(m.get("final_val_accuracy", math.nan)),
@@ -256,6 +260,14 @@ def teacher_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                      "curve_train_loss": list(curves.get("train_loss", []))})
     df = pd.DataFrame(rows)
     return df if df.empty else df.sort_values("teacher", kind="mergesort").reset_index(drop=True)
+
+
+def committed_teachers(root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """:func:`teacher_frame` of every teacher whose logits are committed (``<root>/teachers/*.json``,
+    :class:`kdlib.lab.store.CommittedTeachers`), including teachers of earlier definitions of a
+    profile that no current experiment trains."""
+    root = Path(root) if root is not None else results_root()
+    return teacher_frame(json.loads(p.read_text()) for p in sorted((root / "teachers").glob("*.json")))
 
 
 # ----------------------------------------------------------------------------- summaries
