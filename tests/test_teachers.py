@@ -174,6 +174,10 @@ def test_expected_calibration_error_matches_a_direct_loop():
                 total += m.sum().item() / 500 * abs(acc - conf[m].mean().item())
         assert ece[s].item() == pytest.approx(total, abs=1e-12)
     assert evaluate_logits(z[0], y, 10)[0]["test_ece"] == pytest.approx(ece[0].item())
+    broken = z.clone()
+    broken[1, 7, 3] = math.nan  # a diverged student has no ECE; the others keep theirs
+    with_nan = expected_calibration_error(broken, y, bins=10)
+    assert math.isnan(with_nan[1]) and with_nan[0] == ece[0]
     sharp = torch.nn.functional.one_hot(y, 10).double() * 50  # right and certain: ECE 0
     assert expected_calibration_error(sharp, y).item() == pytest.approx(0.0, abs=1e-12)
 
@@ -238,3 +242,24 @@ def test_a_committed_full_scale_student_reruns_exactly_from_the_committed_logits
     assert not (tmp_path / "cache" / "teachers").exists(), "the teacher came from the committed logits"
     assert after["provenance"]["teacher_logits_sha256"] == before["provenance"]["teacher_logits_sha256"]
     assert after["metrics"] == before["metrics"]
+
+
+def test_committed_teachers_and_model_descriptions(tmp_path):
+    from kdlib.report.book import describe_model
+    from kdlib.report.tables import committed_teachers
+
+    assert describe_model({"kind": "cnn", "width": 32, "hidden": 256, "dropout": 0.3}) == \
+        "CNN, conv 32-64, hidden 256"
+    assert describe_model({"kind": "mlp", "hidden": [1200, 1200]}) == "MLP, hidden layers 1200-1200"
+    store = CommittedTeachers(tmp_path)
+    for seed, acc in ((1, 0.9), (0, 0.8)):
+        record = {"key": f"k{seed}", "kind": "teacher",
+                  "config": {"seed": seed, "model": {"kind": "cnn"}, "epochs": 3, "jitter": 2,
+                             "experiment": "hinton", "profile": "full"},
+                  "metrics": {"test_accuracy": acc, "test_errors": 10, "final_val_accuracy": acc,
+                              "curves": {"val_accuracy": [acc], "train_loss": [1.0]}},
+                  "provenance": {"wall_seconds": 1.0}}
+        store.save(f"k{seed}", _logits({"train": 4, "val": 2, "test": 2}), record)
+    frame = committed_teachers(tmp_path)
+    assert frame["teacher"].tolist() == [0, 1] and frame["test_accuracy"].tolist() == [0.8, 0.9]
+    assert frame["model"].iloc[0] == {"kind": "cnn"} and frame["jitter"].tolist() == [2, 2]

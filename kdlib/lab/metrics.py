@@ -6,6 +6,7 @@ return float64 values (fractions in [0, 1], cross-entropies in nats).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,16 +83,19 @@ def expected_calibration_error(logits: torch.Tensor, y: torch.Tensor, bins: int 
         bins: number of bins, ``>= 1``.
 
     Returns:
-        ``()`` or ``(S,)``, a fraction in ``[0, 1]``.
+        ``()`` or ``(S,)``, a fraction in ``[0, 1]``; NaN for a model with non-finite logits.
     """
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     conf, pred = F.softmax(logits.to(torch.float64), -1).max(-1)
     correct = (pred == y).to(torch.float64)
+    finite = torch.isfinite(conf).all(-1)  # a diverged model (non-finite logits) has no ECE
+    conf = torch.nan_to_num(conf, nan=1.0)
     b = (conf * bins).ceil().clamp(1, bins).long() - 1  # bin of (k/bins, (k+1)/bins]
     onehot = F.one_hot(b, bins).to(torch.float64)  # (..., N, bins)
     gap = ((correct - conf).unsqueeze(-2) @ onehot).squeeze(-2)  # per bin: n_b (acc_b - conf_b)
-    return gap.abs().sum(-1) / y.shape[0]
+    ece = gap.abs().sum(-1) / y.shape[0]
+    return torch.where(finite, ece, torch.full_like(ece, math.nan))
 
 
 def bias_shift(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch.Tensor,
