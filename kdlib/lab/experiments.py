@@ -70,8 +70,8 @@ class Scale:
         val_size: validation images (learning curves, bias-shift choice; ``None``: the split's).
         hidden: student widths by role: ``big`` and ``small`` (Hinton's two students), ``grid``
             (the Rényi grid and the confirmation) and ``omit`` (the omitted-class experiment).
-        seeds: student seeds by role: ``hinton``, ``grid`` (the grid and the omitted class) and
-            ``confirm`` (fresh seeds of the confirmation).
+        seeds: student seeds by role: ``hinton``, ``data_poor`` (default: ``hinton``'s), ``grid``
+            (the grid and the omitted class) and ``confirm`` (fresh seeds of the confirmation).
         temperatures: by role: ``big``, ``small``, ``grid``, ``omit``.
         orders: Rényi orders by role: ``grid``, ``omit``.
         teachers: the seeds of the independently trained teachers; student seed ``s`` of the
@@ -143,7 +143,8 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
           teacher_train=TrainConfig(epochs=20, batch_size=128, lr=0.05, jitter=2), teacher_train_size=None,
           student_train=TrainConfig(epochs=30, batch_size=128, lr=0.05), transfer_size=None, val_size=None,
           hidden={"big": (800, 800), "small": (30, 30), "grid": (800, 800), "omit": (800, 800)},
-          seeds={"hinton": tuple(range(15)), "grid": (0, 1, 2), "confirm": tuple(range(3, 13))},
+          seeds={"hinton": tuple(range(15)), "data_poor": tuple(range(6)), "grid": (0, 1, 2),
+                 "confirm": tuple(range(3, 13))},
           temperatures={**TEMPERATURES, "big": (1.0, 2.0, 4.0, 8.0, 20.0),
                         "small": (1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 20.0)},
           orders={"grid": ORDERS, "omit": ORDERS}, precision="auto", teachers=(0, 1, 2),
@@ -297,10 +298,12 @@ def hinton_budget(scale: Scale) -> Profile:
 def hinton_data_poor(scale: Scale) -> Profile:
     """Hinton et al.'s data-poor setting: the ``big`` student, alone and with KL at the ``big``
     temperatures, learning from only the first ``data_poor_size`` images of the transfer set
-    (about 3%) for ``data_poor_epochs`` epochs; the same teachers and seeds as :func:`hinton`.
+    (about 3%) for ``data_poor_epochs`` epochs; the same teachers as :func:`hinton`, the seeds of
+    the ``data_poor`` role (full: 0-5, two per teacher; the effects are several points, and its
+    per-epoch validation costs as much as its training).
     """
     students: list[StudentSpec] = []
-    for s in scale.seeds["hinton"]:
+    for s in scale.seeds.get("data_poor", scale.seeds["hinton"]):
         t, hidden = teacher_of(scale, s), scale.hidden["big"]
         students += alone(hidden, [s], teacher=t)
         students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=hidden, teacher=t)
