@@ -37,6 +37,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=30, help="hidden width of the students to rerun")
     parser.add_argument("--capability", default="avx2", help="ATEN_CPU_CAPABILITY of the rerun")
     parser.add_argument("--groups", type=int, default=1, help="stack groups to rerun")
+    parser.add_argument("--onednn-isa", default=None,
+                        help="ONEDNN_MAX_CPU_ISA of the rerun (e.g. AVX2): oneDNN, which runs the bf16 and "
+                             "fp32 matrix products, picks its kernels itself and ignores ATEN_CPU_CAPABILITY")
     args = parser.parse_args()
 
     from kdlib.lab.store import load_experiment_records, results_root
@@ -50,7 +53,8 @@ def main() -> None:
     worst, n = 0.0, 0
     for members in list(groups.values())[: args.groups]:
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "ATEN_CPU_CAPABILITY": args.capability, "TQDM_DISABLE": "1"}
+            env = {**os.environ, "ATEN_CPU_CAPABILITY": args.capability, "TQDM_DISABLE": "1",
+                   **({"ONEDNN_MAX_CPU_ISA": args.onednn_isa} if args.onednn_isa else {})}
             out = subprocess.run([sys.executable, "-c", CHILD, members[0]["key"], tmp], env=env,
                                  capture_output=True, text=True, check=True).stdout
             first = json.loads(out.strip().splitlines()[-1])
@@ -69,8 +73,9 @@ def main() -> None:
             print(f"  {c['label']:9s} T={c['T']:<5g} test {100 * a['test_accuracy']:.2f} -> "
                   f"{100 * b['test_accuracy']:.2f} ({d:+.2f})  val {100 * a['final_val_accuracy']:.2f} -> "
                   f"{100 * b['final_val_accuracy']:.2f}")
-    print(f"TOLERANCE {args.experiment} {args.capability}: max |test accuracy difference| {worst:.2f} points "
-          f"over {n} students")
+    isa = f" oneDNN {args.onednn_isa}" if args.onednn_isa else ""
+    print(f"TOLERANCE {args.experiment} {args.capability}{isa}: max |test accuracy difference| "
+          f"{worst:.2f} points over {n} students")
 
 
 if __name__ == "__main__":

@@ -473,13 +473,20 @@ def test_page_header_and_results_page(tmp_path, monkeypatch):
     text = repr(shown[0])
     assert text == repr(book.page_header(res))
     lines = text.splitlines()
-    assert lines[0] == "results: experiment hinton, profile cpu"
-    assert lines[1].startswith("runs: 39 students and 1 teacher; seeds 0, 1, 2")
+    assert lines[0] == "results: experiment hinton, profile full", "the best committed profile is shown"
+    assert lines[1] == "runs: 210 students and 3 teachers; seeds 0-14"
     assert max(len(ln) for ln in lines) <= book.WIDTH, "short lines: the block reads without scrolling"
-    assert any(ln.startswith("data: fashion_mnist: 54000 training") for ln in lines)
-    assert "transfer set: the first 5000 training images (students)" in lines
-    assert lines[-1] == "teacher, test: accuracy 86.63% (1337 errors)"
+    assert "transfer set: all 54000 training images (students)" in lines
+    assert "teachers: 3 trained independently: CNN, conv 32-64, hidden 256" in lines
+    assert "teacher data: all training images, input jitter ±2 px" in lines
+    assert lines[-1].startswith("teachers, test: accuracy 92.39, 92.67, 92.73% (")
     assert text.startswith(repr(book.page_header(res, details=False)) + "\ndata: ")
+    cpu = repr(book.page_header(analysis.load_results("hinton", "cpu"))).splitlines()  # 1 teacher, no jitter
+    assert cpu[1].startswith("runs: 39 students and 1 teacher; seeds 0, 1, 2")
+    assert any(ln.startswith("data: fashion_mnist: 54000 training") for ln in cpu)
+    assert "transfer set: the first 5000 training images (students)" in cpu
+    assert "teacher: MLP, hidden layers 1200-1200, on the first 20000 training images" in cpu
+    assert cpu[-1] == "teacher, test: accuracy 86.63% (1337 errors)"
     html = shown[0]._repr_html_()
     assert html.startswith('<dl class="kd-fields">') and "<dt>commit</dt>" in html
     # results of the smoke profile are never shown as findings

@@ -299,8 +299,8 @@ def hinton_data_poor(scale: Scale) -> Profile:
     """Hinton et al.'s data-poor setting: the ``big`` student, alone and with KL at the ``big``
     temperatures, learning from only the first ``data_poor_size`` images of the transfer set
     (about 3%) for ``data_poor_epochs`` epochs; the same teachers as :func:`hinton`, the seeds of
-    the ``data_poor`` role (full: 0-5, two per teacher; the effects are several points, and its
-    per-epoch validation costs as much as its training).
+    the ``data_poor`` role (full: 0-5, two per teacher, six runs per cell, a choice made for time:
+    its per-epoch validation on 6,000 images costs as much as its training).
     """
     students: list[StudentSpec] = []
     for s in scale.seeds.get("data_poor", scale.seeds["hinton"]):

@@ -284,11 +284,17 @@ def page_header(res: ExperimentResults, details: bool = True) -> Fields:
                      f"{info['n_test']} test images"),
             ("transfer set", f"the first {size} training images (students)" if size is not None
              else f"all {info['n_train']} training images (students)"),
-            ("teacher" if len(teachers) == 1 else "teachers",
-             ("" if len(teachers) == 1 else f"{len(teachers)} independently trained, each an ")
-             + describe_model(tconf["model"]) + ", on "
-             + (f"the first {tconf['data']['train_size']}" if tconf["data"]["train_size"] else "all")
-             + " training images" + (f", input jitter ±{jitter} px" if jitter else "")),
+        ]
+        images = (f"the first {tconf['data']['train_size']}" if tconf["data"]["train_size"] else "all") \
+            + " training images"
+        if len(teachers) == 1 and not jitter:
+            fields.append(("teacher", f"{describe_model(tconf['model'])}, on {images}"))
+        else:
+            fields += [("teachers" if len(teachers) > 1 else "teacher",
+                        (f"{len(teachers)} trained independently: " if len(teachers) > 1 else "")
+                        + describe_model(tconf["model"])),
+                       ("teacher data", images + (f", input jitter ±{jitter} px" if jitter else ""))]
+        fields += [
             ("teacher, test" if len(teachers) == 1 else "teachers, test",
              f"accuracy {accs[0]:.2f}% ({errs[0]} errors)" if len(teachers) == 1 else
              f"accuracy {', '.join(f'{a:.2f}' for a in accs)}% ({', '.join(map(str, errs))} errors)"),

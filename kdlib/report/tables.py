@@ -176,6 +176,14 @@ def provenance_line(results: ExperimentResults) -> str:
             f"{p['wall_seconds'] / 60:.0f} min of training)")
 
 
+def _seed_list(seeds: Sequence[int]) -> str:
+    """``0, 1, 2``; more than ten consecutive seeds as ``0-14``, so the line stays short."""
+    seeds = sorted(seeds)
+    if len(seeds) > 10 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
 def provenance_fields(results: ExperimentResults) -> list[tuple[str, str]]:
     """The provenance of :func:`provenance_line` as short ``(name, value)`` pairs, for a block that
     reads without scrolling: results, runs, device, torch, commit, date (each value well under 80 characters
@@ -185,7 +193,7 @@ def provenance_fields(results: ExperimentResults) -> list[tuple[str, str]]:
     teachers = f"{p['teachers']} teacher" + ("s" if p["teachers"] != 1 else "")
     return [
         ("results", f"experiment {results.experiment}, profile {results.profile}"),
-        ("runs", f"{p['students']} students and {teachers}; seeds {', '.join(map(str, p['seeds']))}"),
+        ("runs", f"{p['students']} students and {teachers}; seeds {_seed_list(p['seeds'])}"),
         ("device", "; ".join(p["devices"])),
         ("torch", ", ".join(p["torch"])),
         ("commit", ", ".join(p["commits"])),
