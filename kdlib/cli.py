@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdlib list | run | report | submit | status | merge``.
+"""Command line: ``python -m kdlib list | run | report | submit | status | merge | rerun``.
 
 ``list``
     The experiments, one per line: name, then a short description.
