@@ -10,7 +10,11 @@ for each row :math:`b` with student logits :math:`z_b`, teacher logits :math:`v_
 :math:`y_b`; :math:`c_\alpha = \alpha` with ``normalize_by_alpha``, else 1. The hard term is the
 thesis's eq (1.9)–(1.10) with one-hot labels, the soft term eq (1.11)–(1.12) with :math:`D_{KL}`
 replaced by the Rényi divergence :math:`D_\alpha` (eq 1.16), mixed as in eq (1.13). At
-``alpha = 1`` this is Hinton's loss.
+``alpha = 1`` this is Hinton's loss. With ``reverse=True`` the two distributions of the soft
+term swap places, :math:`D_\alpha(\operatorname{softmax}(z_b/T)\,\|\,\operatorname{softmax}(v_b/T))`:
+at ``alpha = 1`` the *reverse* Kullback–Leibler divergence, the usual alternative to KL in
+distillation (mode-seeking rather than mass-covering). It is not in the thesis; the Rényi
+experiments use it as a second baseline.
 
 This module is the one implementation of the loss: :class:`kdlib.DistillationLoss` is a thin
 module over it, and the experiment engine (:mod:`kdlib.lab.train`) calls it with tensor
@@ -57,6 +61,7 @@ def distillation_loss(
     T: float | torch.Tensor = 4.0,
     beta: float | torch.Tensor = 0.9,
     normalize_by_alpha: bool | torch.Tensor = False,
+    reverse: bool = False,
     reduction: str = "mean",
     validate: bool = True,
     return_components: bool = False,
@@ -91,6 +96,12 @@ def distillation_loss(
         beta: weight of the soft term in ``[0, 1]``, or a tensor of them.
         normalize_by_alpha: divide the soft term by :math:`\alpha`; a bool, or a bool tensor
             broadcastable to the row shape (per stacked student).
+        reverse: a bool; ``True`` computes the soft term as
+            :math:`T^2 D_\alpha(\text{student}_T \| \text{teacher}_T)` (reverse KL at
+            ``alpha = 1``). Its gradient with respect to the student logits is the analytic
+            teacher-side gradient of :func:`~kdlib.divergences.renyi_divergence_logits`,
+            :math:`\tfrac{\alpha}{\alpha-1}(w - q)/T` (:math:`q(\log q - \log p - D)/T` at
+            ``alpha = 1``), with the roles of :math:`p` and :math:`q` exchanged.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         validate: check the values of the arguments (finite logits, targets in range,
             hyperparameters in range: one host sync). ``False`` in hot loops whose inputs are
@@ -114,6 +125,8 @@ def distillation_loss(
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not isinstance(reverse, bool):
+        raise ValueError(f"reverse must be a bool, got {type(reverse).__name__}")
     rows = check_logits_pair(student_logits, teacher_logits, "student_logits", "teacher_logits", targets,
                              validate=validate)
     if rows != student_logits.shape[:-1]:
@@ -139,8 +152,10 @@ def distillation_loss(
     y = targets if targets.dtype == torch.int64 else targets.long()  # gather takes int64 only
     y = y if y.shape == rows else y.expand(rows)
     ce = torch.logsumexp(s, -1) - s.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    # Soft term: T^2 D_alpha(teacher_T || student_T) per row (eq 1.11-1.12 with D_alpha, 1.16).
-    d = renyi_divergence_logits(t, s, alpha, T, validate=False)
+    # Soft term: T^2 D_alpha(teacher_T || student_T) per row (eq 1.11-1.12 with D_alpha, 1.16), or
+    # T^2 D_alpha(student_T || teacher_T) when reversed (the gradient then takes the first argument's path).
+    d = renyi_divergence_logits(s, t, alpha, T, validate=False) if reverse else \
+        renyi_divergence_logits(t, s, alpha, T, validate=False)
     soft = _soft_term(d, T, alpha, norm)
     if isinstance(beta, torch.Tensor):
         beta = beta.to(d.dtype)

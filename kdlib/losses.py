@@ -71,6 +71,9 @@ class DistillationLoss(nn.Module):
         beta: weight :math:`\beta \in [0, 1]` of the soft term (a number, or a tensor broadcastable to
             the row shape).
         normalize_by_alpha: divide the soft term by :math:`\alpha` (see above).
+        reverse: exchange the two distributions of the soft term,
+            :math:`D_\alpha(\text{student}_T \| \text{teacher}_T)` (reverse KL at ``alpha = 1``;
+            see :func:`kdlib.functional.distillation_loss`).
         reduction: ``"mean"`` (over all rows), ``"sum"`` or ``"none"`` (one value per row).
         validate: check the values of every call's arguments: finite logits and targets in
             ``[0, n)``, at the cost of two float64 sums, one min/max and a single host sync per
@@ -112,6 +115,7 @@ class DistillationLoss(nn.Module):
         beta: float | torch.Tensor = 0.9,
         *,
         normalize_by_alpha: bool = False,
+        reverse: bool = False,
         reduction: str = "mean",
         validate: bool = True,
     ) -> None:
@@ -146,6 +150,9 @@ class DistillationLoss(nn.Module):
             else:
                 setattr(self, name, value)
         self.normalize_by_alpha = bool(normalize_by_alpha)
+        if not isinstance(reverse, bool):
+            raise ValueError(f"reverse must be a bool, got {type(reverse).__name__}")
+        self.reverse = reverse
         self.reduction = reduction
         self.validate = bool(validate)
 
@@ -167,7 +174,8 @@ class DistillationLoss(nn.Module):
 
         return (
             f"alpha={fmt(self.alpha)}, T={fmt(self.T)}, beta={fmt(self.beta)}, "
-            f"normalize_by_alpha={self.normalize_by_alpha}, reduction={self.reduction!r}"
+            f"normalize_by_alpha={self.normalize_by_alpha}, "
+            + ("reverse=True, " if self.reverse else "") + f"reduction={self.reduction!r}"
         )
 
     def components(
@@ -198,5 +206,6 @@ class DistillationLoss(nn.Module):
 
     def _options(self) -> dict:
         return {"alpha": self.alpha, "T": self.T, "beta": self.beta,
-                "normalize_by_alpha": self.normalize_by_alpha, "reduction": self.reduction,
+                "normalize_by_alpha": self.normalize_by_alpha, "reverse": self.reverse,
+                "reduction": self.reduction,
                 "validate": self.validate}

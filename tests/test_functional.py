@@ -59,8 +59,50 @@ def test_normalize_by_alpha_divides_the_soft_term_only_where_set():
     torch.testing.assert_close(got, plain * torch.tensor([0.25, 1.0], dtype=torch.float64))
 
 
+def test_reverse_kl_is_the_kl_of_the_student_from_the_teacher_with_autograd_gradient():
+    z = Z[0].clone().requires_grad_(True)
+    got = distillation_loss(z, V, Y, alpha=1.0, T=4.0, beta=0.7, reverse=True)
+    q = F.log_softmax(z / 4, -1)  # the student's tempered log-probabilities: the first argument now
+    by_hand = 0.3 * F.cross_entropy(z, Y) + 0.7 * 16 * F.kl_div(
+        F.log_softmax(V / 4, -1), q, reduction="batchmean", log_target=True)
+    torch.testing.assert_close(got, by_hand, rtol=1e-12, atol=1e-12)
+    (g,) = torch.autograd.grad(got, z)
+    (g_hand,) = torch.autograd.grad(by_hand, z)
+    torch.testing.assert_close(g, g_hand, rtol=1e-10, atol=1e-12)
+    forward = distillation_loss(Z[0], V, Y, alpha=1.0, T=4.0, beta=0.7)
+    assert not torch.allclose(got.detach(), forward), "KL is not symmetric: the two directions differ"
+
+
+@pytest.mark.parametrize("alpha", [0.5, 2.0, INF])
+def test_reverse_renyi_swaps_the_arguments_of_the_divergence(alpha):
+    from kdlib.divergences import renyi_divergence_logits
+    z = Z[1].clone().requires_grad_(True)
+    got = distillation_loss(z, V, Y, alpha=alpha, T=2.0, beta=1.0, reverse=True, reduction="none")
+    want = 4.0 * renyi_divergence_logits(z.detach(), V, alpha, 2.0)
+    torch.testing.assert_close(got.detach(), want, rtol=1e-12, atol=1e-12)
+    # the gradient reaches the student through the divergence's first argument: compare with a
+    # finite difference of the loss in one logit
+    (g,) = torch.autograd.grad(got.sum(), z)
+    e = torch.zeros_like(z)
+    e[0, 3] = 1e-6
+    fd = (distillation_loss(z.detach() + e, V, Y, alpha=alpha, T=2.0, beta=1.0, reverse=True, reduction="sum")
+          - distillation_loss(z.detach() - e, V, Y, alpha=alpha, T=2.0, beta=1.0, reverse=True,
+                              reduction="sum")) / 2e-6
+    torch.testing.assert_close(g[0, 3], fd, rtol=1e-5, atol=1e-8)
+
+
+def test_reverse_in_the_module_equals_the_function():
+    module = DistillationLoss(1.0, 3.0, 0.5, reverse=True)
+    assert "reverse=True" in repr(module)
+    torch.testing.assert_close(module(Z[2], V, Y), distillation_loss(Z[2], V, Y, alpha=1.0, T=3.0, beta=0.5,
+                                                                     reverse=True), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="reverse must be a bool"):
+        DistillationLoss(1.0, 3.0, 0.5, reverse=1)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"reduction": "batchmean"}, "reduction must be one of"),
+    ({"reverse": torch.tensor(True)}, "reverse must be a bool"),
     ({"alpha": column(0), "normalize_by_alpha": torch.ones(S, 1, dtype=torch.bool)},
      "alpha must be in \\(0, inf\\)"),
     ({"alpha": 0.0, "normalize_by_alpha": True}, "alpha must be in \\(0, inf\\)"),

@@ -33,6 +33,7 @@ SPECS = [
     C.StudentSpec(alpha=INF, T=8.0, beta=0.9, seed=2, hidden=(16, 16)),
     C.StudentSpec(alpha=2.0, T=1.0, beta=0.5, seed=3, hidden=(16, 16), normalize_by_alpha=True),
     C.StudentSpec(alpha=1.0, T=1.0, beta=0.0, seed=4, hidden=(16, 16), label="alone"),
+    C.StudentSpec(alpha=1.0, T=2.0, beta=0.9, seed=5, hidden=(16, 16), reverse=True),  # reverse KL
 ]
 
 
@@ -50,7 +51,8 @@ def train_alone(spec, x, y, teacher, cfg, data_seed, dtype):
     """Reference: one plain MLP and kdlib.DistillationLoss, the usual single-student loop."""
     model = MLP(64, spec.hidden, 10).to(dtype).load_params(
         init_mlp_params([64, *spec.hidden, 10], spec.seed, dtype))
-    loss_fn = DistillationLoss(spec.alpha, spec.T, spec.beta, normalize_by_alpha=spec.normalize_by_alpha)
+    loss_fn = DistillationLoss(spec.alpha, spec.T, spec.beta, normalize_by_alpha=spec.normalize_by_alpha,
+                               reverse=spec.reverse)
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                               weight_decay=cfg.weight_decay)
@@ -108,8 +110,11 @@ def test_student_losses_equal_distillation_loss_per_student():
     y = torch.randint(0, 10, (7,), generator=g)
     got = E.distillation_objective(y, v, SPECS)(z, torch.arange(7))
     for s, spec in enumerate(SPECS):
-        ref = DistillationLoss(spec.alpha, spec.T, spec.beta, normalize_by_alpha=spec.normalize_by_alpha)
+        ref = DistillationLoss(spec.alpha, spec.T, spec.beta, normalize_by_alpha=spec.normalize_by_alpha,
+                               reverse=spec.reverse)
         torch.testing.assert_close(got[s], ref(z[s], v, y), rtol=1e-12, atol=1e-12)
+    forward = DistillationLoss(1.0, 2.0, 0.9)(z[-1], v, y)
+    assert not torch.allclose(got[-1], forward), "the reverse student is not trained with forward KL"
     # alpha = 1, beta = 0.9 by hand: Hinton's loss with F.kl_div
     by_hand = 0.1 * F.cross_entropy(z[0], y) + 0.9 * 16 * F.kl_div(
         F.log_softmax(z[0] / 4, -1), F.softmax(v / 4, -1), reduction="batchmean")
@@ -127,6 +132,36 @@ def test_student_spec_checks():
         C.StudentSpec(beta=1.5)
     with pytest.raises(ValueError, match="normalize_by_alpha"):
         C.StudentSpec(alpha=INF, normalize_by_alpha=True)
+    with pytest.raises(ValueError, match="lr must be"):
+        C.StudentSpec(lr=0.0)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        C.StudentSpec(optimizer="lbfgs")
+
+
+def test_a_students_own_learning_rate_and_optimiser_make_its_stack_and_key():
+    from kdlib.lab.experiments import SCALES, hinton, student_config
+    from kdlib.lab.shards import stack_groups
+    from kdlib.lab.store import run_key
+
+    p = hinton(SCALES["smoke"])
+    base = C.StudentSpec(alpha=2.0, T=4.0, seed=0, hidden=(16, 16))
+    specs = [base, C.StudentSpec(alpha=2.0, T=4.0, seed=0, hidden=(16, 16), lr=0.2),
+             C.StudentSpec(alpha=1.0, T=4.0, seed=0, hidden=(16, 16), lr=0.2),
+             C.StudentSpec(alpha=2.0, T=4.0, seed=0, hidden=(16, 16), optimizer="adam"),
+             C.StudentSpec(alpha=1.0, T=4.0, seed=0, hidden=(16, 16), reverse=True)]
+    # reverse shares the stack; a learning rate or optimiser of its own makes another
+    assert stack_groups(specs, 128) == [[0, 4], [1, 2], [3]]
+    assert p.student_train_of(base) is p.student_train
+    assert p.student_train_of(specs[1]).lr == 0.2
+    assert p.student_train_of(specs[1]).epochs == p.student_train.epochs
+    assert p.student_train_of(specs[3]).optimizer == "adam"
+    confs = [student_config("x", "smoke", p, s, "t") for s in specs]
+    assert "reverse" not in confs[0] and confs[4]["reverse"] is True
+    assert confs[1]["lr"] == 0.2 and confs[0]["lr"] == p.student_train.lr
+    assert len({run_key(c) for c in confs}) == len(specs)
+    # a spec that sets the profile's own learning rate is the same run as one that does not
+    same = C.StudentSpec(alpha=2.0, T=4.0, seed=0, hidden=(16, 16), lr=p.student_train.lr)
+    assert run_key(student_config("x", "smoke", p, same, "t")) == run_key(confs[0])
 
 
 def test_train_config_checks_and_schedule():
@@ -222,8 +257,35 @@ def test_bias_shift_against_brute_force():
         assert out[s]["omitted_class_accuracy_after_shift"] == pytest.approx(after[1])
         assert out[s]["test_accuracy_after_shift"] == pytest.approx(after[0])
         assert after[1] > before[1]
+        assert out[s]["omitted_class_auroc"] == pytest.approx(pairwise_auroc(zt[s][:, cls], yt == cls))
     with pytest.raises(ValueError, match="ascending"):
         M.bias_shift(torch.tensor(zv), torch.tensor(yv), torch.tensor(zt), torch.tensor(yt), cls, [2, 1])
+
+
+def pairwise_auroc(score, positive):
+    """The AUROC by its definition: P(score of a positive > score of a negative), ties count 1/2."""
+    pos, neg = score[positive], score[~positive]
+    return ((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+
+
+def test_class_auroc_is_the_pairwise_probability_and_ignores_a_bias_shift():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 3, 500)
+    z = rng.normal(size=(500, 3)) + 0.8 * np.eye(3)[y]
+    z[:50, 1] = np.round(z[:50, 1], 1)  # some ties
+    got = M.class_auroc(torch.tensor(z), torch.tensor(y), 1)
+    assert got == pytest.approx(pairwise_auroc(z[:, 1], y == 1), abs=1e-12)
+    assert 0.6 < got < 0.9  # informative, not perfect
+    shifted = z.copy()
+    shifted[:, 1] += 7.5
+    assert M.class_auroc(torch.tensor(shifted), torch.tensor(y), 1) == got
+    broken = z.copy()
+    broken[3, 1] = np.nan
+    assert math.isnan(M.class_auroc(torch.tensor(broken), torch.tensor(y), 1))
+    with pytest.raises(ValueError, match="must contain class 1"):
+        M.class_auroc(torch.tensor(z), torch.zeros(500, dtype=torch.long), 1)
+    with pytest.raises(ValueError, match="logits must be"):
+        M.class_auroc(torch.tensor(z[None]), torch.tensor(y), 1)
 
 
 ROWS = {"train": 5, "val": 2, "test": 3}
@@ -368,7 +430,74 @@ def test_warmup_and_new_options_keep_old_keys():
     cfg = C.TrainConfig(epochs=1, lr=0.1, schedule="constant", warmup_steps=4)
     assert [cfg.lr_at(i, 100) for i in range(5)] == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1])
     assert "warmup_steps" not in C.TrainConfig(epochs=1).to_dict()
+    assert "warmup_epochs" not in C.TrainConfig(epochs=1).to_dict()
+    by_epochs = C.TrainConfig(epochs=4, lr=0.1, schedule="constant", warmup_epochs=0.5)  # 25 steps an epoch
+    assert [by_epochs.lr_at(i, 100) for i in (0, 12, 13, 20)] == pytest.approx([0.1 / 13, 0.1, 0.1, 0.1])
+    assert by_epochs.to_dict()["warmup_epochs"] == 0.5
+    with pytest.raises(ValueError, match="at most one of warmup_steps and warmup_epochs"):
+        C.TrainConfig(epochs=1, warmup_steps=3, warmup_epochs=1.0)
+    with pytest.raises(ValueError, match="warmup_epochs must be"):
+        C.TrainConfig(epochs=1, warmup_epochs=-1.0)
     assert "clip_norm" not in C.TrainConfig(epochs=1).to_dict()
     assert C.TrainConfig(epochs=1, clip_norm=1.0).to_dict()["clip_norm"] == 1.0
     with pytest.raises(ValueError, match="clip_norm"):
         C.TrainConfig(epochs=1, clip_norm=0.0)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in for stacked students whose logits are fixed: the teacher's plus small offsets."""
+
+    def __init__(self, z):
+        super().__init__()
+        self.z = torch.nn.Parameter(z)
+
+    def forward(self, x):
+        return self.z
+
+
+@pytest.mark.parametrize("T,offset,near", [(50.0, 0.05, True), (1.0, 0.05, True), (2.0, 3.0, False)])
+def test_gradient_ratio_monitor_is_alpha_near_the_fit(T, offset, near):
+    g = torch.Generator().manual_seed(5)
+    v = torch.randn(64, 10, generator=g, dtype=torch.float64) * 2
+    specs = [C.StudentSpec(alpha=a, T=T, normalize_by_alpha=n, reverse=r, hidden=(4,))
+             for a, n, r in [(4.0, False, False), (4.0, True, False), (0.25, False, False),
+                             (1.0, False, True), (1.0, False, False)]]
+    specs.append(C.StudentSpec(beta=0.0, label="alone", hidden=(4,)))
+    z = v + offset * torch.randn(len(specs), 64, 10, generator=g, dtype=torch.float64)
+    z[1] = z[0]  # the same student logits, with and without the division by alpha
+    monitor = E.gradient_ratio_monitor(torch.zeros(64, 1), v, torch.zeros(64, dtype=torch.long), specs)
+    model = _FixedLogits(z)
+    r = monitor(model)
+    assert r.shape == (len(specs),) and math.isnan(r[-1]) and r[4] == pytest.approx(1.0)
+    assert model.training and torch.equal(model.z.detach(), z)  # the monitor changes nothing
+    assert r[1] == pytest.approx(r[0] / 4)  # the division by alpha divides the gradient by alpha
+    if near:  # near the fit the Rényi gradient is alpha times KL's at every T; reverse KL's equals KL's
+        assert r[:4].tolist() == pytest.approx([4.0, 1.0, 0.25, 1.0], rel=0.02)
+    else:  # far from it (a student at initialisation) the ratio is far from alpha
+        assert abs(r[0] - 4.0) > 1.0 and abs(r[3] - 1.0) > 0.05
+
+
+def test_the_tuned_exploration_runs_at_smoke_scale_and_records_the_gradient_ratio(tmp_path):
+    from kdlib.lab.experiments import ARMS, SCALES, Arm, get_experiment
+    from kdlib.lab.run import run_experiment
+    from kdlib.lab.store import load_records
+
+    p = get_experiment("renyi_explore").profile("smoke")
+    path = run_experiment("renyi_explore", "smoke", out=tmp_path, cache_dir=tmp_path / "cache",
+                          log=lambda m: None)
+    students = load_records(path, kind="student")
+    assert len(students) == len(p.students) == len(ARMS) * 2 + 2  # 2 learning rates, 1 T, 1 seed
+    assert {r["config"]["lr"] for r in students} == set(SCALES["smoke"].lrs)
+    arms = {Arm(float(r["config"]["alpha"]), r["config"]["normalize_by_alpha"],
+                r["config"].get("reverse", False)) for r in students if r["config"]["label"] == "distilled"}
+    assert arms == set(ARMS)
+    for r in students:
+        assert r["config"]["warmup_epochs"] == 1.0
+        ratio = [St.decode_float(x) for x in r["metrics"]["curves"]["grad_ratio"]]  # NaN is stored as "nan"
+        assert len(ratio) == p.student_train.epochs
+        if r["config"]["label"] == "alone":
+            assert all(math.isnan(x) for x in ratio)
+        elif r["config"]["alpha"] == 1.0 and not r["config"].get("reverse"):
+            assert ratio == pytest.approx([1.0] * len(ratio))
+        else:
+            assert all(x > 0 for x in ratio)

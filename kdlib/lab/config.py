@@ -115,6 +115,8 @@ class TrainConfig:
         weight_decay: L2 coefficient ``>= 0`` (coupled, as in ``torch.optim.SGD``).
         schedule: ``"cosine"`` (lr decays to 0 over all steps) or ``"constant"``.
         warmup_steps: the lr rises linearly over the first ``warmup_steps`` steps (``>= 0``).
+        warmup_epochs: the same in epochs (``>= 0``; the steps are rounded up), for configs shared
+            by transfer sets of different sizes; at most one of the two is set.
         clip_norm: clip each network's gradient to this L2 norm (``> 0``; ``None``: no
             clipping). For stacked students the norm is taken per student, exactly as
             ``torch.nn.utils.clip_grad_norm_`` would on that student alone.
@@ -136,6 +138,7 @@ class TrainConfig:
     warmup_steps: int = 0
     clip_norm: float | None = None
     jitter: int = 0
+    warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -149,31 +152,39 @@ class TrainConfig:
         if self.warmup_steps < 0 or (self.clip_norm is not None and not self.clip_norm > 0):
             raise ValueError(f"warmup_steps must be >= 0 and clip_norm > 0 or None; got "
                              f"{self.warmup_steps}, {self.clip_norm}")
+        if not (math.isfinite(self.warmup_epochs) and self.warmup_epochs >= 0) or (
+                self.warmup_epochs and self.warmup_steps):
+            raise ValueError(f"warmup_epochs must be a finite number >= 0, and at most one of warmup_steps "
+                             f"and warmup_epochs may be set; got {self.warmup_epochs!r} and "
+                             f"{self.warmup_steps!r}")
         if not isinstance(self.jitter, int) or self.jitter < 0:
             raise ValueError(f"jitter must be an integer >= 0 (pixels), got {self.jitter!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields. ``warmup_steps``, ``clip_norm`` and ``jitter`` appear only when set, so
-        the run keys of configs from before these options existed stay valid."""
+        """JSON-ready fields. ``warmup_steps``, ``warmup_epochs``, ``clip_norm`` and ``jitter`` appear
+        only when set, so the run keys of configs from before these options existed stay valid."""
         d = asdict(self)
-        for name, off in (("warmup_steps", 0), ("clip_norm", None), ("jitter", 0)):
+        for name, off in (("warmup_steps", 0), ("warmup_epochs", 0.0), ("clip_norm", None), ("jitter", 0)):
             if d[name] == off:
                 del d[name]
         return d
 
     def lr_at(self, step: int, total_steps: int) -> float:
-        """Learning rate of step ``step`` (0-based) of ``total_steps``."""
+        """Learning rate of step ``step`` (0-based) of ``total_steps``: the schedule times the warmup
+        factor ``(step + 1) / W`` for ``step < W``, ``W`` the warmup steps (``warmup_epochs`` times
+        the steps of an epoch, ``total_steps / epochs``, rounded up)."""
         lr = self.lr
         if self.schedule == "cosine":
             lr = 0.5 * self.lr * (1.0 + math.cos(math.pi * step / total_steps))
-        if step < self.warmup_steps:
-            lr *= (step + 1) / self.warmup_steps
+        warmup = self.warmup_steps or math.ceil(self.warmup_epochs * total_steps / self.epochs)
+        if step < warmup:
+            lr *= (step + 1) / warmup
         return lr
 
 
 @dataclass(frozen=True)
 class StudentSpec:
-    """One student run of an experiment.
+    r"""One student run of an experiment.
 
     Attributes:
         alpha: Rényi order in ``(0, inf]`` (``math.inf`` allowed; 1 is KL).
@@ -187,10 +198,19 @@ class StudentSpec:
             trained teachers; a student alone trains beside the students of this teacher).
         epochs: this student's training epochs (``None``: the profile's); a budget study
             trains the same student for several budgets.
+        lr: this student's peak learning rate, ``> 0`` (``None``: the profile's); tuning studies
+            give every arm its own.
+        optimizer: this student's optimiser, ``"sgd"`` or ``"adam"`` (``None``: the profile's).
+        reverse: distil with :math:`D_\alpha(\text{student}_T \| \text{teacher}_T)` instead
+            (reverse KL at ``alpha = 1``; see :func:`kdlib.functional.distillation_loss`).
+
+    Students that differ in ``epochs``, ``lr`` or ``optimizer`` train in different stacks
+    (:func:`kdlib.lab.shards.stack_groups`): a stack shares one optimiser and schedule.
 
     Raises:
         ValueError: alpha not in ``(0, inf]``, T not finite and ``> 0``, beta not in
-            ``[0, 1]``, ``normalize_by_alpha`` with ``alpha = inf``, or ``epochs < 1``.
+            ``[0, 1]``, ``normalize_by_alpha`` with ``alpha = inf``, ``epochs < 1``, ``lr`` not
+            ``> 0``, or an unknown ``optimizer``.
     """
 
     alpha: float = 1.0
@@ -202,10 +222,17 @@ class StudentSpec:
     label: str = "distilled"
     teacher: int = 0
     epochs: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None
+    reverse: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1 or None, got {self.epochs!r}")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0 or None, got {self.lr!r}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS} or None, got {self.optimizer!r}")
         if not (self.alpha > 0):
             raise ValueError(f"alpha must be in (0, inf], got {self.alpha!r}")
         if not (math.isfinite(self.T) and self.T > 0):

@@ -25,6 +25,10 @@ Experiments (``python -m kdlib list``):
     A confirmatory test on fresh seeds of the grid's strongest lead (order 4 against KL at T = 2).
 ``renyi_scale_control``
     Its control: KL with the soft term's gradient scaled by 4 (a 4x learning rate at beta = 1).
+``renyi_explore``, ``renyi_explore_poor``
+    The tuned comparison's exploration: every arm (KL, reverse KL, Rényi orders with and without the
+    division by alpha) tuned over temperature and learning rate on validation data, for the 2×800
+    student on all images and for the data-poor student.
 ``hinton_mnist``, ``omitted_class_mnist``
     The same on MNIST (digit 3 omitted), for machines that have MNIST (``cpu``/``full``).
 
@@ -81,6 +85,9 @@ class Scale:
         data_poor_epochs: the epochs of its students.
         commit_teacher_logits: write each teacher's logits under ``results/teachers/`` (float16)
             and train the students from exactly those values (see :mod:`kdlib.lab.run`).
+        lrs: the peak learning rates every arm of :func:`renyi_explore` is tuned over.
+        tune_max_group: the most students of :func:`renyi_explore` trained in one stack (smaller
+            stacks lose less work to an interruption; the results do not depend on it).
         threads: torch CPU threads (``None``: :func:`kdlib.lab.config.default_threads`). The smoke
             scale uses 1: its tensors are too small to gain from threads.
         precision: ``fp32``, ``bf16`` or ``auto`` (see :mod:`kdlib.lab.config`); the committed
@@ -106,6 +113,8 @@ class Scale:
     data_poor_size: int = 0
     data_poor_epochs: int = 1
     commit_teacher_logits: bool = False
+    lrs: tuple[float, ...] = ()
+    tune_max_group: int = 128
 
 
 HINTON_TEACHER = {"kind": "mlp", "hidden": [1200, 1200], "dropout": 0.5, "input_dropout": 0.2}
@@ -115,7 +124,9 @@ HINTON_TEACHER = {"kind": "mlp", "hidden": [1200, 1200], "dropout": 0.5, "input_
 CNN_TEACHER = {"kind": "cnn", "width": 32, "hidden": 256, "dropout": 0.3}
 ORDERS = (0.25, 0.5, 1.0, 2.0, 4.0, INF)
 TEMPERATURES = {"big": (2.0, 4.0, 8.0, 20.0), "small": (1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 16.0),
-                "grid": (1.0, 2.0, 4.0, 8.0, 16.0), "omit": (2.0, 4.0, 8.0)}
+                "grid": (1.0, 2.0, 4.0, 8.0, 16.0), "omit": (2.0, 4.0, 8.0), "tune": (1.0, 2.0, 4.0, 8.0)}
+#: The learning rates of the tuned Rényi comparison: 1/4, 1 and 4 times the KL default of 0.05.
+TUNE_LRS = (0.0125, 0.05, 0.2)
 
 SCALES: dict[str, Scale] = {s.name: s for s in [
     #      teacher: 64-256-256-10 on digits, 30 epochs (a second of CPU); students 12 epochs.
@@ -124,19 +135,21 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
           teacher_train=TrainConfig(epochs=30, batch_size=64, lr=0.05), teacher_train_size=None,
           student_train=TrainConfig(epochs=12, batch_size=64, lr=0.05), transfer_size=None, val_size=None,
           hidden={"big": (64, 64), "small": (16, 16), "grid": (32, 32), "omit": (32, 32)},
-          seeds={"hinton": (0,), "grid": (0,), "confirm": (3, 4)},
-          temperatures={"big": (2.0, 4.0), "small": (2.0, 4.0), "grid": (2.0, 8.0), "omit": (4.0,)},
+          seeds={"hinton": (0,), "grid": (0,), "confirm": (3, 4), "explore": (0,)},
+          temperatures={"big": (2.0, 4.0), "small": (2.0, 4.0), "grid": (2.0, 8.0), "omit": (4.0,),
+                        "tune": (2.0,)},
           orders={"grid": (0.5, 1.0, INF), "omit": (0.5, 1.0, INF)}, threads=1,
-          budgets=(4, 12), data_poor_size=200, data_poor_epochs=20),
+          budgets=(4, 12), data_poor_size=200, data_poor_epochs=20, lrs=(0.05, 0.2)),
     #      teacher: 6 epochs on 20,000 images (7.4 min measured on two shared cores); students
     #      8 epochs on a 5,000-image transfer set.
     Scale("cpu", dataset=None, teacher_model=HINTON_TEACHER,
           teacher_train=TrainConfig(epochs=6, batch_size=128, lr=0.05), teacher_train_size=20_000,
           student_train=TrainConfig(epochs=8, batch_size=128, lr=0.05), transfer_size=5_000, val_size=2_000,
           hidden={"big": (800, 800), "small": (30, 30), "grid": (100, 100), "omit": (300, 300)},
-          seeds={"hinton": (0, 1, 2), "grid": (0, 1, 2), "confirm": tuple(range(3, 13))},
+          seeds={"hinton": (0, 1, 2), "grid": (0, 1, 2), "confirm": tuple(range(3, 13)),
+                 "explore": (0, 1, 2)},
           temperatures=TEMPERATURES, orders={"grid": ORDERS, "omit": ORDERS},
-          budgets=(8, 32), data_poor_size=150, data_poor_epochs=100),
+          budgets=(8, 32), data_poor_size=150, data_poor_epochs=100, lrs=TUNE_LRS),
     #      Hinton scale: three CNN teachers, each 20 epochs with input jitter on all 54,000 training
     #      images; students 30 epochs on all of them (the budget study checks that this is enough).
     Scale("full", dataset=None, teacher_model=CNN_TEACHER,
@@ -144,11 +157,12 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
           student_train=TrainConfig(epochs=30, batch_size=128, lr=0.05), transfer_size=None, val_size=None,
           hidden={"big": (800, 800), "small": (30, 30), "grid": (800, 800), "omit": (800, 800)},
           seeds={"hinton": tuple(range(15)), "data_poor": tuple(range(6)), "grid": (0, 1, 2),
-                 "confirm": tuple(range(3, 13))},
+                 "confirm": tuple(range(3, 13)), "explore": (0, 1, 2)},
           temperatures={**TEMPERATURES, "big": (1.0, 2.0, 4.0, 8.0, 20.0),
                         "small": (1.0, 2.0, 2.5, 3.0, 4.0, 8.0, 20.0)},
           orders={"grid": ORDERS, "omit": ORDERS}, precision="auto", teachers=(0, 1, 2),
-          budgets=(10, 20, 30, 40), data_poor_size=1_620, data_poor_epochs=100, commit_teacher_logits=True),
+          budgets=(10, 20, 30, 40), data_poor_size=1_620, data_poor_epochs=100, commit_teacher_logits=True,
+          lrs=TUNE_LRS, tune_max_group=12),
 ]}
 PROFILES = tuple(SCALES)
 
@@ -173,6 +187,9 @@ class Profile:
         threads: torch CPU threads (``None``: :func:`kdlib.lab.config.default_threads`).
         precision: ``fp32``, ``bf16`` or ``auto``.
         commit_teacher_logits: see :class:`Scale`.
+        gradient_probe: record, after every epoch, each student's soft-term gradient relative to
+            KL's on the first this-many transfer images (curve ``grad_ratio``;
+            :func:`kdlib.lab.train.gradient_ratio_monitor`); 0: off.
         split_seed, val_fraction: seed and split of the data (see kdlib.lab.data).
 
     Each student names its teacher by seed (:attr:`StudentSpec.teacher`); :attr:`teacher_seeds`
@@ -193,6 +210,7 @@ class Profile:
     threads: int | None = None
     precision: str = "fp32"
     commit_teacher_logits: bool = False
+    gradient_probe: int = 0
     split_seed: int = 0
     val_fraction: float = 0.1
 
@@ -202,8 +220,11 @@ class Profile:
         return tuple(dict.fromkeys(s.teacher for s in self.students))
 
     def student_train_of(self, spec: StudentSpec) -> TrainConfig:
-        """How ``spec`` is trained: :attr:`student_train` with the student's own epochs, if any."""
-        return self.student_train if spec.epochs is None else replace(self.student_train, epochs=spec.epochs)
+        """How ``spec`` is trained: :attr:`student_train` with the student's own epochs, learning rate
+        and optimiser where it has them."""
+        own = {k: v for k, v in (("epochs", spec.epochs), ("lr", spec.lr), ("optimizer", spec.optimizer))
+               if v is not None}
+        return replace(self.student_train, **own) if own else self.student_train
 
 
 def profile_of(scale: Scale, dataset: str, students: Sequence[StudentSpec], **kw: Any) -> Profile:
@@ -400,6 +421,92 @@ def renyi_scale_control(scale: Scale) -> Profile:
     return replace(base, students=tuple(students), student_train=train)
 
 
+@dataclass(frozen=True)
+class Arm:
+    """One distillation method of the tuned Rényi comparison: an order, the division of the soft term
+    by it, and the direction of the divergence (``reverse``: student before teacher)."""
+
+    alpha: float
+    normalize_by_alpha: bool = False
+    reverse: bool = False
+
+    @property
+    def name(self) -> str:
+        """``KL``, ``reverse KL``, ``α=0.25``, ``α=0.25 /α``, ``α=∞``."""
+        if self.alpha == 1.0:
+            return "reverse KL" if self.reverse else "KL"
+        a = "∞" if math.isinf(self.alpha) else f"{self.alpha:g}"
+        return f"{'reverse ' if self.reverse else ''}α={a}{' /α' if self.normalize_by_alpha else ''}"
+
+    @classmethod
+    def of(cls, spec: StudentSpec) -> Arm:
+        """The arm a student belongs to."""
+        return cls(spec.alpha, spec.normalize_by_alpha, spec.reverse)
+
+
+#: The arms of the tuned comparison: KL, reverse KL, and the Rényi orders 0.25, 0.5, 2 and 4 with
+#: and without the division by alpha (at order 1 it changes nothing; at infinity it is undefined),
+#: and the order infinity.
+ARMS: tuple[Arm, ...] = (Arm(1.0), Arm(1.0, reverse=True),
+                         *(Arm(a, n) for a in (0.25, 0.5, 2.0, 4.0) for n in (False, True)), Arm(INF))
+TUNE_BETA = 0.9
+
+
+def tuned_students(scale: Scale, hidden: tuple[int, ...], arms: Sequence[Arm] = ARMS) -> list[StudentSpec]:
+    """Every arm at every temperature of the ``tune`` role and every learning rate of ``scale.lrs``,
+    and one student alone per learning rate, for each seed of the ``explore`` role (seed ``s``
+    learns from teacher :func:`teacher_of`). ``beta`` is :data:`TUNE_BETA`."""
+    students: list[StudentSpec] = []
+    for s in scale.seeds["explore"]:
+        t = teacher_of(scale, s)
+        for lr in scale.lrs:
+            students += [replace(a, lr=lr) for a in alone(hidden, [s], teacher=t)]
+            students += [StudentSpec(alpha=arm.alpha, T=T, beta=TUNE_BETA, seed=s, hidden=hidden, teacher=t,
+                                     normalize_by_alpha=arm.normalize_by_alpha, reverse=arm.reverse, lr=lr)
+                         for arm in arms for T in scale.temperatures["tune"]]
+    return students
+
+
+def _tuned_profile(scale: Scale, students: Sequence[StudentSpec]) -> Profile:
+    p = profile_of(scale, "fashion_mnist", students, max_group=scale.tune_max_group,
+                   gradient_probe=GRADIENT_PROBE)
+    return replace(p, student_train=replace(p.student_train, warmup_epochs=TUNE_WARMUP_EPOCHS))
+
+
+TUNE_WARMUP_EPOCHS = 1.0
+GRADIENT_PROBE = 1024  #: training images on which the tuned students' gradient ratio is recorded
+
+
+def renyi_explore(scale: Scale) -> Profile:
+    """The exploration of the tuned Rényi comparison, on the ``grid`` student (full: 2×800 on all
+    54,000 images for 30 epochs, the budget of the Hinton study), from the scale's teachers.
+
+    Every arm of :data:`ARMS` gets the same tuning budget: the temperatures 1, 2, 4, 8 times the
+    learning rates 0.0125, 0.05, 0.2 (1/4, 1 and 4 times the KL default), each with a linear warmup
+    over the first epoch (for every arm, and for the students alone, which are tuned over the same
+    learning rates); ``beta = 0.9``. Full: one seed per teacher (seeds 0, 1, 2 learn from teachers
+    0, 1, 2), 135 students per seed, 405 in all.
+
+    The analysis, fixed before the runs (the page applies it; none of it looks at the test set):
+    for each arm, the (learning rate, T) with the highest mean final validation accuracy over the
+    teachers is its tuned configuration (a diverged run counts with the validation accuracy it
+    ended with); each arm at its tuned configuration is compared with KL at its own, paired by
+    teacher, on validation accuracy, with the Benjamini-Hochberg correction over the arms. The arms
+    whose validation accuracy is highest go to a confirmation on freshly trained teachers whose
+    hypotheses are committed before it runs.
+    """
+    return _tuned_profile(scale, tuned_students(scale, scale.hidden["grid"]))
+
+
+def renyi_explore_poor(scale: Scale) -> Profile:
+    """:func:`renyi_explore` for the data-poor student of :func:`hinton_data_poor`: the ``big``
+    student on the first ``data_poor_size`` images (full: 1,620, 3%) for ``data_poor_epochs``
+    epochs, where soft targets matter most. Same arms, grid and analysis."""
+    p = _tuned_profile(scale, tuned_students(scale, scale.hidden["big"]))
+    return replace(p, transfer_size=scale.data_poor_size,
+                   student_train=replace(p.student_train, epochs=scale.data_poor_epochs))
+
+
 OMITTED_METRICS = ("test_accuracy", "omitted_class_accuracy_before_shift",
                    "omitted_class_accuracy_after_shift", "bias_shift")
 
@@ -419,6 +526,12 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                "beta 0.9 and 1", renyi_confirm, ("test_accuracy",)),
     Experiment("renyi_scale_control", "control for renyi_confirm: KL at T = 2, beta = 1 with a 4x "
                "learning rate (= the soft term times 4)", renyi_scale_control, ("test_accuracy",)),
+    Experiment("renyi_explore", "tuned Renyi comparison, exploration: KL, reverse KL and Renyi orders "
+               "(with and without the division by alpha), each tuned over T x learning rate on validation "
+               "data",
+               renyi_explore, ("final_val_accuracy", "test_accuracy")),
+    Experiment("renyi_explore_poor", "renyi_explore for the data-poor student (3% of the images)",
+               renyi_explore_poor, ("final_val_accuracy", "test_accuracy")),
     Experiment("hinton_mnist", "the hinton experiment on MNIST (needs the MNIST files)",
                lambda scale: hinton(scale, dataset="mnist")),
     Experiment("omitted_class_mnist", "the omitted_class experiment on MNIST, digit 3 left out "
@@ -453,13 +566,16 @@ def teacher_config(p: Profile, precision: str = "fp32", seed: int = 0) -> dict[s
 
 def student_config(experiment: str, profile: str, p: Profile, spec: StudentSpec, teacher_key: str,
                    precision: str = "fp32") -> dict[str, Any]:
-    """The config of one student run, stored in its record (its key is ``run_key`` of this)."""
+    """The config of one student run, stored in its record (its key is ``run_key`` of this).
+
+    ``reverse`` appears only when set, so the keys of runs from before it existed stay valid.
+    """
     return {"experiment": experiment, "profile": profile, "dataset": p.dataset,
             "data": {**_data_config(p), "transfer_size": p.transfer_size, "omit_class": p.omit_class},
             "model": {"kind": "mlp", "hidden": list(spec.hidden)}, "alpha": spec.alpha, "T": spec.T,
             "beta": spec.beta, "seed": spec.seed, "normalize_by_alpha": spec.normalize_by_alpha,
             "label": spec.label, **p.student_train_of(spec).to_dict(), "teacher_key": teacher_key,
-            "dtype": PRECISION_DTYPE[precision]}
+            "dtype": PRECISION_DTYPE[precision], **({"reverse": True} if spec.reverse else {})}
 
 
 def expected_keys(name: str, profile: str, p: Profile | None = None,

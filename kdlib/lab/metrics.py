@@ -114,7 +114,9 @@ def bias_shift(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch
 
     Returns:
         one dict per student: ``bias_shift``, ``val_accuracy_after_shift``,
-        ``test_accuracy_before/after_shift``, ``omitted_class_accuracy_before/after_shift``.
+        ``test_accuracy_before/after_shift``, ``omitted_class_accuracy_before/after_shift`` and
+        ``omitted_class_auroc`` (:func:`class_auroc` of the test logits: how well the class is
+        recognised whatever the shift, since a shift of its logit does not change the ranking).
     """
     def correct(logits: torch.Tensor, y: torch.Tensor, deltas: torch.Tensor) -> torch.Tensor:
         z = logits if logits.dim() == 3 else logits.unsqueeze(0)       # (S, N, C)
@@ -141,5 +143,38 @@ def bias_shift(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch
             "test_accuracy_after_shift": float(c[1].to(torch.float64).mean()),
             "omitted_class_accuracy_before_shift": float(c[0][mask].to(torch.float64).mean()),
             "omitted_class_accuracy_after_shift": float(c[1][mask].to(torch.float64).mean()),
+            "omitted_class_auroc": class_auroc(test_logits[s] if test_logits.dim() == 3 else test_logits,
+                                               y_test, cls),
         })
     return out
+
+
+def class_auroc(logits: torch.Tensor, y: torch.Tensor, cls: int) -> float:
+    """Area under the ROC curve of the logit of class ``cls`` as a score for "is of class ``cls``".
+
+    A threshold-free measure of how well a network recognises a class (0.5: no better than chance,
+    1: every image of the class scores above every other image). Adding a constant to that logit
+    (the bias shift) leaves it unchanged. Computed by :func:`sklearn.metrics.roc_auc_score`.
+
+    Args:
+        logits: ``(N, C)`` logits of one network.
+        y: ``(N,)`` labels; both classes (``cls`` and another) must occur.
+        cls: the class.
+
+    Returns:
+        the AUROC in ``[0, 1]``; NaN where a logit of the class is not finite (a diverged network).
+
+    Raises:
+        ValueError: ``logits`` is not ``(N, C)``, or ``y`` lacks the class or every other class.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+        raise ValueError(f"logits must be (N, C) with N = len(y) = {y.shape[0]}, got {tuple(logits.shape)}")
+    positive = (y == cls).cpu().numpy()
+    if positive.all() or not positive.any():
+        raise ValueError(f"y must contain class {cls} and at least one other class")
+    score = logits[:, cls].detach().to(torch.float64).cpu()
+    if not bool(torch.isfinite(score).all()):
+        return math.nan
+    return float(roc_auc_score(positive, score.numpy()))

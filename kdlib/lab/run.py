@@ -45,7 +45,13 @@ from kdlib.lab.store import (
     run_lock,
     utc_now,
 )
-from kdlib.lab.train import cross_entropy_objective, distillation_objective, fit, progress
+from kdlib.lab.train import (
+    cross_entropy_objective,
+    distillation_objective,
+    fit,
+    gradient_ratio_monitor,
+    progress,
+)
 
 ENV_PROFILE = "KDLIB_PROFILE"
 ENV_DEVICE = "KDLIB_DEVICE"
@@ -315,9 +321,15 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
         start, t0 = utc_now(), time.perf_counter()
         model = StackedMLP(splits.in_features, specs[0].hidden, splits.num_classes,
                            [s.seed for s in specs]).to(dev)
-        curves = fit(model, x_tr, distillation_objective(y_tr, tlogits["train"][keep], specs),
+        t_tr = tlogits["train"][keep]
+        probe = min(p.gradient_probe, len(y_tr))
+        monitor = (gradient_ratio_monitor(x_tr[:probe], t_tr[:probe], y_tr[:probe], specs, precision)
+                   if probe else None)
+        curves = fit(model, x_tr, distillation_objective(y_tr, t_tr, specs),
                      p.student_train_of(specs[0]), data_seed=specs[0].seed, val=(splits.x_val, splits.y_val),
-                     precision=precision, desc=f"{len(specs)} students")
+                     precision=precision, desc=f"{len(specs)} students", monitor=monitor)
+        if monitor is not None:
+            curves["grad_ratio"] = curves.pop("monitor")
         test_logits = predict_logits(model, splits.x_test)
         metrics = evaluate_logits(test_logits, splits.y_test, splits.num_classes, tlogits["test"])
         if p.omit_class is not None:

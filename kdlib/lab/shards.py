@@ -31,16 +31,17 @@ from kdlib.lab.store import (
 
 
 def stack_groups(specs: Sequence[StudentSpec], max_group: int) -> list[list[int]]:
-    """Indices of ``specs`` in the groups that train together: one width, seed, teacher and number
-    of epochs (the students of a group share the minibatch order, the teacher's logits and the
-    schedule), at most ``max_group``.
+    """Indices of ``specs`` in the groups that train together: one width, seed, teacher, number
+    of epochs, learning rate and optimiser (the students of a group share the minibatch order, the
+    teacher's logits, the optimiser and the schedule), at most ``max_group``.
 
     Groups come in order of first appearance; a group with more than ``max_group`` students is
     cut into consecutive chunks.
     """
     by: dict[tuple, list[int]] = {}
     for i, spec in enumerate(specs):
-        by.setdefault((spec.hidden, spec.seed, spec.teacher, spec.epochs), []).append(i)
+        key = (spec.hidden, spec.seed, spec.teacher, spec.epochs, spec.lr, spec.optimizer)
+        by.setdefault(key, []).append(i)
     return [g[i:i + max_group] for g in by.values() for i in range(0, len(g), max_group)]
 
 

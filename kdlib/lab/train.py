@@ -31,6 +31,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -70,9 +71,9 @@ def distillation_objective(y: torch.Tensor, teacher_logits: torch.Tensor, specs:
     """The distillation loss of S stacked students, ``(S,)`` in nats.
 
     Student ``s`` minimises :func:`kdlib.functional.distillation_loss` with the ``alpha``, ``T``,
-    ``beta`` and ``normalize_by_alpha`` of ``specs[s]`` against ``teacher_logits[idx]`` (the
+    ``beta``, ``normalize_by_alpha`` and ``reverse`` of ``specs[s]`` against ``teacher_logits[idx]`` (the
     teacher's logits at temperature 1 of the training set, ``(N, C)``) and labels ``y[idx]``.
-    The students of each order share one call, with that order as a number and ``(S_a, 1)``
+    The students of each order (and direction) share one call, with that order as a number and ``(S_a, 1)``
     tensors of the other hyperparameters: a call with a tensor of several orders would
     evaluate every order's formula for every student. 16-bit logits (bf16 autocast) are cast to
     float32 first, so the loss is never computed in 16 bits.
@@ -83,13 +84,13 @@ def distillation_objective(y: torch.Tensor, teacher_logits: torch.Tensor, specs:
     def column(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=dev).unsqueeze(1)  # (S_a, 1)
 
-    by_order: dict[float, list[int]] = {}
+    by_order: dict[tuple[float, bool], list[int]] = {}
     for i, spec in enumerate(specs):
-        by_order.setdefault(spec.alpha, []).append(i)
+        by_order.setdefault((spec.alpha, spec.reverse), []).append(i)
     groups = []  # (the rows of one order's students: a slice or an index tensor, their hyperparameters)
-    for alpha, rows in by_order.items():
+    for (alpha, reverse), rows in by_order.items():
         members = [specs[i] for i in rows]
-        hyper = {"alpha": alpha, "T": column([s.T for s in members], dtype),
+        hyper = {"alpha": alpha, "reverse": reverse, "T": column([s.T for s in members], dtype),
                  "beta": column([s.beta for s in members], dtype),
                  "normalize_by_alpha": column([s.normalize_by_alpha for s in members], torch.bool)}
         contiguous = rows == list(range(rows[0], rows[-1] + 1))
@@ -108,6 +109,53 @@ def distillation_objective(y: torch.Tensor, teacher_logits: torch.Tensor, specs:
         return out if unsort is None else out[unsort]
 
     return objective
+
+
+def gradient_ratio_monitor(x_probe: torch.Tensor, teacher_probe: torch.Tensor, y_probe: torch.Tensor,
+                           specs: Sequence[StudentSpec], precision: str = "fp32"
+                           ) -> Callable[[nn.Module], torch.Tensor]:
+    r"""A :func:`fit` monitor: how large each student's soft-term gradient is, relative to KL's.
+
+    For student ``s`` with its logits :math:`z` on the probe images (eval mode) it returns
+
+    .. math:: r_s = \frac{\lVert \nabla_z\, T^2 D(\text{student } s) \rVert_F}
+                         {\lVert \nabla_z\, T^2 D_{KL}(p_T \,\|\, q_T) \rVert_F},
+
+    the Frobenius norms over the probe's ``(B, n)`` logit gradients of the student's own soft term
+    (its order, direction and division by alpha) and of the KL soft term at the same T and the same
+    logits. Chapter 1: near the fit at high T the Rényi gradient is :math:`\alpha(z - v)/(nT^2)`,
+    KL's :math:`(z - v)/(nT^2)`, so :math:`r \to \alpha` (1 with the division by alpha); far from
+    the fit and at low T it differs. NaN for students trained on the labels alone (``beta = 0``).
+
+    Args:
+        x_probe: ``(B, ...)`` fixed training inputs; teacher_probe: ``(B, n)`` their teacher logits;
+        y_probe: ``(B,)`` labels (unused by the soft term; needed by the loss's signature).
+        specs: the S students of the stack.
+        precision: the forward's precision (the gradients are computed in float32).
+
+    Returns:
+        ``monitor(model) -> (S,)`` float64 ratios.
+    """
+    soft = [replace(s, beta=1.0) for s in specs]
+    kl = [replace(s, alpha=1.0, beta=1.0, normalize_by_alpha=False, reverse=False) for s in specs]
+    own = distillation_objective(y_probe, teacher_probe, soft)
+    ref = distillation_objective(y_probe, teacher_probe, kl)
+    alone = torch.tensor([s.beta == 0 for s in specs], device=x_probe.device)
+    idx = torch.arange(x_probe.shape[0], device=x_probe.device)
+
+    def monitor(model: nn.Module) -> torch.Tensor:
+        with autocast(x_probe.device, precision):
+            z0 = predict_logits(model, x_probe)
+        norms = []
+        for objective in (own, ref):
+            z = _full(z0).detach().requires_grad_(True)
+            with torch.enable_grad():
+                (g,) = torch.autograd.grad(objective(z, idx).sum(), z)
+            norms.append(g.to(torch.float64).flatten(1).norm(dim=1))
+        ratio = norms[0] / norms[1]
+        return torch.where(alone, torch.full_like(ratio, math.nan), ratio)
+
+    return monitor
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
@@ -181,7 +229,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfig, *, data_seed: int,
         val: tuple[torch.Tensor, torch.Tensor] | None = None, precision: str = "fp32",
-        desc: str = "training") -> dict[str, list[list[float]]]:
+        desc: str = "training", monitor: Callable[[nn.Module], torch.Tensor] | None = None
+        ) -> dict[str, list[list[float]]]:
     """Train ``model`` on the inputs ``x`` ``(N, ...)`` (device-resident) by minimising ``objective``.
 
     Each step draws one minibatch of indices ``idx`` (order from ``data_seed``), evaluates
@@ -201,10 +250,13 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
         val: optional ``(x_val, y_val)`` for a per-epoch validation accuracy.
         precision: ``"fp32"`` or ``"bf16"`` (autocast; see :mod:`kdlib.lab.config`).
         desc: progress-bar label.
+        monitor: optional ``monitor(model) -> (S,)`` evaluated after every epoch (for example
+            :func:`gradient_ratio_monitor`); it must leave the model's parameters unchanged.
 
     Returns:
         ``{"train_loss": [[...] per model], "val_accuracy": [[...] per model]}``, one value per
-        epoch (nats; fractions); the validation lists are empty without ``val``.
+        epoch (nats; fractions); the validation lists are empty without ``val``; with ``monitor``
+        also ``"monitor"``, its values after each epoch.
     """
     if x.device.type == "cpu":
         retain_freed_memory()
@@ -218,6 +270,7 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
     num_models = 0
     loss_curve: list[torch.Tensor] = []
     val_curve: list[torch.Tensor] = []
+    monitor_curve: list[torch.Tensor] = []
     fill = float(x.amin()) if cfg.jitter else 0.0
     model.train()
     for _ in progress(range(cfg.epochs), desc=desc, unit="epoch"):
@@ -246,9 +299,15 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
                 logits = predict_logits(model, val[0])
             val_curve.append(accuracy(logits.float(), val[1]).reshape(-1))
             model.train()
+        if monitor is not None:
+            monitor_curve.append(monitor(model).reshape(-1))
+            model.train()
     model.eval()
 
     def per_model(curve: list[torch.Tensor]) -> list[list[float]]:
         return torch.stack(curve, dim=1).tolist() if curve else [[] for _ in range(num_models)]
 
-    return {"train_loss": per_model(loss_curve), "val_accuracy": per_model(val_curve)}
+    out = {"train_loss": per_model(loss_curve), "val_accuracy": per_model(val_curve)}
+    if monitor is not None:
+        out["monitor"] = per_model(monitor_curve)
+    return out

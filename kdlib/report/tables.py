@@ -44,20 +44,27 @@ from scipy import stats
 
 from kdlib.lab.experiments import expected_keys, get_experiment
 from kdlib.lab.run import requested_profile
-from kdlib.lab.store import experiment_files, load_experiment_records, results_path, results_root
+from kdlib.lab.store import (
+    decode_float,
+    experiment_files,
+    load_experiment_records,
+    results_path,
+    results_root,
+)
 
 #: Profiles shown as results, best first (``smoke`` numbers are never findings).
 PROFILE_PREFERENCE = ("full", "cpu")
 
 #: The config fields that make a cell of an experiment: runs that agree on all of them are the same
 #: treatment repeated over seeds. ``model`` is written as in :func:`model_name` (``"mlp800x800"``).
-CELL_FIELDS = ("label", "model", "alpha", "T", "beta", "normalize_by_alpha")
+CELL_FIELDS = ("label", "model", "alpha", "T", "beta", "normalize_by_alpha", "reverse", "lr", "optimizer")
 
 #: Metrics copied from each record into :func:`student_frame` (missing ones become NaN).
 METRICS = ("test_accuracy", "test_errors", "final_val_accuracy", "teacher_agreement", "test_kl_from_teacher",
            "test_ce", "test_ece",
            "omitted_class_accuracy_before_shift", "omitted_class_accuracy_after_shift",
-           "test_accuracy_before_shift", "test_accuracy_after_shift", "bias_shift", "diverged")
+           "test_accuracy_before_shift", "test_accuracy_after_shift", "bias_shift", "omitted_class_auroc",
+           "diverged")
 
 #: Significance level of the verdicts of :func:`paired_differences`.
 LEVEL = 0.05
@@ -219,9 +226,10 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """One row per student record, sorted by the :data:`CELL_FIELDS`, then the seed.
 
     Columns: ``key``, the :data:`CELL_FIELDS` (``model`` from :func:`model_name`; ``alpha`` a float,
-    ``inf`` allowed), ``seed, epochs, teacher_key``, the :data:`METRICS` (NaN where a record lacks one;
-    ``diverged`` a bool), and ``curve_val_accuracy`` / ``curve_train_loss`` (lists, one value per
-    epoch). Teacher records are skipped.
+    ``inf`` allowed; ``reverse`` False unless the record sets it; ``lr`` the peak learning rate,
+    ``optimizer`` its name), ``seed, epochs, teacher_key``, the :data:`METRICS` (NaN where a record lacks one;
+    ``diverged`` a bool), and ``curve_val_accuracy`` / ``curve_train_loss`` / ``curve_grad_ratio``
+    (lists, one value per epoch; the last empty unless the profile records it). Teacher records are skipped.
     """
     rows = []
     for r in records:
@@ -232,13 +240,16 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                "alpha": float(c.get("alpha", 1.0)),  # "inf" strings are decoded by float() too
                "T": float(c.get("T")), "beta": float(c.get("beta")),
                "normalize_by_alpha": bool(c.get("normalize_by_alpha", False)),
-               "seed": int(c.get("seed")), "epochs": c.get("epochs"), "teacher_key": c.get("teacher_key")}
+               "reverse": bool(c.get("reverse", False)), "lr": float(c.get("lr", math.nan)),
+               "optimizer": c.get("optimizer", "sgd"), "seed": int(c.get("seed")), "epochs": c.get("epochs"),
+               "teacher_key": c.get("teacher_key")}
         for name in METRICS:
             value = m.get(name)
             row[name] = math.nan if value is None else (bool(value) if name == "diverged" else float(value))
         curves = m.get("curves", {})
         row["curve_val_accuracy"] = list(curves.get("val_accuracy", []))
         row["curve_train_loss"] = list(curves.get("train_loss", []))
+        row["curve_grad_ratio"] = [decode_float(x) for x in curves.get("grad_ratio", [])]
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -308,7 +319,8 @@ def summarize_frame(df: pd.DataFrame, by: Sequence[str], metric: str = "test_acc
     if sub.empty:
         return pd.DataFrame(columns=columns)
     rows = [{**dict(zip(by, key, strict=True)), **interval(g[metric]),
-             "seeds": sorted(int(s) for s in g["seed"])} for key, g in sub.groupby(by, sort=True)]
+             "seeds": sorted(int(s) for s in g["seed"])}
+            for key, g in sub.groupby(by, sort=True, dropna=False)]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -402,7 +414,7 @@ def paired_differences(df: pd.DataFrame, metric: str, cells: Sequence[str], refe
         is_ref &= df[k] == v
     refs, others = df[is_ref], df[~is_ref]
     rows = []
-    for key, g in others.groupby(list(cells), sort=True):
+    for key, g in others.groupby(list(cells), sort=True, dropna=False):
         cell = dict(zip(cells, key, strict=True))
         r = refs
         for k in match:
@@ -428,7 +440,7 @@ def tuned_comparison(df: pd.DataFrame, groups: Sequence[str], over: str = "T",
     validation data keeps the test split out of the choice; ties go to the smaller ``over``).
     """
     chosen = []
-    for _, g in df.groupby(list(groups), sort=True):
+    for _, g in df.groupby(list(groups), sort=True, dropna=False):
         means = g.groupby(over, sort=True)[select].mean()
         best = means.index[int(means.to_numpy().argmax())]
         chosen.append(g[g[over] == best])
@@ -749,7 +761,9 @@ def report_text(experiment: str, path: str | os.PathLike, include_stale: bool = 
     diverged = df[df["diverged"].fillna(False).astype(bool)]
     if len(diverged):
         cells = sorted({f"alpha={r.alpha:g} T={r.T:g} beta={r.beta:g}"
-                        f"{' /alpha' if r.normalize_by_alpha else ''}" for r in diverged.itertuples()})
+                        f"{' /alpha' if r.normalize_by_alpha else ''}{' reverse' if r.reverse else ''}"
+                        f"{f' lr={r.lr:g}' if df['lr'].nunique() > 1 else ''}"
+                        for r in diverged.itertuples()})
         lines.append(f"diverged (non-finite training loss): {len(diverged)} runs: {'; '.join(cells)}")
     metrics = list(exp.report_metrics)
     summary = cell_summary(df, metrics)
@@ -760,6 +774,10 @@ def report_text(experiment: str, path: str | os.PathLike, include_stale: bool = 
         "T": ["-" if h else f"{t:g}" for t, h in zip(summary["T"], hard, strict=True)],
         "beta": [f"{b:g}" for b in summary["beta"]],
         "normalize_by_alpha": ["yes" if v else "no" for v in summary["normalize_by_alpha"]],
+        **({"reverse": ["yes" if v else "no" for v in summary["reverse"]]}
+           if summary["reverse"].any() else {}),
+        **({"lr": [f"{v:g}" for v in summary["lr"]]} if summary["lr"].nunique() > 1 else {}),
+        **({"optimizer": list(summary["optimizer"])} if summary["optimizer"].nunique() > 1 else {}),
         "n": summary["n"].astype(int),
         **{m: [_cli_number(m, mean, std) for mean, std in zip(summary[m], summary[f"{m} std"], strict=True)]
            for m in metrics},
