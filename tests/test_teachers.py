@@ -223,6 +223,7 @@ def test_a_committed_full_scale_student_reruns_exactly_from_the_committed_logits
     """The committed claim: a 2×30 student of results/hinton/full.jsonl (and the students stacked
     with it), rerun from its teacher's committed float16 logits without the teacher, reproduces its
     record exactly, on the same kind of machine (same torch, CPU kernels and instruction set)."""
+    from kdlib.lab.config import default_threads
     from kdlib.lab.run import rerun_student
     from kdlib.lab.store import environment, load_experiment_records, results_root
 
@@ -233,7 +234,8 @@ def test_a_committed_full_scale_student_reruns_exactly_from_the_committed_logits
                 if r["config"]["model"]["hidden"] == [30, 30] and r["config"]["label"] == "alone"]
     assert students, "the full-scale results hold 2x30 students"
     target = students[0]
-    here, there = environment("cpu"), target["provenance"]
+    # the rerun trains with the thread count a run uses (the test session itself uses one thread)
+    here, there = {**environment("cpu"), "threads": default_threads()}, target["provenance"]
     same = all(here.get(k) == there.get(k) for k in ("torch", "cpu_capability", "cpu_isa", "threads"))
     if not same or there.get("device") != "cpu":
         pytest.skip("the record comes from another kind of machine; see the README for the tolerance")
