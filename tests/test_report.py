@@ -262,6 +262,21 @@ def test_tuned_comparison_chooses_on_validation_not_test():
     assert chosen == {1.0: {2.0}, 2.0: {4.0}} and len(tuned) == 6
 
 
+def test_tuned_comparison_over_learning_rate_and_temperature_together():
+    recs = []
+    for s in (0, 1, 2):
+        for lr, T, val in ((0.05, 2.0, 0.80), (0.05, 4.0, 0.84), (0.2, 2.0, 0.86), (0.2, 4.0, 0.70)):
+            rec = student(4.0, T, 0.9, s, acc=0.5, val=val + 0.001 * s)
+            rec["config"]["lr"], rec["key"] = lr, f"{rec['key']}-{lr}"
+            recs.append(rec)
+    df = analysis.student_frame(recs)
+    tuned = analysis.tuned_comparison(df, ["alpha"], over=["lr", "T"])
+    assert set(zip(tuned["lr"], tuned["T"], strict=True)) == {(0.2, 2.0)} and len(tuned) == 3
+    # choosing over T alone (within each learning rate) gives one setting per learning rate
+    per_lr = analysis.tuned_comparison(df, ["alpha", "lr"], over="T")
+    assert set(zip(per_lr["lr"], per_lr["T"], strict=True)) == {(0.05, 4.0), (0.2, 2.0)}
+
+
 # ----------------------------------------------------------------------------- formatting and figures
 
 

@@ -431,19 +431,26 @@ def paired_differences(df: pd.DataFrame, metric: str, cells: Sequence[str], refe
     return out
 
 
-def tuned_comparison(df: pd.DataFrame, groups: Sequence[str], over: str = "T",
+def tuned_comparison(df: pd.DataFrame, groups: Sequence[str], over: str | Sequence[str] = "T",
                      select: str = "final_val_accuracy") -> pd.DataFrame:
-    """For each group, the value of ``over`` whose seed-mean ``select`` (validation) is highest.
+    """For each group, the setting of ``over`` whose seed-mean ``select`` (validation) is highest.
 
-    Returns one row per (group, seed) of the chosen cell, with the columns of ``df``, so the
-    result can be fed to :func:`summarize_frame` and :func:`paired_differences` (choosing T on
-    validation data keeps the test split out of the choice; ties go to the smaller ``over``).
+    ``over`` is one column (e.g. ``"T"``) or several (e.g. ``["lr", "T"]``: every arm tuned over its
+    learning rate and temperature together). Returns one row per (group, seed) of the chosen cell,
+    with the columns of ``df``, so the result can be fed to :func:`summarize_frame` and
+    :func:`paired_differences` (choosing on validation data keeps the test split out of the choice;
+    ties go to the setting that sorts first, e.g. the smaller T).
     """
+    over = [over] if isinstance(over, str) else list(over)
     chosen = []
     for _, g in df.groupby(list(groups), sort=True, dropna=False):
         means = g.groupby(over, sort=True)[select].mean()
         best = means.index[int(means.to_numpy().argmax())]
-        chosen.append(g[g[over] == best])
+        best = best if isinstance(best, tuple) else (best,)
+        keep = pd.Series(True, index=g.index)
+        for name, value in zip(over, best, strict=True):
+            keep &= g[name] == value
+        chosen.append(g[keep])
     return pd.concat(chosen).sort_values([*groups, "seed"], kind="mergesort").reset_index(drop=True)
 
 
