@@ -272,6 +272,7 @@ def test_tuned_comparison_over_learning_rate_and_temperature_together():
     df = analysis.student_frame(recs)
     tuned = analysis.tuned_comparison(df, ["alpha"], over=["lr", "T"])
     assert set(zip(tuned["lr"], tuned["T"], strict=True)) == {(0.2, 2.0)} and len(tuned) == 3
+    assert set(df["arm"]) == {"α=4"}
     # choosing over T alone (within each learning rate) gives one setting per learning rate
     per_lr = analysis.tuned_comparison(df, ["alpha", "lr"], over="T")
     assert set(zip(per_lr["lr"], per_lr["T"], strict=True)) == {(0.05, 4.0), (0.2, 2.0)}

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdlib.lab.experiments import expected_keys, get_experiment
+from kdlib.lab.experiments import Arm, expected_keys, get_experiment
 from kdlib.lab.run import requested_profile
 from kdlib.lab.store import (
     decode_float,
@@ -227,9 +227,11 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
     Columns: ``key``, the :data:`CELL_FIELDS` (``model`` from :func:`model_name`; ``alpha`` a float,
     ``inf`` allowed; ``reverse`` False unless the record sets it; ``lr`` the peak learning rate,
-    ``optimizer`` its name), ``seed, epochs, teacher_key``, the :data:`METRICS` (NaN where a record lacks one;
-    ``diverged`` a bool), and ``curve_val_accuracy`` / ``curve_train_loss`` / ``curve_grad_ratio``
-    (lists, one value per epoch; the last empty unless the profile records it). Teacher records are skipped.
+    ``optimizer`` its name), ``arm`` (:attr:`kdlib.lab.experiments.Arm.name`, e.g. ``"KL"``,
+    ``"α=4 /α"``; ``"alone"`` for a student trained on the labels alone), ``seed, epochs,
+    teacher_key``, the :data:`METRICS` (NaN where a record lacks one; ``diverged`` a bool), and
+    ``curve_val_accuracy`` / ``curve_train_loss`` / ``curve_grad_ratio`` (lists, one value per epoch;
+    the last empty unless the profile records it). Teacher records are skipped.
     """
     rows = []
     for r in records:
@@ -243,6 +245,8 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
                "reverse": bool(c.get("reverse", False)), "lr": float(c.get("lr", math.nan)),
                "optimizer": c.get("optimizer", "sgd"), "seed": int(c.get("seed")), "epochs": c.get("epochs"),
                "teacher_key": c.get("teacher_key")}
+        arm = Arm(row["alpha"], row["normalize_by_alpha"], row["reverse"])
+        row["arm"] = "alone" if row["beta"] == 0 else arm.name
         for name in METRICS:
             value = m.get(name)
             row[name] = math.nan if value is None else (bool(value) if name == "diverged" else float(value))
