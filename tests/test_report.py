@@ -513,3 +513,43 @@ def test_page_header_and_results_page(tmp_path, monkeypatch):
     monkeypatch.setattr(book, "rerun_if_requested", lambda name: None)
     with pytest.raises(AssertionError, match="smoke numbers are never shown"):
         book.results_page("synth")
+
+
+# ----------------------------------------------------------------------------- power and equivalence
+
+
+@pytest.mark.parametrize("alternative", ["greater", "two-sided"])
+def test_paired_power_matches_a_simulation_of_the_t_test(alternative):
+    rng = np.random.default_rng(11)
+    effect, sd, n, trials = 0.3, 0.5, 12, 20_000
+    d = rng.normal(effect, sd, size=(trials, n))
+    p = stats.ttest_1samp(d, 0.0, axis=1, alternative=alternative).pvalue
+    simulated = float((p < 0.05).mean())
+    got = analysis.paired_power(effect, sd, n, alternative=alternative)
+    assert got == pytest.approx(simulated, abs=0.012)
+    assert 0.3 < got < 0.9  # neither trivial nor certain for these numbers
+
+
+def test_runs_for_power_is_the_smallest_n_that_reaches_it():
+    n = analysis.runs_for_power(0.3, 0.4, power=0.9)
+    assert analysis.paired_power(0.3, 0.4, n) >= 0.9 > analysis.paired_power(0.3, 0.4, n - 1)
+    assert analysis.runs_for_power(0.3, 0.4, power=0.9, alternative="two-sided") > n
+    with pytest.raises(ValueError, match="power in"):
+        analysis.runs_for_power(0.3, 0.4, power=1.0)
+    with pytest.raises(ValueError, match="need sd > 0"):
+        analysis.paired_power(0.3, 0.0, 5)
+
+
+def test_equivalence_test_agrees_with_the_90_percent_interval():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(3, 15))
+        ref = rng.normal(0.9, 0.01, n)
+        vals = ref + rng.normal(rng.normal(0, 0.002), 0.002, n)
+        res = analysis.equivalence_test(vals, ref, margin=0.002)
+        inside = -0.002 < res["ci90_low"] and res["ci90_high"] < 0.002
+        assert (res["p"] < 0.05) == inside
+    tight = analysis.equivalence_test([0.9, 0.901, 0.899, 0.9], [0.9, 0.9, 0.9, 0.9], margin=0.003)
+    assert tight["p"] < 0.05 and tight["mean_diff"] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="margin > 0"):
+        analysis.equivalence_test([1, 2], [1, 2], margin=0)

@@ -396,6 +396,81 @@ def paired_test(values: Sequence[float], reference: Sequence[float],
     return out
 
 
+def paired_power(effect: float, sd: float, n: int, level: float = 0.05,
+                 alternative: str = "greater") -> float:
+    r"""Power of the paired t-test (:func:`scipy.stats.ttest_rel`) with ``n`` pairs.
+
+    The differences are assumed normal with mean ``effect`` and standard deviation ``sd``; the test
+    statistic then follows a noncentral t distribution with ``n - 1`` degrees of freedom and
+    noncentrality :math:`\delta = \text{effect} \sqrt{n} / \text{sd}` (:data:`scipy.stats.nct`).
+
+    Args:
+        effect: the true mean difference (e.g. 0.003 for 0.3 points of accuracy).
+        sd: the standard deviation of one pair's difference, ``> 0``.
+        n: pairs, ``>= 2``.
+        level: the test's significance level in ``(0, 1)``.
+        alternative: ``"greater"`` (one-sided, H1: mean > 0) or ``"two-sided"``.
+
+    Returns:
+        the probability that the test rejects.
+
+    Raises:
+        ValueError: ``sd <= 0``, ``n < 2``, ``level`` outside ``(0, 1)`` or an unknown ``alternative``.
+    """
+    if not sd > 0 or n < 2 or not 0 < level < 1:
+        raise ValueError(f"need sd > 0, n >= 2 and level in (0, 1); got sd={sd}, n={n}, level={level}")
+    df, nc = n - 1, effect * math.sqrt(n) / sd
+    if alternative == "greater":
+        return float(stats.nct.sf(stats.t.ppf(1 - level, df), df, nc))
+    if alternative == "two-sided":
+        crit = stats.t.ppf(1 - level / 2, df)
+        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    raise ValueError(f"alternative must be 'greater' or 'two-sided', got {alternative!r}")
+
+
+def runs_for_power(effect: float, sd: float, power: float = 0.8, level: float = 0.05,
+                   alternative: str = "greater", max_n: int = 10_000) -> int:
+    """The smallest number of pairs ``n >= 2`` whose :func:`paired_power` reaches ``power``.
+
+    Raises:
+        ValueError: ``power`` outside ``(0, 1)``, ``effect <= 0``, or no ``n <= max_n`` reaches it.
+    """
+    if not 0 < power < 1 or not effect > 0:
+        raise ValueError(f"need power in (0, 1) and effect > 0; got power={power}, effect={effect}")
+    for n in range(2, max_n + 1):
+        if paired_power(effect, sd, n, level, alternative) >= power:
+            return n
+    raise ValueError(f"no n <= max_n={max_n} reaches power {power} for effect {effect} and sd {sd}")
+
+
+def equivalence_test(values: Sequence[float], reference: Sequence[float], margin: float) -> dict[str, float]:
+    """Two one-sided paired t-tests (TOST): is the mean difference inside ``(-margin, margin)``?
+
+    H0: the mean of ``d = values - reference`` is at most ``-margin`` or at least ``margin``. Each
+    side is a one-sided :func:`scipy.stats.ttest_1samp` of ``d``; the TOST p-value is the larger
+    of the two. Equivalence at level 0.05 is the same as the 90% t-interval of the mean difference
+    lying inside the margins.
+
+    Returns:
+        ``n``, ``mean_diff``, ``p_lower`` (H1: mean > -margin), ``p_upper`` (H1: mean < margin),
+        ``p`` (their maximum) and the 90% interval ``ci90_low``, ``ci90_high``.
+
+    Raises:
+        ValueError: different lengths, fewer than 2 pairs, or ``margin <= 0``.
+    """
+    a, b = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
+    if a.shape != b.shape or a.size < 2 or not margin > 0:
+        raise ValueError(f"need two sequences of one length >= 2 and margin > 0; got lengths {a.size}, "
+                         f"{b.size} and margin {margin}")
+    d = a - b
+    low = stats.ttest_1samp(d, -margin, alternative="greater")
+    high = stats.ttest_1samp(d, margin, alternative="less")
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.90)
+    return {"n": int(d.size), "mean_diff": float(d.mean()), "p_lower": float(low.pvalue),
+            "p_upper": float(high.pvalue), "p": float(max(low.pvalue, high.pvalue)),
+            "ci90_low": float(ci.low), "ci90_high": float(ci.high)}
+
+
 def paired_differences(df: pd.DataFrame, metric: str, cells: Sequence[str], reference: dict[str, Any],
                        match: Sequence[str]) -> pd.DataFrame:
     """Each cell minus the reference cell with the same ``match`` fields, paired by seed.
