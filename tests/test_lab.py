@@ -81,3 +81,47 @@ def test_bf16_training_keeps_fp32_weights_and_learns():
         assert all(p.dtype == torch.float32 for p in model.parameters())
     for acc32, acc16 in zip(curves["fp32"]["val_accuracy"], curves["bf16"]["val_accuracy"], strict=True):
         assert acc16[-1] > 0.85 and abs(acc16[-1] - acc32[-1]) < 0.05
+
+
+HYPOTHESIS = {
+    "experiment": "renyi_confirm_tuned",
+    "reference": {"arm": "KL", "alpha": 1.0, "normalize_by_alpha": False, "reverse": False,
+                  "lr": 0.05, "T": 2.0},
+    "arms": [{"arm": "α=4", "alpha": 4.0, "normalize_by_alpha": False, "reverse": False,
+              "lr": 0.0125, "T": 2.0, "hypothesis": "greater"},
+             {"arm": "α=∞", "alpha": "inf", "normalize_by_alpha": False, "reverse": False,
+              "lr": 0.05, "T": 4.0, "hypothesis": "equivalent"}],
+    "teachers": [3, 4, 5], "seeds": [100, 101, 102, 103], "metric": "test_accuracy",
+    "smallest_effect": 0.003, "level": 0.05, "correction": "holm",
+}
+
+
+def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_path, monkeypatch):
+    import json
+    import math
+
+    from kdlib.lab.experiments import confirmation_students, load_hypothesis, renyi_confirm_tuned
+
+    monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="write and commit the hypotheses"):
+        renyi_confirm_tuned(SCALES["full"])
+    (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps(HYPOTHESIS))
+    p = renyi_confirm_tuned(SCALES["full"])
+    assert p.teacher_seeds == (4, 5, 3)  # seed 100 -> teacher 100 % 3 = 1 -> seed 4, ...
+    assert len(p.students) == 4 * 4  # per seed: alone, the reference and two arms
+    inf = [s for s in p.students if math.isinf(s.alpha)]
+    assert len(inf) == 4 and {(s.T, s.lr) for s in inf} == {(4.0, 0.05)}
+    assert {s.lr for s in p.students if s.alpha == 4.0} == {0.0125}
+    assert p.student_train.warmup_epochs == 1.0 and p.gradient_probe > 0
+    assert len(confirmation_students(SCALES["smoke"], load_hypothesis("renyi_confirm_tuned"))) == 2 * 4
+    # a field missing or wrong, an arm equal to the reference, an arm without a hypothesis
+    for broken, match in [({"seeds": []}, "non-empty"), ({"teachers": [3, 3]}, "without repeats"),
+                          ({"level": "0.05"}, "field 'level'"),
+                          ({"arms": [{**HYPOTHESIS["reference"], "hypothesis": "greater"}]},
+                           "the reference itself"),
+                          ({"arms": [{**HYPOTHESIS["arms"][0], "hypothesis": "better"}]},
+                           "needs a hypothesis"),
+                          ({"reference": {**HYPOTHESIS["reference"], "lr": "fast"}}, "field 'lr'")]:
+        (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps({**HYPOTHESIS, **broken}))
+        with pytest.raises(ValueError, match=match):
+            load_hypothesis("renyi_confirm_tuned")

@@ -42,9 +42,12 @@ first 5,000 training images (a prefix of the fixed permutation).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from kdlib.lab.config import PRECISION_DTYPE, StudentSpec, TrainConfig
@@ -505,6 +508,83 @@ def renyi_explore_poor(scale: Scale) -> Profile:
     p = _tuned_profile(scale, tuned_students(scale, scale.hidden["big"]))
     return replace(p, transfer_size=scale.data_poor_size,
                    student_train=replace(p.student_train, epochs=scale.data_poor_epochs))
+
+
+#: Where the hypothesis files of confirmatory experiments live (committed before their runs).
+HYPOTHESES = "hypotheses"
+_ARM_FIELDS = {"alpha": (int, float, str), "normalize_by_alpha": (bool,), "reverse": (bool,),
+               "lr": (int, float), "T": (int, float)}
+
+
+def hypotheses_dir() -> Path:
+    """``$KDLIB_HYPOTHESES_DIR``, or ``hypotheses/`` at the root of this repository."""
+    env = os.environ.get("KDLIB_HYPOTHESES_DIR")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / HYPOTHESES
+
+
+def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The hypothesis file ``<directory>/<name>.json`` of a confirmatory experiment, checked.
+
+    The file fixes, before the confirmatory runs start, what they are and how they are judged:
+    ``reference`` and ``arms`` (each ``alpha`` (``"inf"`` allowed), ``normalize_by_alpha``,
+    ``reverse``, ``lr``, ``T``; an arm also its ``hypothesis``, ``"greater"`` or ``"equivalent"``),
+    ``teachers`` (seeds of teachers not used in the exploration), ``seeds`` (student seeds, from the
+    power analysis), ``metric``, ``smallest_effect`` (a fraction: 0.003 is 0.3 points), ``level``
+    and ``correction``. The experiment builds exactly these students, so git's order of the file and
+    the records shows that the hypotheses came first.
+
+    Raises:
+        FileNotFoundError: no such file (a confirmation runs only after its hypotheses are written).
+        ValueError: a field missing or of the wrong type, an empty list, a teacher seed repeated, or
+            an arm equal to the reference.
+    """
+    path = Path(directory if directory is not None else hypotheses_dir()) / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: write and commit the hypotheses of {name!r} "
+                                "before its runs (see kdlib.lab.experiments.load_hypothesis)")
+    h = json.loads(path.read_text())
+    for field_name, kind in (("reference", dict), ("arms", list), ("teachers", list), ("seeds", list),
+                             ("metric", str), ("smallest_effect", (int, float)), ("level", (int, float)),
+                             ("correction", str)):
+        if not isinstance(h.get(field_name), kind):
+            raise ValueError(f"{path}: field {field_name!r} must be a {kind}, got {h.get(field_name)!r}")
+    if not h["arms"] or not h["seeds"] or not h["teachers"] or len(set(h["teachers"])) != len(h["teachers"]):
+        raise ValueError(f"{path}: arms, seeds and teachers must be non-empty, teachers without repeats")
+    for i, arm in enumerate([h["reference"], *h["arms"]]):
+        for f, kind in _ARM_FIELDS.items():
+            if not isinstance(arm.get(f), kind):
+                raise ValueError(f"{path}: arm {i} field {f!r} must be one of {kind}, got {arm.get(f)!r}")
+        if i and arm.get("hypothesis") not in ("greater", "equivalent"):
+            raise ValueError(f"{path}: arm {i} needs a hypothesis 'greater' or 'equivalent', "
+                             f"got {arm.get('hypothesis')!r}")
+        if i and all(arm[f] == h["reference"][f] for f in _ARM_FIELDS):
+            raise ValueError(f"{path}: arm {i} is the reference itself")
+    return h
+
+
+def confirmation_students(scale: Scale, h: dict[str, Any]) -> list[StudentSpec]:
+    """The students of a hypothesis ``h`` (:func:`load_hypothesis`): for every seed (teacher
+    ``h["teachers"][seed mod their number]``) the reference, every arm and the student alone at the
+    reference's learning rate, on the ``grid`` student. The smoke scale takes the first two seeds."""
+    seeds = h["seeds"][:2] if scale.name == "smoke" else h["seeds"]
+    teachers, hidden = h["teachers"], scale.hidden["grid"]
+    students: list[StudentSpec] = []
+    for s in seeds:
+        t = teachers[s % len(teachers)]
+        students += [replace(a, lr=float(h["reference"]["lr"])) for a in alone(hidden, [s], teacher=t)]
+        for arm in [h["reference"], *h["arms"]]:
+            students.append(StudentSpec(alpha=float(arm["alpha"]), T=float(arm["T"]), beta=TUNE_BETA, seed=s,
+                                        hidden=hidden, teacher=t, lr=float(arm["lr"]),
+                                        normalize_by_alpha=arm["normalize_by_alpha"], reverse=arm["reverse"]))
+    return students
+
+
+def renyi_confirm_tuned(scale: Scale) -> Profile:
+    """The confirmation of the tuned comparison: the students of ``hypotheses/renyi_confirm_tuned.json``
+    (:func:`load_hypothesis`, :func:`confirmation_students`), trained as :func:`renyi_explore` trains
+    its students (warmup, budget, stacks), from the freshly trained teachers the file names."""
+    h = load_hypothesis("renyi_confirm_tuned")
+    return _tuned_profile(scale, confirmation_students(scale, h))
 
 
 OMITTED_METRICS = ("test_accuracy", "omitted_class_accuracy_before_shift",
