@@ -124,8 +124,16 @@ def test_git_state_and_environment(tmp_path):
     assert len(state["commit"]) == 40 and state["dirty"] is False
     (tmp_path / "untracked.txt").write_text("b")
     assert R.git_state(tmp_path)["dirty"] is False
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "x.jsonl").write_text("{}\n")
+    git("add", "results/x.jsonl")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "r")
+    (tmp_path / "results" / "x.jsonl").write_text("{}\n{}\n")  # a run appending its records
+    assert R.git_state(tmp_path)["dirty"] is False
+    assert R.git_state(tmp_path / "results")["dirty"] is False  # from any directory of the repository
     (tmp_path / "f.txt").write_text("changed")
     assert R.git_state(tmp_path)["dirty"] is True
+    assert R.git_state(tmp_path / "results")["dirty"] is True
     env = R.environment("cpu")
     assert env["device"] == "cpu" and env["torch"] and env["python"].count(".") == 2
     assert socket.gethostname() not in json.dumps(env) and os.getcwd() not in json.dumps(env)

@@ -212,14 +212,18 @@ def utc_now() -> str:
 def git_state(path: str | os.PathLike | None = None) -> dict[str, Any]:
     """``{"commit": sha or None, "dirty": bool or None}`` of the repository holding ``path``.
 
-    ``dirty`` is true when tracked files differ from the commit (untracked files are ignored).
-    Defaults to the repository containing this package.
+    ``dirty`` is true when tracked files differ from the commit. Untracked files and the results
+    directory (``results/`` at the top of the repository) are ignored: a run appends its records to
+    a tracked results file, and an experiment started while another's records are still being
+    written or not yet committed runs the same code. Defaults to the repository containing this
+    package.
     """
     cwd = Path(path) if path is not None else Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                 ":(top)", f":(top,exclude){RESULTS}"], cwd=cwd,
                                 capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -272,13 +276,14 @@ def environment(device: torch.device | str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- where results live
 
+RESULTS = "results"  #: the committed results, at the top of the repository (see :func:`results_root`)
 SCRATCH = "_scratch"  #: sub-directory of a results root for smoke runs and trials (ignored by git)
 
 
 def results_root() -> Path:
     """Directory of the committed results: ``$KDLIB_RESULTS_DIR`` or ``results/`` of this repository."""
     env = os.environ.get("KDLIB_RESULTS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "results"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / RESULTS
 
 
 @dataclass(frozen=True)
