@@ -446,6 +446,11 @@ class Arm:
         """The arm a student belongs to."""
         return cls(spec.alpha, spec.normalize_by_alpha, spec.reverse)
 
+    def student(self, T: float, lr: float, seed: int, hidden: tuple[int, ...], teacher: int) -> StudentSpec:
+        """This arm's student at temperature ``T`` and learning rate ``lr`` (``beta`` = :data:`TUNE_BETA`)."""
+        return StudentSpec(alpha=self.alpha, T=T, beta=TUNE_BETA, seed=seed, hidden=hidden, teacher=teacher,
+                           normalize_by_alpha=self.normalize_by_alpha, reverse=self.reverse, lr=lr)
+
 
 #: The arms of the tuned comparison: KL, reverse KL, and the Rényi orders 0.25, 0.5, 2 and 4 with
 #: and without the division by alpha (at order 1 it changes nothing; at infinity it is undefined),
@@ -464,9 +469,7 @@ def tuned_students(scale: Scale, hidden: tuple[int, ...], arms: Sequence[Arm] = 
         t = teacher_of(scale, s)
         for lr in scale.lrs:
             students += [replace(a, lr=lr) for a in alone(hidden, [s], teacher=t)]
-            students += [StudentSpec(alpha=arm.alpha, T=T, beta=TUNE_BETA, seed=s, hidden=hidden, teacher=t,
-                                     normalize_by_alpha=arm.normalize_by_alpha, reverse=arm.reverse, lr=lr)
-                         for arm in arms for T in scale.temperatures["tune"]]
+            students += [arm.student(T, lr, s, hidden, t) for arm in arms for T in scale.temperatures["tune"]]
     return students
 
 
@@ -573,9 +576,8 @@ def confirmation_students(scale: Scale, h: dict[str, Any]) -> list[StudentSpec]:
         t = teachers[s % len(teachers)]
         students += [replace(a, lr=float(h["reference"]["lr"])) for a in alone(hidden, [s], teacher=t)]
         for arm in [h["reference"], *h["arms"]]:
-            students.append(StudentSpec(alpha=float(arm["alpha"]), T=float(arm["T"]), beta=TUNE_BETA, seed=s,
-                                        hidden=hidden, teacher=t, lr=float(arm["lr"]),
-                                        normalize_by_alpha=arm["normalize_by_alpha"], reverse=arm["reverse"]))
+            students.append(Arm(float(arm["alpha"]), arm["normalize_by_alpha"], arm["reverse"]).student(
+                float(arm["T"]), float(arm["lr"]), s, hidden, t))
     return students
 
 

@@ -300,8 +300,7 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
             val_curve.append(accuracy(logits.float(), val[1]).reshape(-1))
             model.train()
         if monitor is not None:
-            monitor_curve.append(monitor(model).reshape(-1))
-            model.train()
+            monitor_curve.append(monitor(model).reshape(-1))  # predict_logits restores train mode
     model.eval()
 
     def per_model(curve: list[torch.Tensor]) -> list[list[float]]:
