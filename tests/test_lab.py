@@ -125,3 +125,38 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
         (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps({**HYPOTHESIS, **broken}))
         with pytest.raises(ValueError, match=match):
             load_hypothesis("renyi_confirm_tuned")
+
+
+def test_the_adam_check_and_the_tuned_omitted_class_follow_their_hypothesis_files(tmp_path, monkeypatch):
+    import json
+
+    from kdlib.lab import experiments as E
+
+    monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
+    for build in (E.renyi_adam, E.omitted_class_tuned):
+        with pytest.raises(FileNotFoundError, match="write and commit the hypotheses"):
+            build(SCALES["full"])
+    (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps(HYPOTHESIS))
+    adam = E.renyi_adam(SCALES["full"])
+    # the reference and two arms, at their own T, each at the three Adam rates, on the exploration's teachers
+    assert len(adam.students) == 3 * 3 * len(SCALES["full"].seeds["explore"])
+    assert {s.optimizer for s in adam.students} == {"adam"}
+    assert {s.lr for s in adam.students} == set(E.ADAM_LRS)
+    assert {(s.alpha, s.T) for s in adam.students} == {(1.0, 2.0), (4.0, 2.0), (float("inf"), 4.0)}
+    assert adam.teacher_seeds == (0, 1, 2)
+    (tmp_path / "omitted_class_tuned.json").write_text(json.dumps({**HYPOTHESIS, "teachers": [0, 1, 2],
+                                                                   "metric": "omitted_class_auroc"}))
+    omit = E.omitted_class_tuned(SCALES["full"])
+    assert omit.omit_class == 3 and omit.bias_shifts == E.BIAS_SHIFTS
+    assert len(omit.students) == 4 * 4
+    assert {s.hidden for s in omit.students} == {SCALES["full"].hidden["omit"]}
+    assert omit.student_train.warmup_epochs == 1.0
+
+
+def test_a_planned_experiment_without_its_hypothesis_file_is_refused_by_name(monkeypatch):
+    from kdlib.lab import experiments as E
+
+    for name, (file, _) in E.PLANNED.items():
+        monkeypatch.delitem(E.EXPERIMENTS, name, raising=False)
+        with pytest.raises(E.UnknownExperimentError, match=f"after hypotheses/{file}.json is written"):
+            E.get_experiment(name)

@@ -278,6 +278,28 @@ def test_tuned_comparison_over_learning_rate_and_temperature_together():
     assert set(zip(per_lr["lr"], per_lr["T"], strict=True)) == {(0.05, 4.0), (0.2, 2.0)}
 
 
+def test_tuned_screen_tunes_each_arm_then_pairs_it_with_the_tuned_reference():
+    recs = []
+    # per seed: KL best at lr 0.05; alpha 4 best at lr 0.0125 and 0.01 above KL; alpha 0.5 below it
+    for s in (0, 1, 2):
+        for alpha, lr, val in ((1.0, 0.05, 0.90), (1.0, 0.2, 0.85), (4.0, 0.0125, 0.91), (4.0, 0.05, 0.80),
+                               (0.5, 0.05, 0.88), (0.5, 0.2, 0.70)):
+            rec = student(alpha, 2.0, 0.9, s, acc=0.99, val=val + 0.002 * s * (alpha == 4.0))
+            rec["config"]["lr"], rec["key"] = lr, f"{rec['key']}-{lr}"
+            recs.append(rec)
+    screen = analysis.tuned_screen(analysis.student_frame(recs))
+    assert list(screen["arm"]) == ["α=4", "α=0.5"]
+    assert list(screen["lr"]) == [0.0125, 0.05]
+    assert screen.attrs["reference_setting"] == {"lr": 0.05, "T": 2.0}
+    assert screen.attrs["reference_mean"] == pytest.approx(0.90)
+    d = np.array([0.01 + 0.002 * s for s in (0, 1, 2)])
+    assert screen["mean_diff"][0] == pytest.approx(d.mean())
+    assert screen["p"][0] == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
+    assert screen["p_bh"][0] == pytest.approx(stats.false_discovery_control(screen["p"], method="bh")[0])
+    with pytest.raises(ValueError, match="reference must be one of the arms"):
+        analysis.tuned_screen(analysis.student_frame(recs), reference="reverse KL")
+
+
 # ----------------------------------------------------------------------------- formatting and figures
 
 

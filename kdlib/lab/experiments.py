@@ -446,10 +446,18 @@ class Arm:
         """The arm a student belongs to."""
         return cls(spec.alpha, spec.normalize_by_alpha, spec.reverse)
 
-    def student(self, T: float, lr: float, seed: int, hidden: tuple[int, ...], teacher: int) -> StudentSpec:
-        """This arm's student at temperature ``T`` and learning rate ``lr`` (``beta`` = :data:`TUNE_BETA`)."""
+    def student(self, T: float, lr: float, seed: int, hidden: tuple[int, ...], teacher: int,
+                optimizer: str | None = None) -> StudentSpec:
+        """This arm's student at temperature ``T`` and learning rate ``lr`` (``beta`` = :data:`TUNE_BETA`;
+        ``optimizer`` ``None``: the profile's, SGD)."""
         return StudentSpec(alpha=self.alpha, T=T, beta=TUNE_BETA, seed=seed, hidden=hidden, teacher=teacher,
-                           normalize_by_alpha=self.normalize_by_alpha, reverse=self.reverse, lr=lr)
+                           normalize_by_alpha=self.normalize_by_alpha, reverse=self.reverse, lr=lr,
+                           optimizer=optimizer)
+
+    @classmethod
+    def from_dict(cls, arm: dict[str, Any]) -> Arm:
+        """The arm of a hypothesis file's entry (``alpha`` may be the string ``"inf"``)."""
+        return cls(float(arm["alpha"]), bool(arm["normalize_by_alpha"]), bool(arm["reverse"]))
 
 
 #: The arms of the tuned comparison: KL, reverse KL, and the Rényi orders 0.25, 0.5, 2 and 4 with
@@ -565,19 +573,20 @@ def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> di
     return h
 
 
-def confirmation_students(scale: Scale, h: dict[str, Any]) -> list[StudentSpec]:
+def confirmation_students(scale: Scale, h: dict[str, Any], hidden: tuple[int, ...] | None = None
+                          ) -> list[StudentSpec]:
     """The students of a hypothesis ``h`` (:func:`load_hypothesis`): for every seed (teacher
     ``h["teachers"][seed mod their number]``) the reference, every arm and the student alone at the
-    reference's learning rate, on the ``grid`` student. The smoke scale takes the first two seeds."""
+    reference's learning rate, of width ``hidden`` (default: the ``grid`` student). The smoke scale
+    takes the first two seeds."""
     seeds = h["seeds"][:2] if scale.name == "smoke" else h["seeds"]
-    teachers, hidden = h["teachers"], scale.hidden["grid"]
+    teachers, hidden = h["teachers"], hidden or scale.hidden["grid"]
     students: list[StudentSpec] = []
     for s in seeds:
         t = teachers[s % len(teachers)]
         students += [replace(a, lr=float(h["reference"]["lr"])) for a in alone(hidden, [s], teacher=t)]
         for arm in [h["reference"], *h["arms"]]:
-            students.append(Arm(float(arm["alpha"]), arm["normalize_by_alpha"], arm["reverse"]).student(
-                float(arm["T"]), float(arm["lr"]), s, hidden, t))
+            students.append(Arm.from_dict(arm).student(float(arm["T"]), float(arm["lr"]), s, hidden, t))
     return students
 
 
@@ -587,6 +596,44 @@ def renyi_confirm_tuned(scale: Scale) -> Profile:
     its students (warmup, budget, stacks), from the freshly trained teachers the file names."""
     h = load_hypothesis("renyi_confirm_tuned")
     return _tuned_profile(scale, confirmation_students(scale, h))
+
+
+#: Adam's peak learning rates in :func:`renyi_adam`: 1/4, 1 and 4 times the usual 1e-3, the span
+#: the SGD arms are tuned over.
+ADAM_LRS = (2.5e-4, 1e-3, 4e-3)
+
+
+def renyi_adam(scale: Scale) -> Profile:
+    """The scale-invariant check of the confirmation's arms: the reference and every arm of
+    ``hypotheses/renyi_confirm_tuned.json``, each at its temperature, trained with Adam at each of
+    :data:`ADAM_LRS` on the exploration's teachers and seeds (warmup and budget as in
+    :func:`renyi_explore`).
+
+    Adam divides every gradient by a running estimate of its size, so a constant factor on the
+    soft term (the order's step-size effect near the fit, chapter 1) changes nothing: what an arm
+    keeps of its advantage under Adam is the part that is not step size. Analysis: each arm's
+    learning rate chosen on mean validation accuracy over the teachers, as in the exploration.
+    """
+    h = load_hypothesis("renyi_confirm_tuned")
+    hidden = scale.hidden["grid"]
+    students = [Arm.from_dict(arm).student(float(arm["T"]), lr, s, hidden, teacher_of(scale, s), "adam")
+                for s in scale.seeds["explore"] for lr in ADAM_LRS for arm in [h["reference"], *h["arms"]]]
+    return _tuned_profile(scale, students)
+
+
+def omitted_class_tuned(scale: Scale, omit: int = 3) -> Profile:
+    """The omitted-class experiment with tuned arms: the students of
+    ``hypotheses/omitted_class_tuned.json`` (the arms with the learning rate and T the exploration
+    chose for each), of the ``omit`` width, learning from a transfer set without class ``omit``
+    (Fashion-MNIST's Dress), trained as :func:`renyi_explore` trains its students.
+
+    Every record holds the omitted class's accuracy before and after the shift of its output bias
+    (chosen per student on validation data from 0.25, 0.5, ..., 20) and the threshold-free AUROC of
+    its logit against the other classes' test images (:func:`kdlib.lab.metrics.class_auroc`).
+    """
+    h = load_hypothesis("omitted_class_tuned")
+    p = _tuned_profile(scale, confirmation_students(scale, h, scale.hidden["omit"]))
+    return replace(p, omit_class=omit, bias_shifts=BIAS_SHIFTS)
 
 
 OMITTED_METRICS = ("test_accuracy", "omitted_class_accuracy_before_shift",
@@ -622,8 +669,30 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
 ]}
 
 
+#: Experiments that a committed hypothesis file defines, by the file they read. Each joins
+#: :data:`EXPERIMENTS` once its file exists in :func:`hypotheses_dir`, so that no run, listing or
+#: test can build it before its hypotheses are written.
+PLANNED: dict[str, tuple[str, Experiment]] = {e.name: (f, e) for f, e in [
+    ("renyi_confirm_tuned", Experiment(
+        "renyi_confirm_tuned", "confirmation of the tuned Renyi comparison on fresh teachers, as its "
+        "committed hypothesis file says", renyi_confirm_tuned, ("final_val_accuracy", "test_accuracy"))),
+    ("renyi_confirm_tuned", Experiment(
+        "renyi_adam", "the confirmation's arms trained with Adam (scale-invariant check), on the "
+        "exploration's teachers", renyi_adam, ("final_val_accuracy", "test_accuracy"))),
+    ("omitted_class_tuned", Experiment(
+        "omitted_class_tuned", "Dress left out of the transfer set, tuned arms, as its committed "
+        "hypothesis file says", omitted_class_tuned, (*OMITTED_METRICS, "omitted_class_auroc"))),
+]}
+EXPERIMENTS.update({name: e for name, (f, e) in PLANNED.items() if (hypotheses_dir() / f"{f}.json").exists()})
+
+
 def get_experiment(name: str) -> Experiment:
-    """The experiment ``name``; raises :class:`UnknownExperimentError` listing the known names."""
+    """The experiment ``name``; raises :class:`UnknownExperimentError` listing the known names (and,
+    for a planned one, the hypothesis file it still needs)."""
+    if name in PLANNED and name not in EXPERIMENTS:
+        raise UnknownExperimentError(f"experiment {name!r} runs only after "
+                                     f"{HYPOTHESES}/{PLANNED[name][0]}.json is written and committed "
+                                     "(see kdlib.lab.experiments.load_hypothesis)")
     if name not in EXPERIMENTS:
         raise UnknownExperimentError(f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
     return EXPERIMENTS[name]

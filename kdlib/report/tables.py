@@ -533,6 +533,39 @@ def tuned_comparison(df: pd.DataFrame, groups: Sequence[str], over: str | Sequen
     return pd.concat(chosen).sort_values([*groups, "seed"], kind="mergesort").reset_index(drop=True)
 
 
+def tuned_screen(df: pd.DataFrame, reference: str = "KL", select: str = "final_val_accuracy",
+                 over: Sequence[str] = ("lr", "T")) -> pd.DataFrame:
+    """The screen of a tuned comparison: every arm at its tuned setting against the reference arm at its own.
+
+    Each ``arm`` of ``df`` (the students alone excluded) is tuned over ``over`` on ``select``
+    (:func:`tuned_comparison`: the setting with the highest mean over seeds); each tuned arm is then
+    compared with the tuned ``reference``, paired by seed (:func:`paired_differences`, two-sided
+    paired t-tests on ``select``, Benjamini-Hochberg's ``p_bh`` over the arms). Nothing here looks
+    at a test metric.
+
+    Returns:
+        one row per arm other than the reference, best first: ``arm``, the chosen ``over`` values,
+        ``mean`` (the arm's mean ``select``), ``n``, ``mean_diff``, ``ci_low``, ``ci_high``, ``p``,
+        ``p_bh``; the reference's own setting and mean are in ``df.attrs`` of the result
+        (``reference_setting``, ``reference_mean``).
+
+    Raises:
+        ValueError: ``reference`` is not an arm of ``df``.
+    """
+    dist = df[df["arm"] != "alone"]
+    if reference not in set(dist["arm"]):
+        raise ValueError(f"reference must be one of the arms {sorted(set(dist['arm']))}, got {reference!r}")
+    tuned = tuned_comparison(dist, ["arm"], over=list(over), select=select)
+    settings = tuned.groupby("arm", sort=False).agg(**{k: (k, "first") for k in over}, mean=(select, "mean"))
+    paired = paired_differences(tuned, select, ["arm"], {"arm": reference}, [])
+    out = paired.merge(settings, left_on="arm", right_index=True)
+    cols = ["arm", *over, "mean", "n", "mean_diff", "ci_low", "ci_high", "p", "p_bh"]
+    out = out[cols].sort_values("mean_diff", ascending=False, kind="mergesort").reset_index(drop=True)
+    out.attrs["reference_setting"] = {k: settings.loc[reference, k] for k in over}
+    out.attrs["reference_mean"] = float(settings.loc[reference, "mean"])
+    return out
+
+
 def gap_closed(distilled: pd.DataFrame, alone: pd.DataFrame, teachers: pd.DataFrame,
                metric: str = "test_accuracy", resamples: int = 10_000, confidence: float = 0.95,
                seed: int = 0) -> dict[str, Any]:
