@@ -300,6 +300,31 @@ def test_tuned_screen_tunes_each_arm_then_pairs_it_with_the_tuned_reference():
         analysis.tuned_screen(analysis.student_frame(recs), reference="reverse KL")
 
 
+def test_pooled_reliability_pools_runs_bin_by_bin_and_gives_their_ece():
+    import torch
+
+    from kdlib.lab.metrics import expected_calibration_error, reliability
+
+    g = torch.Generator().manual_seed(3)
+    z, y = torch.randn(3, 300, 10, generator=g) * 2, torch.randint(0, 10, (300,), generator=g)
+    z[2, 0, 0] = math.nan  # a diverged run is left out
+    pooled = analysis.pooled_reliability([*reliability(z, y, bins=8), None])
+    assert pooled.attrs["runs"] == 2 and pooled["count"].sum() == 600 and len(pooled) == 8
+    # pooling two runs = one diagram of their predictions together
+    both = torch.cat([z[0], z[1]]), torch.cat([y, y])
+    ece = float((pooled["count"] * (pooled["accuracy"] - pooled["confidence"]).abs()).sum() / 600)
+    assert ece == pytest.approx(expected_calibration_error(*both, bins=8).item(), abs=1e-12)
+    assert pooled["high"].iloc[-1] == 1.0 and pooled["low"].iloc[0] == 0.0
+    with pytest.raises(ValueError, match="same number of bins"):
+        analysis.pooled_reliability([reliability(z[0], y, bins=8)[0], reliability(z[0], y, bins=5)[0]])
+    with pytest.raises(ValueError, match="at least one"):
+        analysis.pooled_reliability([None, reliability(z[2], y)[0]])
+    fig, ax = plt.subplots()
+    figures.reliability_diagram(ax, pooled, label="runs")
+    assert len(ax.lines) == 2 and ax.get_xlabel() == "confidence (%)"
+    plt.close(fig)
+
+
 # ----------------------------------------------------------------------------- formatting and figures
 
 

@@ -37,7 +37,8 @@ def evaluate_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int,
     Returns:
         one dict per model with ``test_accuracy``, ``test_errors`` (count),
         ``per_class_accuracy`` (list of ``num_classes``), ``test_ce`` (mean cross-entropy,
-        nats), ``test_ece`` (:func:`expected_calibration_error`) and, with ``teacher_logits``
+        nats), ``test_ece`` (:func:`expected_calibration_error`), ``test_reliability`` (its diagram,
+        :func:`reliability`) and, with ``teacher_logits``
         ``(N, C)``, ``teacher_agreement`` (fraction of equal
         arg-max predictions) and ``test_kl_from_teacher`` (mean KL(teacher || model) at T = 1, nats).
     """
@@ -52,13 +53,14 @@ def evaluate_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int,
     counts = onehot.sum(0)
     per_class = (correct.to(torch.float64) @ onehot) / counts.clamp_min(1)
     ece = expected_calibration_error(z, y)
+    diagrams = reliability(z, y)
     out = []
     for s in range(z.shape[0]):
         m = {"test_accuracy": float(correct[s].to(torch.float64).mean()),
              "test_errors": int((~correct[s]).sum()),
              "per_class_accuracy": [float(v) if c > 0 else None
                                     for v, c in zip(per_class[s].tolist(), counts.tolist(), strict=True)],
-             "test_ce": float(ce[s]), "test_ece": float(ece[s])}
+             "test_ce": float(ce[s]), "test_ece": float(ece[s]), "test_reliability": diagrams[s]}
         out.append(m)
     if teacher_logits is not None:
         log_p = F.log_softmax(teacher_logits.to(torch.float64), -1)
@@ -68,6 +70,23 @@ def evaluate_logits(logits: torch.Tensor, y: torch.Tensor, num_classes: int,
             m["teacher_agreement"] = float(agree[s])
             m["test_kl_from_teacher"] = float(kl[s])
     return out
+
+
+def _confidence_bins(logits: torch.Tensor, y: torch.Tensor, bins: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per bin of the top softmax probability on ``(0, 1]``: ``n_b``, ``sum conf``, ``sum correct``,
+    ``sum (correct - conf)`` (each ``(..., bins)``; the last summed as the ECE always has been, so
+    committed ECEs reproduce to the bit) and whether each model's logits are finite (``(...)``)."""
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    conf, pred = F.softmax(logits.to(torch.float64), -1).max(-1)
+    correct = (pred == y).to(torch.float64)
+    finite = torch.isfinite(conf).all(-1)  # a diverged model (non-finite logits) has no ECE
+    conf = torch.nan_to_num(conf, nan=1.0)
+    b = (conf * bins).ceil().clamp(1, bins).long() - 1  # bin of (k/bins, (k+1)/bins]
+    onehot = F.one_hot(b, bins).to(torch.float64)  # (..., N, bins)
+    total = lambda v: (v.unsqueeze(-2) @ onehot).squeeze(-2)  # noqa: E731  per-bin sums
+    return onehot.sum(-2), total(conf), total(correct), total(correct - conf), finite
 
 
 def expected_calibration_error(logits: torch.Tensor, y: torch.Tensor, bins: int = 15) -> torch.Tensor:
@@ -85,17 +104,29 @@ def expected_calibration_error(logits: torch.Tensor, y: torch.Tensor, bins: int 
     Returns:
         ``()`` or ``(S,)``, a fraction in ``[0, 1]``; NaN for a model with non-finite logits.
     """
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    conf, pred = F.softmax(logits.to(torch.float64), -1).max(-1)
-    correct = (pred == y).to(torch.float64)
-    finite = torch.isfinite(conf).all(-1)  # a diverged model (non-finite logits) has no ECE
-    conf = torch.nan_to_num(conf, nan=1.0)
-    b = (conf * bins).ceil().clamp(1, bins).long() - 1  # bin of (k/bins, (k+1)/bins]
-    onehot = F.one_hot(b, bins).to(torch.float64)  # (..., N, bins)
-    gap = ((correct - conf).unsqueeze(-2) @ onehot).squeeze(-2)  # per bin: n_b (acc_b - conf_b)
+    *_, gap, finite = _confidence_bins(logits, y, bins)
     ece = gap.abs().sum(-1) / y.shape[0]
     return torch.where(finite, ece, torch.full_like(ece, math.nan))
+
+
+def reliability(logits: torch.Tensor, y: torch.Tensor, bins: int = 15) -> list[dict[str, list[Any]]]:
+    """The reliability diagram of each model: per confidence bin (as in
+    :func:`expected_calibration_error`), ``count`` (``n_b``), ``confidence`` (mean top
+    probability) and ``accuracy`` (fraction correct); ``None`` in an empty bin, and every entry
+    ``None`` for a model with non-finite logits. ``(N, C)`` gives one dict, ``(S, N, C)`` S.
+    ``sum_b count_b |accuracy_b - confidence_b| / N`` is the ECE."""
+    n, conf, correct, _, finite = _confidence_bins(logits, y, bins)
+    n, conf, correct = (t.reshape(-1, bins) for t in (n, conf, correct))
+    out = []
+    for s, ok in enumerate(finite.reshape(-1).tolist()):
+        cnt = n[s].tolist()
+        if not ok:
+            out.append({k: [None] * bins for k in ("count", "confidence", "accuracy")})
+            continue
+        out.append({"count": [int(c) for c in cnt],
+                    **{k: [x / c if c > 0 else None for x, c in zip(v[s].tolist(), cnt, strict=True)]
+                       for k, v in (("confidence", conf), ("accuracy", correct))}})
+    return out
 
 
 def bias_shift(val_logits: torch.Tensor, y_val: torch.Tensor, test_logits: torch.Tensor,

@@ -149,3 +149,16 @@ def plot_learning_curves(ax: Any, df: pd.DataFrame, group: str = "alpha", curve:
               else {"label": (labels or {}).get(value, str(value))})
         ax.plot(range(1, n + 1), mean, marker="o", markersize=2.5, **kw)
     ax.set_xlabel("epoch")
+
+
+def reliability_diagram(ax: Any, pooled: pd.DataFrame, label: str | None = None, color: str | None = None,
+                        min_count: int = 1) -> None:
+    """Accuracy against mean confidence per confidence bin, in percent, with the diagonal of a
+    calibrated model; ``pooled`` from :func:`kdlib.report.tables.pooled_reliability`. Bins with
+    fewer than ``min_count`` images are left out."""
+    shown = pooled[pooled["count"] >= min_count]
+    ax.plot([0, 100], [0, 100], color="0.6", linewidth=0.8, linestyle=":")
+    ax.plot(100 * shown["confidence"], 100 * shown["accuracy"], marker="o", markersize=3, label=label,
+            color=color)
+    ax.set_xlabel("confidence (%)")
+    ax.set_ylabel("accuracy (%)")

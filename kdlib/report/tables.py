@@ -231,7 +231,9 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     ``"α=4 /α"``; ``"alone"`` for a student trained on the labels alone), ``seed, epochs,
     teacher_key``, the :data:`METRICS` (NaN where a record lacks one; ``diverged`` a bool), and
     ``curve_val_accuracy`` / ``curve_train_loss`` / ``curve_grad_ratio`` (lists, one value per epoch;
-    the last empty unless the profile records it). Teacher records are skipped.
+    the last empty unless the profile records it), ``reliability`` (the test reliability diagram,
+    :func:`kdlib.lab.metrics.reliability`; ``None`` in records older than it). Teacher records are
+    skipped.
     """
     rows = []
     for r in records:
@@ -254,6 +256,7 @@ def student_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
         row["curve_val_accuracy"] = list(curves.get("val_accuracy", []))
         row["curve_train_loss"] = list(curves.get("train_loss", []))
         row["curve_grad_ratio"] = [decode_float(x) for x in curves.get("grad_ratio", [])]
+        row["reliability"] = m.get("test_reliability")
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
@@ -563,6 +566,42 @@ def tuned_screen(df: pd.DataFrame, reference: str = "KL", select: str = "final_v
     out = out[cols].sort_values("mean_diff", ascending=False, kind="mergesort").reset_index(drop=True)
     out.attrs["reference_setting"] = {k: settings.loc[reference, k] for k in over}
     out.attrs["reference_mean"] = float(settings.loc[reference, "mean"])
+    return out
+
+
+def pooled_reliability(diagrams: Iterable[dict[str, list[Any]] | None]) -> pd.DataFrame:
+    """The reliability diagrams of several runs pooled bin by bin (the runs' test images together).
+
+    Each diagram is a record's ``test_reliability`` (:func:`kdlib.lab.metrics.reliability`); ``None``
+    (older records) and diverged runs (entries ``None``) are skipped. Returns one row per bin:
+    ``low``, ``high`` (its confidence range), ``count`` (images over the runs), ``confidence`` and
+    ``accuracy`` (count-weighted means; NaN in an empty bin), and ``attrs["runs"]`` the runs pooled.
+    ``sum(count * |accuracy - confidence|) / sum(count)`` is the ECE of the pooled predictions.
+
+    Raises:
+        ValueError: the diagrams have different numbers of bins, or none is usable.
+    """
+    usable = [d for d in diagrams if d is not None and d["count"] and d["count"][0] is not None]
+    if not usable:
+        raise ValueError("diagrams must hold at least one reliability diagram of a run that did not diverge")
+    bins = {len(d["count"]) for d in usable}
+    if len(bins) != 1:
+        raise ValueError(f"diagrams must all have the same number of bins, got {sorted(bins)}")
+    (k,) = bins
+    count = np.zeros(k)
+    conf = np.zeros(k)
+    acc = np.zeros(k)
+    for d in usable:
+        c = np.asarray(d["count"], dtype=float)
+        count += c
+        conf += c * np.array([x if x is not None else 0.0 for x in d["confidence"]])
+        acc += c * np.array([x if x is not None else 0.0 for x in d["accuracy"]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = pd.DataFrame({"low": np.arange(k) / k, "high": np.arange(1, k + 1) / k,
+                            "count": count.astype(int),
+                            "confidence": np.where(count > 0, conf / count, np.nan),
+                            "accuracy": np.where(count > 0, acc / count, np.nan)})
+    out.attrs["runs"] = len(usable)
     return out
 
 
