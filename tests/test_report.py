@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
@@ -323,6 +324,45 @@ def test_pooled_reliability_pools_runs_bin_by_bin_and_gives_their_ece():
     figures.reliability_diagram(ax, pooled, label="runs")
     assert len(ax.lines) == 2 and ax.get_xlabel() == "confidence (%)"
     plt.close(fig)
+
+
+def _screen(diffs: dict[str, float]) -> pd.DataFrame:
+    rows = [{"arm": a, "lr": 0.05, "T": 2.0, "mean": 0.9 + d, "n": 3, "mean_diff": d}
+            for a, d in diffs.items()]
+    screen = pd.DataFrame(rows)
+    screen.attrs["reference_setting"] = {"lr": 0.0125, "T": 1.0}
+    return screen
+
+
+def test_the_confirmation_hypothesis_follows_its_rule(tmp_path, monkeypatch):
+    import json
+
+    from kdlib.lab.experiments import load_hypothesis
+
+    screen = _screen({"α=4": 0.004, "α=∞": 0.001, "α=2 /α": 0.002, "reverse KL": 0.0005, "α=0.5": -0.003})
+    h = analysis.confirmation_hypothesis(screen, sd=0.002)
+    assert [a["arm"] for a in h["arms"]] == ["α=4", "α=2 /α", "α=∞"]  # the three above KL, best first
+    assert {a["hypothesis"] for a in h["arms"]} == {"greater"} and h["arms"][2]["alpha"] == "inf"
+    assert h["arms"][1]["normalize_by_alpha"] is True and h["reference"]["lr"] == 0.0125
+    # the number of runs reaches the power at Holm's first level, and one fewer does not
+    needed = h["runs_needed"]
+    assert analysis.paired_power(0.003, 0.002, needed, 0.05 / 3) >= 0.8 > analysis.paired_power(
+        0.003, 0.002, needed - 1, 0.05 / 3)
+    assert len(h["seeds"]) == max(12, -(-needed // 3) * 3) and h["seeds"][0] == 100
+    noisy = analysis.confirmation_hypothesis(screen, sd=0.006)
+    assert len(noisy["seeds"]) > len(h["seeds"]) and len(noisy["seeds"]) % 3 == 0
+    # nothing above KL: the closest arms, tested for equivalence, with more runs for TOST's two tests
+    flat = analysis.confirmation_hypothesis(_screen({"α=4": -0.001, "α=0.5": -0.004, "α=2": -0.0005}),
+                                            sd=0.004, max_arms=2)
+    assert [a["arm"] for a in flat["arms"]] == ["α=2", "α=4"]
+    assert {a["hypothesis"] for a in flat["arms"]} == {"equivalent"}
+    assert analysis.paired_power(0.003, 0.004, flat["runs_needed"], 0.05 / 2) >= 0.9
+    # what it writes is a valid hypothesis file
+    monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
+    (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps(h))
+    assert load_hypothesis("renyi_confirm_tuned")["seeds"] == h["seeds"]
+    with pytest.raises(ValueError, match="need sd > 0"):
+        analysis.confirmation_hypothesis(screen, sd=0.0)
 
 
 # ----------------------------------------------------------------------------- formatting and figures

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdlib.lab.experiments import Arm, expected_keys, get_experiment
+from kdlib.lab.experiments import ARMS, Arm, expected_keys, get_experiment
 from kdlib.lab.run import requested_profile
 from kdlib.lab.store import (
     decode_float,
@@ -567,6 +567,66 @@ def tuned_screen(df: pd.DataFrame, reference: str = "KL", select: str = "final_v
     out.attrs["reference_setting"] = {k: settings.loc[reference, k] for k in over}
     out.attrs["reference_mean"] = float(settings.loc[reference, "mean"])
     return out
+
+
+def confirmation_hypothesis(screen: pd.DataFrame, sd: float, *, teachers: Sequence[int] = (3, 4, 5),
+                            first_seed: int = 100, smallest_effect: float = 0.003, level: float = 0.05,
+                            power: float = 0.8, max_arms: int = 3, min_runs: int = 12,
+                            metric: str = "test_accuracy") -> dict[str, Any]:
+    """The hypothesis file of the confirmation, derived from the exploration's screen by a rule fixed
+    before the exploration finished (so that the screen's outcome cannot shape the rule).
+
+    1. **Arms.** The arms whose tuned mean validation accuracy is above KL's (``mean_diff > 0`` in
+       :func:`tuned_screen`), best first, at most ``max_arms``, each with the hypothesis
+       ``"greater"`` (one-sided paired t-test on ``metric``). If no arm is above KL, the
+       ``max_arms`` arms closest to it, each with the hypothesis ``"equivalent"`` (TOST with margin
+       ``smallest_effect``). Every arm keeps the learning rate and T the exploration chose for it;
+       the reference is KL at its own.
+    2. **Runs.** The smallest ``n`` at which a one-sided paired t-test at Holm's first level
+       ``level / arms`` detects a true difference of ``smallest_effect`` with probability ``power``
+       (:func:`runs_for_power`; for equivalence, each of TOST's two tests needs ``1 - (1 - power) / 2``
+       so that both pass together at least with ``power`` when there is no difference), given the
+       standard deviation ``sd`` of one paired difference; at least ``min_runs``; rounded up to a
+       multiple of the number of ``teachers`` so that every teacher teaches as many seeds.
+    3. **Seeds and teachers.** Student seeds ``first_seed, first_seed + 1, ...``; seed ``s`` learns
+       from ``teachers[s mod len(teachers)]``, teachers trained for the confirmation only.
+
+    Returns:
+        a dict that :func:`kdlib.lab.experiments.load_hypothesis` accepts (write it as
+        ``hypotheses/renyi_confirm_tuned.json`` and commit it before the runs), with ``power``, ``sd``
+        and ``runs_needed`` (before ``min_runs`` and the rounding) recorded as well.
+
+    Raises:
+        ValueError: ``sd <= 0``, ``max_arms < 1``, no teachers, or the screen has no arms.
+    """
+    if not sd > 0 or max_arms < 1 or not teachers or screen.empty:
+        raise ValueError(f"need sd > 0, max_arms >= 1, teachers and a non-empty screen; got sd={sd}, "
+                         f"max_arms={max_arms}, teachers={list(teachers)}, {len(screen)} screened arms")
+    by_name = {a.name: a for a in ARMS}
+    ranked = screen.sort_values("mean_diff", ascending=False, kind="mergesort")
+    above = ranked[ranked["mean_diff"] > 0].head(max_arms)
+    kind, chosen = ("greater", above) if len(above) else ("equivalent", ranked.head(max_arms))
+    k = len(chosen)
+    one_sided_power = power if kind == "greater" else 1 - (1 - power) / 2
+    needed = runs_for_power(smallest_effect, sd, one_sided_power, level / k, "greater")
+    n = max(needed, min_runs)
+    n = -(-n // len(teachers)) * len(teachers)
+
+    def arm_entry(name: str, lr: float, T: float) -> dict[str, Any]:
+        a = by_name[name]
+        return {"arm": name, "alpha": "inf" if math.isinf(a.alpha) else a.alpha,
+                "normalize_by_alpha": a.normalize_by_alpha, "reverse": a.reverse,
+                "lr": float(lr), "T": float(T)}
+
+    ref = screen.attrs["reference_setting"]
+    return {
+        "experiment": "renyi_confirm_tuned",
+        "reference": arm_entry("KL", ref["lr"], ref["T"]),
+        "arms": [{**arm_entry(r["arm"], r["lr"], r["T"]), "hypothesis": kind} for _, r in chosen.iterrows()],
+        "teachers": list(teachers), "seeds": list(range(first_seed, first_seed + n)),
+        "metric": metric, "smallest_effect": smallest_effect, "level": level,
+        "correction": "holm", "power": power, "sd": sd, "runs_needed": needed,
+    }
 
 
 def pooled_reliability(diagrams: Iterable[dict[str, list[Any]] | None]) -> pd.DataFrame:
