@@ -593,7 +593,18 @@ def confirmation_students(scale: Scale, h: dict[str, Any], hidden: tuple[int, ..
 def renyi_confirm_tuned(scale: Scale) -> Profile:
     """The confirmation of the tuned comparison: the students of ``hypotheses/renyi_confirm_tuned.json``
     (:func:`load_hypothesis`, :func:`confirmation_students`), trained as :func:`renyi_explore` trains
-    its students (warmup, budget, stacks), from the freshly trained teachers the file names."""
+    its students (warmup, budget, stacks), from the freshly trained teachers the file names.
+
+    The file is written from the complete exploration by
+    :func:`kdlib.report.tables.confirmation_hypothesis` (its rule: arms, hypotheses, runs), with
+    ``sd``, the standard deviation of one paired difference, taken as the larger of two estimates
+    (the larger sd needs more runs): the pooled standard deviation of the paired validation
+    differences from KL over the screened arms that did not diverge, and that of the paired test
+    differences between KL at T = 1 and T = 2 in the full-scale Hinton runs (15 pairs).
+    The confirmatory analysis: for each arm, the paired t-test (``greater``) or TOST (``equivalent``)
+    of its test accuracy against KL's, paired by seed, Holm's correction over the arms at ``level``;
+    test NLL, ECE, agreement with the teacher and KL(teacher || student) are reported beside it
+    without tests."""
     h = load_hypothesis("renyi_confirm_tuned")
     return _tuned_profile(scale, confirmation_students(scale, h))
 
