@@ -160,9 +160,14 @@ def test_students_rerun_from_committed_logits_without_the_teacher_equal_their_re
 # ----------------------------------------------------------------------------- ECE and the gap closed
 
 
+def _two_models(seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(2, n, 10)`` of two random models (scale 3: confidences over the whole range) and labels."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, n, 10, generator=g) * 3, torch.randint(0, 10, (n,), generator=g)
+
+
 def test_expected_calibration_error_matches_a_direct_loop():
-    g = torch.Generator().manual_seed(1)
-    z, y = torch.randn(2, 500, 10, generator=g) * 3, torch.randint(0, 10, (500,), generator=g)
+    z, y = _two_models(seed=1, n=500)
     ece = expected_calibration_error(z, y, bins=10)
     for s in range(2):
         conf, pred = torch.softmax(z[s].double(), -1).max(-1)
@@ -185,8 +190,7 @@ def test_expected_calibration_error_matches_a_direct_loop():
 def test_reliability_diagram_matches_a_direct_loop_and_gives_the_ece():
     from kdlib.lab.metrics import reliability
 
-    g = torch.Generator().manual_seed(2)
-    z, y = torch.randn(2, 400, 10, generator=g) * 3, torch.randint(0, 10, (400,), generator=g)
+    z, y = _two_models(seed=2, n=400)
     diagrams = reliability(z, y, bins=10)
     for s in range(2):
         conf, pred = torch.softmax(z[s].double(), -1).max(-1)
