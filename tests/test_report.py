@@ -365,6 +365,36 @@ def test_the_confirmation_hypothesis_follows_its_rule(tmp_path, monkeypatch):
         analysis.confirmation_hypothesis(screen, sd=0.0)
 
 
+def test_the_omitted_class_hypothesis_takes_each_orders_better_variant_and_reverse_kl(tmp_path, monkeypatch):
+    import json
+
+    from kdlib.lab.experiments import load_hypothesis
+
+    diffs = {"α=0.25": -0.02, "α=0.25 /α": -0.01, "α=0.5": 0.001, "α=0.5 /α": 0.001, "α=2": -0.003,
+             "α=2 /α": 0.002, "α=4": 0.004, "α=4 /α": -0.5, "α=∞": -0.1, "reverse KL": -0.004}
+    screen = _screen(diffs)
+    screen.loc[screen["arm"] == "α=2 /α", ["lr", "T"]] = [0.2, 8.0]
+    h = analysis.omitted_hypothesis(screen)
+    # the better variant of each order (a tie goes to the plain one), then reverse KL
+    assert [a["arm"] for a in h["arms"]] == ["α=0.25 /α", "α=0.5", "α=2 /α", "α=4", "α=∞", "reverse KL"]
+    assert {a["hypothesis"] for a in h["arms"]} == {"two-sided"}
+    assert (h["arms"][2]["lr"], h["arms"][2]["T"], h["arms"][2]["normalize_by_alpha"]) == (0.2, 8.0, True)
+    assert h["arms"][5]["reverse"] is True and h["arms"][4]["alpha"] == "inf"
+    assert h["reference"] == {"arm": "KL", "alpha": 1.0, "normalize_by_alpha": False, "reverse": False,
+                              "lr": 0.0125, "T": 1.0}
+    assert h["seeds"] == list(range(200, 212)) and h["teachers"] == [0, 1, 2]
+    assert h["metric"] == "omitted_class_auroc"
+    monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
+    (tmp_path / "omitted_class_tuned.json").write_text(json.dumps(h))
+    assert load_hypothesis("omitted_class_tuned")["arms"] == h["arms"]
+    with pytest.raises(ValueError, match="multiple of the 3 teachers"):
+        analysis.omitted_hypothesis(screen, runs=10)
+    with pytest.raises(ValueError, match="must hold the arms"):
+        analysis.omitted_hypothesis(screen[screen["arm"] != "α=4 /α"])
+    with pytest.raises(ValueError, match="'reverse KL'"):
+        analysis.omitted_hypothesis(screen[screen["arm"] != "reverse KL"])
+
+
 # ----------------------------------------------------------------------------- formatting and figures
 
 

@@ -523,6 +523,9 @@ def renyi_explore_poor(scale: Scale) -> Profile:
 
 #: Where the hypothesis files of confirmatory experiments live (committed before their runs).
 HYPOTHESES = "hypotheses"
+#: An arm's hypothesis against the reference: a one-sided paired t-test (``greater``), TOST
+#: (``equivalent``) or a two-sided paired t-test (``two-sided``).
+HYPOTHESIS_KINDS = ("greater", "equivalent", "two-sided")
 _ARM_FIELDS = {"alpha": (int, float, str), "normalize_by_alpha": (bool,), "reverse": (bool,),
                "lr": (int, float), "T": (int, float)}
 
@@ -538,7 +541,7 @@ def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> di
 
     The file fixes, before the confirmatory runs start, what they are and how they are judged:
     ``reference`` and ``arms`` (each ``alpha`` (``"inf"`` allowed), ``normalize_by_alpha``,
-    ``reverse``, ``lr``, ``T``; an arm also its ``hypothesis``, ``"greater"`` or ``"equivalent"``),
+    ``reverse``, ``lr``, ``T``; an arm also its ``hypothesis``, one of :data:`HYPOTHESIS_KINDS`),
     ``teachers`` (seeds of teachers not used in the exploration), ``seeds`` (student seeds, from the
     power analysis), ``metric``, ``smallest_effect`` (a fraction: 0.003 is 0.3 points), ``level``
     and ``correction``. The experiment builds exactly these students, so git's order of the file and
@@ -565,8 +568,8 @@ def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> di
         for f, kind in _ARM_FIELDS.items():
             if not isinstance(arm.get(f), kind):
                 raise ValueError(f"{path}: arm {i} field {f!r} must be one of {kind}, got {arm.get(f)!r}")
-        if i and arm.get("hypothesis") not in ("greater", "equivalent"):
-            raise ValueError(f"{path}: arm {i} needs a hypothesis 'greater' or 'equivalent', "
+        if i and arm.get("hypothesis") not in HYPOTHESIS_KINDS:
+            raise ValueError(f"{path}: arm {i} needs a hypothesis among {HYPOTHESIS_KINDS}, "
                              f"got {arm.get('hypothesis')!r}")
         if i and all(arm[f] == h["reference"][f] for f in _ARM_FIELDS):
             raise ValueError(f"{path}: arm {i} is the reference itself")

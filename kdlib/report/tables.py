@@ -602,7 +602,6 @@ def confirmation_hypothesis(screen: pd.DataFrame, sd: float, *, teachers: Sequen
     if not sd > 0 or max_arms < 1 or not teachers or screen.empty:
         raise ValueError(f"need sd > 0, max_arms >= 1, teachers and a non-empty screen; got sd={sd}, "
                          f"max_arms={max_arms}, teachers={list(teachers)}, {len(screen)} screened arms")
-    by_name = {a.name: a for a in ARMS}
     ranked = screen.sort_values("mean_diff", ascending=False, kind="mergesort")
     above = ranked[ranked["mean_diff"] > 0].head(max_arms)
     kind, chosen = ("greater", above) if len(above) else ("equivalent", ranked.head(max_arms))
@@ -612,20 +611,75 @@ def confirmation_hypothesis(screen: pd.DataFrame, sd: float, *, teachers: Sequen
     n = max(needed, min_runs)
     n = -(-n // len(teachers)) * len(teachers)
 
-    def arm_entry(name: str, lr: float, T: float) -> dict[str, Any]:
-        a = by_name[name]
-        return {"arm": name, "alpha": "inf" if math.isinf(a.alpha) else a.alpha,
-                "normalize_by_alpha": a.normalize_by_alpha, "reverse": a.reverse,
-                "lr": float(lr), "T": float(T)}
-
     ref = screen.attrs["reference_setting"]
     return {
         "experiment": "renyi_confirm_tuned",
-        "reference": arm_entry("KL", ref["lr"], ref["T"]),
-        "arms": [{**arm_entry(r["arm"], r["lr"], r["T"]), "hypothesis": kind} for _, r in chosen.iterrows()],
+        "reference": _arm_entry("KL", ref["lr"], ref["T"]),
+        "arms": [{**_arm_entry(r["arm"], r["lr"], r["T"]), "hypothesis": kind} for _, r in chosen.iterrows()],
         "teachers": list(teachers), "seeds": list(range(first_seed, first_seed + n)),
         "metric": metric, "smallest_effect": smallest_effect, "level": level,
         "correction": "holm", "power": power, "sd": sd, "runs_needed": needed,
+    }
+
+
+def _arm_entry(name: str, lr: float, T: float) -> dict[str, Any]:
+    """A hypothesis file's entry for the arm called ``name`` (:attr:`Arm.name`) at ``lr`` and ``T``."""
+    a = {arm.name: arm for arm in ARMS}[name]
+    return {"arm": name, "alpha": "inf" if math.isinf(a.alpha) else a.alpha,
+            "normalize_by_alpha": a.normalize_by_alpha, "reverse": a.reverse, "lr": float(lr), "T": float(T)}
+
+
+def omitted_hypothesis(screen: pd.DataFrame, *, teachers: Sequence[int] = (0, 1, 2), first_seed: int = 200,
+                       runs: int = 12, smallest_effect: float = 0.01, level: float = 0.05,
+                       metric: str = "omitted_class_auroc") -> dict[str, Any]:
+    """The hypothesis file of the tuned omitted-class experiment, derived from the exploration's
+    screen by a rule fixed before the exploration finished.
+
+    1. **Arms.** For each Rényi order of :data:`ARMS` (0.25, 0.5, 2, 4, ∞), its variant (with or
+       without the division by α) with the higher tuned mean validation accuracy in the screen
+       (:func:`tuned_screen`), and reverse KL; each at the learning rate and T the exploration chose
+       for it, the reference KL at its own. Every arm's hypothesis is ``"two-sided"``: the earlier,
+       reduced run gave no direction to pre-register (orders above 1 were below KL on the omitted
+       class after the shift in the means, none significantly).
+    2. **Runs.** ``runs`` per arm (default 12: the issue's minimum of 10, rounded up to a multiple
+       of the teachers), fixed rather than powered because no earlier run recorded ``metric`` (the
+       AUROC) to estimate its standard deviation from; the effect detectable with these runs is
+       reported from the observed one afterwards, as such.
+    3. **Seeds and teachers.** Student seeds ``first_seed, first_seed + 1, ...``; seed ``s`` learns
+       from ``teachers[s mod len(teachers)]`` (the exploration's teachers: the omitted class is a
+       question of its own, on a transfer set without the class).
+    The analysis: for each arm the two-sided paired t-test of ``metric`` against KL's, paired by
+    seed, Holm's correction over the arms at ``level``; the omitted class's accuracy before and
+    after the bias shift reported beside it.
+
+    Returns:
+        a dict that :func:`kdlib.lab.experiments.load_hypothesis` accepts (write it as
+        ``hypotheses/omitted_class_tuned.json`` and commit it before the runs).
+
+    Raises:
+        ValueError: ``runs`` is not a positive multiple of the number of ``teachers``, or the
+            screen lacks an order's variants or reverse KL.
+    """
+    if not teachers or runs < 1 or runs % len(teachers):
+        raise ValueError(f"runs must be a positive multiple of the {len(teachers)} teachers, got {runs}")
+    by_name = screen.set_index("arm")
+    arms = []
+    for alpha in dict.fromkeys(a.alpha for a in ARMS if a.alpha != 1.0 and not a.reverse):
+        names = [a.name for a in ARMS if a.alpha == alpha and not a.reverse]
+        if not set(names) <= set(by_name.index):
+            raise ValueError(f"screen must hold the arms {names}, has {sorted(by_name.index)}")
+        arms.append(max(names, key=lambda n: (by_name.loc[n, "mean"], -names.index(n))))
+    if "reverse KL" not in by_name.index:
+        raise ValueError(f"screen must hold the arm 'reverse KL', has {sorted(by_name.index)}")
+    arms.append("reverse KL")
+    ref = screen.attrs["reference_setting"]
+    return {
+        "experiment": "omitted_class_tuned",
+        "reference": _arm_entry("KL", ref["lr"], ref["T"]),
+        "arms": [{**_arm_entry(n, by_name.loc[n, "lr"], by_name.loc[n, "T"]), "hypothesis": "two-sided"}
+                 for n in arms],
+        "teachers": list(teachers), "seeds": list(range(first_seed, first_seed + runs)),
+        "metric": metric, "smallest_effect": smallest_effect, "level": level, "correction": "holm",
     }
 
 
