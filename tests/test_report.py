@@ -395,6 +395,51 @@ def test_the_omitted_class_hypothesis_takes_each_orders_better_variant_and_rever
         analysis.omitted_hypothesis(screen[screen["arm"] != "reverse KL"])
 
 
+def test_confirmatory_tests_apply_each_arms_hypothesis_with_holm_over_the_arms():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    seeds = list(range(100, 112))
+    ref = 0.9 + rng.normal(0, 0.002, 12)
+    shifts = {"α=4": 0.004, "α=∞": 0.0, "α=2 /α": 0.0, "reverse KL": -0.004}
+    noise = {a: rng.normal(0, 0.0015, 12) for a in shifts}
+    noise["α=2 /α"] = rng.normal(0, 0.0003, 12)
+    rows = [{"arm": "KL", "lr": 0.05, "T": 2.0, "seed": s, "test_accuracy": v}
+            for s, v in zip(seeds, ref, strict=True)]
+    rows += [{"arm": "alone", "lr": 0.05, "T": 1.0, "seed": s, "test_accuracy": 0.88} for s in seeds]
+    for arm, shift in shifts.items():
+        rows += [{"arm": arm, "lr": 0.2, "T": 4.0, "seed": s, "test_accuracy": v + shift + e}
+                 for s, v, e in zip(seeds, ref, noise[arm], strict=True)]
+    df = pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # the order of the rows does not matter
+    entry = {"normalize_by_alpha": False, "reverse": False, "lr": 0.2, "T": 4.0}
+    h = {"reference": {"alpha": 1.0, **entry, "lr": 0.05, "T": 2.0},
+         "arms": [{**entry, "alpha": 4.0, "hypothesis": "greater"},
+                  {**entry, "alpha": "inf", "hypothesis": "greater"},
+                  {**entry, "alpha": 2.0, "normalize_by_alpha": True, "hypothesis": "equivalent"},
+                  {**entry, "alpha": 1.0, "reverse": True, "hypothesis": "two-sided"}],
+         "metric": "test_accuracy", "smallest_effect": 0.003, "level": 0.05}
+    out = analysis.confirmatory_tests(df, h)
+    assert list(out["arm"]) == ["α=4", "α=∞", "α=2 /α", "reverse KL"]
+    arm = {a: ref + shifts[a] + noise[a] for a in shifts}
+    p = [stats.ttest_rel(arm["α=4"], ref, alternative="greater").pvalue,
+         stats.ttest_rel(arm["α=∞"], ref, alternative="greater").pvalue,
+         analysis.equivalence_test(arm["α=2 /α"], ref, 0.003)["p"],
+         stats.ttest_rel(arm["reverse KL"], ref).pvalue]
+    np.testing.assert_allclose(out["p"], p, rtol=1e-10)
+    np.testing.assert_allclose(out["p_holm"], analysis.holm(p))
+    assert list(out["verdict"]) == ["greater", "not shown greater", "equivalent", "smaller"]
+    assert (out["n"] == 12).all()
+    # the detectable effect is the one the test finds with power 0.8 at Holm's first level
+    for _, r in out.iterrows():
+        alt = "two-sided" if r["hypothesis"] == "two-sided" else "greater"
+        assert analysis.paired_power(r["detectable"], r["std_diff"], 12, 0.05 / 4, alt) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="no runs of the arm 'α=0.5'"):
+        analysis.confirmatory_tests(df, {**h, "arms": [{**entry, "alpha": 0.5, "hypothesis": "greater"}]})
+    with pytest.raises(ValueError, match="seeds of 'α=4'"):
+        analysis.confirmatory_tests(df[(df["arm"] != "α=4") | (df["seed"] != 105)], h)
+    assert math.isnan(analysis.detectable_effect(0.0, 12))
+
+
 # ----------------------------------------------------------------------------- formatting and figures
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import optimize, stats
 
 from kdlib.lab.experiments import ARMS, Arm, expected_keys, get_experiment
 from kdlib.lab.run import requested_profile
@@ -681,6 +681,87 @@ def omitted_hypothesis(screen: pd.DataFrame, *, teachers: Sequence[int] = (0, 1,
         "teachers": list(teachers), "seeds": list(range(first_seed, first_seed + runs)),
         "metric": metric, "smallest_effect": smallest_effect, "level": level, "correction": "holm",
     }
+
+
+def detectable_effect(sd: float, n: int, level: float = 0.05, power: float = 0.8,
+                      alternative: str = "greater") -> float:
+    """The true mean difference that a paired t-test with ``n`` pairs detects with probability
+    ``power`` at ``level``, given the standard deviation ``sd`` of one difference: the root in the
+    effect of :func:`paired_power` ``= power`` (:func:`scipy.optimize.brentq`). NaN when ``sd`` is not
+    positive or ``n < 2``. Beside a negative result it says what the runs could have found."""
+    if not sd > 0 or n < 2:
+        return math.nan
+    hi = sd
+    while paired_power(hi, sd, n, level, alternative) < power:  # nct is NaN only far beyond the root
+        hi *= 2
+    return float(optimize.brentq(lambda e: paired_power(e, sd, n, level, alternative) - power, 0.0, hi))
+
+
+#: Verdicts of :func:`confirmatory_tests` by hypothesis: (rejected and the difference > 0, rejected
+#: and < 0, not rejected).
+VERDICTS = {"greater": ("greater", "greater", "not shown greater"),
+            "two-sided": ("greater", "smaller", "no difference shown"),
+            "equivalent": ("equivalent", "equivalent", "equivalence not shown")}
+
+
+def confirmatory_tests(df: pd.DataFrame, h: dict[str, Any], metric: str | None = None) -> pd.DataFrame:
+    """The confirmatory analysis that a hypothesis file ``h`` fixes
+    (:func:`kdlib.lab.experiments.load_hypothesis`).
+
+    For each arm of ``h``, its runs in ``df`` (:func:`student_frame` rows with the arm's name,
+    learning rate and T) are paired by seed with the reference's, and ``metric`` (default
+    ``h["metric"]``) is tested as the arm's ``hypothesis`` says: ``"greater"``, the one-sided
+    :func:`scipy.stats.ttest_rel` (H1: arm > reference); ``"two-sided"``, the two-sided one;
+    ``"equivalent"``, :func:`equivalence_test` with margin ``h["smallest_effect"]``. Holm's
+    correction over the arms (:func:`holm`) gives ``p_holm`` and the ``verdict`` at ``h["level"]``
+    (:data:`VERDICTS`). ``detectable`` is :func:`detectable_effect` at Holm's first level with the
+    observed ``std_diff`` (one-sided for ``greater`` and ``equivalent``).
+
+    Returns:
+        one row per arm, in the file's order: ``arm, lr, T, hypothesis, n, mean_diff, std_diff,
+        ci_low, ci_high`` (95% t-interval), ``p, p_holm, verdict, detectable``.
+
+    Raises:
+        ValueError: an arm (or the reference) has no runs in ``df``, or an arm's seeds differ from
+            the reference's.
+    """
+    metric = metric or h["metric"]
+    level, k = float(h["level"]), len(h["arms"])
+
+    def runs(arm: dict[str, Any]) -> tuple[str, pd.Series]:
+        name = Arm.from_dict(arm).name
+        sel = df[(df["arm"] == name) & np.isclose(df["lr"], float(arm["lr"])) & (df["T"] == float(arm["T"]))]
+        if sel.empty:
+            raise ValueError(f"df has no runs of the arm {name!r} at lr {arm['lr']}, T {arm['T']}")
+        return name, sel.set_index("seed")[metric].sort_index()
+
+    _, ref = runs(h["reference"])
+    rows = []
+    for arm in h["arms"]:
+        name, a = runs(arm)
+        if list(a.index) != list(ref.index):
+            raise ValueError(f"the seeds of {name!r} {list(a.index)} differ from the reference's "
+                             f"{list(ref.index)}")
+        kind = arm["hypothesis"]
+        test = paired_test(a.tolist(), ref.tolist())
+        if kind == "equivalent":
+            p = equivalence_test(a.tolist(), ref.tolist(), float(h["smallest_effect"]))["p"]
+        elif kind == "greater":
+            p = float(stats.ttest_rel(a, ref, alternative="greater").pvalue)
+        else:
+            p = test["p"]
+        detectable = detectable_effect(test["std_diff"], test["n"], level / k,
+                                       alternative="two-sided" if kind == "two-sided" else "greater")
+        rows.append({"arm": name, "lr": float(arm["lr"]), "T": float(arm["T"]), "hypothesis": kind,
+                     **{f: test[f] for f in ("n", "mean_diff", "std_diff", "ci_low", "ci_high")}, "p": p,
+                     "detectable": detectable})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = holm(out["p"].tolist())
+    out["verdict"] = [VERDICTS[kind][2 if p >= level else (0 if d > 0 else 1)]
+                      for kind, p, d in zip(out["hypothesis"], out["p_holm"], out["mean_diff"], strict=True)]
+    cols = ["arm", "lr", "T", "hypothesis", "n", "mean_diff", "std_diff", "ci_low", "ci_high", "p", "p_holm",
+            "verdict", "detectable"]
+    return out[cols]
 
 
 def pooled_reliability(diagrams: Iterable[dict[str, list[Any]] | None]) -> pd.DataFrame:
