@@ -106,6 +106,39 @@ def test_concurrent_writers_never_interleave(tmp_path):
     assert sorted(keys) == sorted(f"w{w}-{i}" for w in range(4) for i in range(40))
 
 
+def test_a_hypothesis_file_is_checked_against_the_commits_the_records_ran_from(tmp_path):
+    from kdlib.report.tables import hypothesis_preceded
+
+    repo = tmp_path / "repo"
+    (repo / "hypotheses").mkdir(parents=True)
+
+    def commit(message):
+        subprocess.run(["git", "add", "-A"], cwd=repo, check=True, capture_output=True)
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message],
+                       cwd=repo, check=True, capture_output=True)
+        return R.git_state(repo)["commit"]
+
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, capture_output=True)
+    (repo / "code.py").write_text("x = 1\n")
+    before = commit("code")  # a run from here would not have had the hypotheses
+    h = repo / "hypotheses" / "h.json"
+    h.write_text('{"arms": 1}')
+    written = commit("hypotheses")
+    (repo / "code.py").write_text("x = 2\n")
+    later = commit("more code")
+    assert R.file_at_commit(h, written) == b'{"arms": 1}' and R.file_at_commit(h, before) is None
+    with pytest.raises(LookupError, match="cannot read commit"):
+        R.file_at_commit(h, "0" * 40)
+    records = [{"provenance": {"git_commit": c}} for c in (written, later, written)]
+    assert hypothesis_preceded(records, h) == {written: True, later: True}
+    unknown = [{"provenance": {"git_commit": "f" * 40}}, {"provenance": {}}]
+    assert hypothesis_preceded([*records, *unknown], h) == {written: True, later: True, "f" * 40: None,
+                                                            "?": None}
+    assert hypothesis_preceded([{"provenance": {"git_commit": before}}], h) == {before: False}
+    h.write_text('{"arms": 2}')  # edited after the runs: no commit held this version
+    assert hypothesis_preceded(records, h) == {written: False, later: False}
+
+
 def test_git_state_and_environment(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()

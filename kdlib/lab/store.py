@@ -230,6 +230,29 @@ def git_state(path: str | os.PathLike | None = None) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(status.strip())}
 
 
+def file_at_commit(path: str | os.PathLike, commit: str) -> bytes | None:
+    """The content of the file ``path`` at ``commit`` (``git show commit:path``), ``None`` when the
+    commit did not hold it. With it a page checks that a confirmation's records were run from
+    commits that already held its hypothesis file, exactly as committed now.
+
+    Raises:
+        LookupError: git or the repository is missing, or ``commit`` is unknown here (a shallow
+            clone), so the question cannot be answered.
+    """
+    path = Path(path).resolve()
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=path.parent, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        top = Path(top).resolve()
+        subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=top, capture_output=True,
+                       timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise LookupError(f"cannot read commit {commit!r} of the repository holding {path}") from e
+    out = subprocess.run(["git", "show", f"{commit}:{path.relative_to(top).as_posix()}"], cwd=top,
+                         capture_output=True, timeout=30)
+    return out.stdout if out.returncode == 0 else None
+
+
 def device_name(device: torch.device | str) -> str:
     """Human-readable name of ``device``: the GPU model, or the CPU model and core count."""
     device = torch.device(device)

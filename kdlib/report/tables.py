@@ -47,6 +47,7 @@ from kdlib.lab.run import requested_profile
 from kdlib.lab.store import (
     decode_float,
     experiment_files,
+    file_at_commit,
     load_experiment_records,
     results_path,
     results_root,
@@ -762,6 +763,24 @@ def confirmatory_tests(df: pd.DataFrame, h: dict[str, Any], metric: str | None =
     cols = ["arm", "lr", "T", "hypothesis", "n", "mean_diff", "std_diff", "ci_low", "ci_high", "p", "p_holm",
             "verdict", "detectable"]
     return out[cols]
+
+
+def hypothesis_preceded(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> dict[str, bool | None]:
+    """For each commit the ``records`` were run from, whether it already held the hypothesis file
+    ``path`` exactly as it is now (:func:`kdlib.lab.store.file_at_commit`): ``True`` yes, ``False``
+    no (missing or different there: the runs did not follow the file as committed), ``None``
+    unknown (no git history here, or a record without a commit, under the key ``"?"``)."""
+    current = Path(path).read_bytes()
+    out: dict[str, bool | None] = {}
+    for r in records:
+        commit = r.get("provenance", {}).get("git_commit") or "?"
+        if commit in out:
+            continue
+        try:
+            out[commit] = None if commit == "?" else file_at_commit(path, commit) == current
+        except LookupError:
+            out[commit] = None
+    return out
 
 
 def pooled_reliability(diagrams: Iterable[dict[str, list[Any]] | None]) -> pd.DataFrame:
