@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdlib list | run | report | submit | status | merge | rerun``.
+"""Command line: ``python -m kdlib list | run | report | submit | status | merge | rerun | hypotheses``.
 
 ``list``
     The experiments, one per line: name, then a short description.
@@ -24,6 +24,11 @@
     Reruns the committed student ``KEY`` (and the students stacked with it) into ``DIR``
     (default ``results/_scratch/rerun``) from its teacher's committed logits, and prints each
     metric of the committed record beside the rerun's (:func:`kdlib.lab.run.rerun_student`).
+``hypotheses [--write] [--dir DIR]``
+    Derives the confirmatory hypothesis files (``renyi_confirm_tuned``, ``omitted_class_tuned``)
+    from the complete full-scale exploration by their committed rules
+    (:func:`kdlib.report.tables.derive_hypotheses`) and prints them; ``--write`` writes them into
+    ``DIR`` (default ``hypotheses/``), never over a file that differs (commit them before the runs).
 
 Errors (unknown experiment or profile, a results file that cannot be read or written, an
 unusable ``--out`` or ``--cache``, a full disk, a missing dataset, CUDA requested but absent)
@@ -34,6 +39,7 @@ whose teacher is not cached and, with ``--cluster local``, a job that failed (it
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -48,6 +54,7 @@ from kdlib.lab.experiments import (
     Experiment,
     UnknownExperimentError,
     get_experiment,
+    hypotheses_dir,
 )
 from kdlib.lab.run import rerun_student, run_experiment
 from kdlib.lab.shards import experiment_status, teacher_keys
@@ -57,11 +64,12 @@ from kdlib.lab.store import (
     RunInProgressError,
     Shard,
     TeacherCache,
+    atomic_write,
     experiment_files,
     merge_shard_files,
     results_path,
 )
-from kdlib.report.tables import report_text
+from kdlib.report.tables import derive_hypotheses, report_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     rerun.add_argument("--out", default=str(Path("results") / SCRATCH / "rerun"),
                        help="where the rerun writes (default results/_scratch/rerun)")
     rerun.add_argument("--cache", default=None, help="teacher cache directory (teachers not committed)")
+    hyp = sub.add_parser("hypotheses", help="derive the confirmatory hypothesis files from the exploration")
+    hyp.add_argument("--write", action="store_true", help="write them (never over a file that differs)")
+    hyp.add_argument("--dir", default=None, help="where (default: hypotheses/ of the repository)")
     report = sub.add_parser("report", help="summary table of an experiment's results")
     report.add_argument("name")
     report.add_argument("--profile", default=None, help="one profile (default: every profile with results)")
@@ -132,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "rerun":
             return _rerun(args.key, args.out, args.cache)
+        if args.command == "hypotheses":
+            return _hypotheses(args.write, args.dir)
         exp = get_experiment(args.name)
         if args.command == "report":
             return _report(exp, args.profile, args.out, args.all)
@@ -190,6 +203,27 @@ def _report(exp: Experiment, profile: str | None, out: str, include_stale: bool)
         raise ResultsFileError(f"no results for {exp.name} under {out} "
                                f"(looked for {', '.join(str(p) for p in paths)})")
     print("\n\n".join(report_text(exp.name, p, include_stale) for p in found))
+    return 0
+
+
+def _hypotheses(write: bool, directory: str | None) -> int:
+    """``hypotheses``: print the derived hypothesis files; with ``write``, write those not yet there."""
+    target = Path(directory) if directory is not None else hypotheses_dir()
+    for name, h in derive_hypotheses().items():
+        text = json.dumps(h, indent=1, ensure_ascii=False) + "\n"
+        path = target / f"{name}.json"
+        if not write:
+            print(f"# {path}\n{text}")
+            continue
+        if path.exists():
+            if path.read_text() != text:
+                raise ValueError(f"{path} exists and differs from the derived file; a hypothesis file is "
+                                 "never overwritten (if the rule or the records changed, say so in a commit)")
+            print(f"{path}: unchanged")
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, text.encode())
+        print(f"{path}: written; commit it before the runs")
     return 0
 
 

@@ -365,6 +365,62 @@ def test_the_confirmation_hypothesis_follows_its_rule(tmp_path, monkeypatch):
         analysis.confirmation_hypothesis(screen, sd=0.0)
 
 
+def _exploration_frame() -> pd.DataFrame:
+    """A complete exploration on three teachers: every arm at two learning rates and two T, each
+    best at (0.05, 2); the order ∞ diverges there on one teacher (and is still best there)."""
+    from kdlib.lab.experiments import ARMS
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for i, arm in enumerate(ARMS):
+        for lr, T in itertools.product((0.05, 0.2), (2.0, 4.0)):
+            best = (lr, T) == (0.05, 2.0)
+            for s in (0, 1, 2):
+                worse = 0 if best else 0.5 if arm.name == "α=∞" else 0.05
+                val = 0.9 + 0.001 * i + rng.normal(0, 0.001) - worse
+                diverged = arm.name == "α=∞" and best and s == 2
+                rows.append({"arm": arm.name, "lr": lr, "T": T, "seed": s, "diverged": diverged,
+                             "final_val_accuracy": 0.1 if diverged else val})
+    for s in (0, 1, 2):
+        rows.append({"arm": "alone", "lr": 0.05, "T": 1.0, "seed": s, "diverged": False,
+                     "final_val_accuracy": 0.88})
+    return pd.DataFrame(rows)
+
+
+def test_the_hypothesis_files_follow_from_the_exploration_by_the_committed_rules():
+    explore = _exploration_frame()
+    rng = np.random.default_rng(6)
+    acc = {T: 0.9 + rng.normal(0, 0.0015, 15) for T in (1.0, 2.0, 4.0)}
+    hinton = pd.DataFrame([{"model": m, "label": lab, "T": T, "seed": s, "test_accuracy": acc[T][s]}
+                           for T in (1.0, 2.0, 4.0) for s in range(15)
+                           for m, lab in (("mlp800x800", "distilled"), ("mlp30x30", "distilled"))])
+    sd = analysis.confirmation_sd(explore, hinton)
+    # by hand: the arms at (0.05, 2) minus KL there, per teacher, the diverged order ∞ left out
+    best = explore[(explore["lr"] == 0.05) & (explore["T"] == 2.0)].pivot(index="seed", columns="arm",
+                                                                          values="final_val_accuracy")
+    diffs = best.drop(columns=["KL", "α=∞"]).sub(best["KL"], axis=0)
+    assert sd["exploration"] == pytest.approx(np.sqrt(diffs.var(ddof=1).mean()))
+    assert sd["hinton"] == pytest.approx(np.std(acc[2.0] - acc[1.0], ddof=1))
+    assert sd["sd"] == max(sd["exploration"], sd["hinton"])
+    files = analysis.hypotheses_from(explore, hinton)
+    screen = analysis.tuned_screen(explore)
+    expected = analysis.confirmation_hypothesis(screen, sd["sd"])
+    assert {k: v for k, v in files["renyi_confirm_tuned"].items() if k != "sd_estimates"} == expected
+    assert files["renyi_confirm_tuned"]["sd_estimates"] == {"exploration": sd["exploration"],
+                                                            "hinton": sd["hinton"]}
+    assert files["omitted_class_tuned"] == analysis.omitted_hypothesis(screen)
+
+
+def test_derive_hypotheses_refuses_an_incomplete_exploration(tmp_path):
+    from kdlib.lab.store import results_root
+
+    lines = (results_root() / "renyi_explore" / "full.jsonl").read_text().splitlines()[:5]
+    (tmp_path / "renyi_explore").mkdir()
+    (tmp_path / "renyi_explore" / "full.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="is not complete: [0-4] of 405 runs"):
+        analysis.derive_hypotheses(tmp_path)
+
+
 def test_the_omitted_class_hypothesis_takes_each_orders_better_variant_and_reverse_kl(tmp_path, monkeypatch):
     import json
 

@@ -684,6 +684,66 @@ def omitted_hypothesis(screen: pd.DataFrame, *, teachers: Sequence[int] = (0, 1,
     }
 
 
+def confirmation_sd(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, float]:
+    """The standard deviation of one paired difference that sizes the confirmation (the rule in
+    :func:`kdlib.lab.experiments.renyi_confirm_tuned`'s docstring), the larger of two estimates:
+
+    * ``exploration``: the pooled sd (root of the mean variance) of the paired validation
+      differences from KL of the arms of :func:`tuned_screen` whose runs at their tuned setting
+      did not diverge (a diverged run's difference measures a breakdown, not noise);
+    * ``hinton``: the sd of the paired test differences between the 2×800 students distilled with KL
+      at T = 1 and at T = 2 in the full-scale Hinton runs (one pair per seed and teacher).
+
+    Returns:
+        ``exploration``, ``hinton`` and ``sd`` (their maximum), as fractions of accuracy.
+    """
+    dist = explore[explore["arm"] != "alone"]
+    tuned = tuned_comparison(dist, ["arm"], over=["lr", "T"])
+    broken = set(tuned.loc[tuned["diverged"].astype(bool), "arm"])
+    paired = paired_differences(tuned[~tuned["arm"].isin(broken)], "final_val_accuracy", ["arm"],
+                                {"arm": "KL"}, [])
+    pooled = float(np.sqrt((paired["std_diff"] ** 2).mean()))
+    big = hinton[(hinton["model"] == "mlp800x800") & (hinton["label"] == "distilled")
+                 & hinton["T"].isin([1.0, 2.0])]
+    kl12 = paired_differences(big, "test_accuracy", ["T"], {"T": 1.0}, [])
+    return {"exploration": pooled, "hinton": float(kl12["std_diff"].iloc[0]),
+            "sd": max(pooled, float(kl12["std_diff"].iloc[0]))}
+
+
+#: The hypothesis files derived from the exploration, by the experiment that reads each.
+DERIVED_HYPOTHESES = ("renyi_confirm_tuned", "omitted_class_tuned")
+
+
+def derive_hypotheses(root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The hypothesis files of :data:`DERIVED_HYPOTHESES`, derived from the committed full-scale
+    exploration (``renyi_explore``) and Hinton runs by the rules committed before the exploration
+    ended: :func:`tuned_screen`, :func:`confirmation_sd`, :func:`confirmation_hypothesis` and
+    :func:`omitted_hypothesis`. ``python -m kdlib hypotheses --write`` writes them; the pages check
+    the committed files against this function.
+
+    Raises:
+        ValueError: the exploration is not complete (a run of its current definition is missing).
+    """
+    res = load_results("renyi_explore", "full", root)
+    keys = expected_keys("renyi_explore", "full")
+    total = len(get_experiment("renyi_explore").profile("full").students)
+    done = sum(r["key"] in keys for r in res.students)
+    if done < total:
+        raise ValueError(f"the exploration renyi_explore/full is not complete: {done} of {total} runs")
+    return hypotheses_from(res.frame(), load_results("hinton", "full", root).frame())
+
+
+def hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """:func:`derive_hypotheses` from the exploration's and the Hinton runs' :func:`student_frame`:
+    ``{"renyi_confirm_tuned": ..., "omitted_class_tuned": ...}``, the first with the two
+    estimates of :func:`confirmation_sd` recorded as ``sd_estimates``."""
+    screen = tuned_screen(explore)
+    sd = confirmation_sd(explore, hinton)
+    confirm = confirmation_hypothesis(screen, sd["sd"])
+    confirm["sd_estimates"] = {k: sd[k] for k in ("exploration", "hinton")}
+    return {"renyi_confirm_tuned": confirm, "omitted_class_tuned": omitted_hypothesis(screen)}
+
+
 def detectable_effect(sd: float, n: int, level: float = 0.05, power: float = 0.8,
                       alternative: str = "greater") -> float:
     """The true mean difference that a paired t-test with ``n`` pairs detects with probability
