@@ -649,6 +649,7 @@ def omitted_hypothesis(screen: pd.DataFrame, *, teachers: Sequence[int] = (0, 1,
     3. **Seeds and teachers.** Student seeds ``first_seed, first_seed + 1, ...``; seed ``s`` learns
        from ``teachers[s mod len(teachers)]`` (the exploration's teachers: the omitted class is a
        question of its own, on a transfer set without the class).
+
     The analysis: for each arm the two-sided paired t-test of ``metric`` against KL's, paired by
     seed, Holm's correction over the arms at ``level``; the omitted class's accuracy before and
     after the bias shift reported beside it.
