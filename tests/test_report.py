@@ -617,10 +617,13 @@ def test_every_committed_results_file_loads_and_reports(path, capsys, monkeypatc
     experiment, profile = path.parent.name, path.stem
     res = analysis.load_results(experiment, profile)
     df = res.frame()
-    assert len(res.teachers) >= 1 and len(df) == len(res.students) > 0
-    assert df["test_accuracy"].between(0, 1).all() and not df["model"].eq("").any()
-    cells = analysis.summarize_frame(df, analysis.CELL_FIELDS)
-    assert cells["n"].sum() == len(df)
+    assert len(res.teachers) >= 1 and len(df) == len(res.students)
+    if len(df):
+        assert df["test_accuracy"].between(0, 1).all() and not df["model"].eq("").any()
+        cells = analysis.summarize_frame(df, analysis.CELL_FIELDS)
+        assert cells["n"].sum() == len(df)
+    else:  # a run in progress commits its teachers before its first student finishes
+        cells = []
     assert main(["report", experiment, "--profile", profile, "--out", str(analysis.results_root())]) == 0
     out = capsys.readouterr().out
     # every committed record is still a record of the current definition of its profile
