@@ -751,6 +751,16 @@ def test_paired_power_matches_a_simulation_of_the_t_test(alternative):
     assert 0.3 < got < 0.9  # neither trivial nor certain for these numbers
 
 
+def test_two_sided_power_is_finite_and_grows_with_the_effect_at_holm_levels():
+    # scipy's nct.cdf is NaN deep in its left tail (df 11 at noncentrality 6.9); the power must not be
+    for n, level in [(12, 0.05 / 6), (12, 0.05), (3, 0.05 / 11)]:
+        powers = [analysis.paired_power(e, 0.01, n, level, "two-sided") for e in np.linspace(0, 0.05, 501)]
+        assert np.isfinite(powers).all() and np.all(np.diff(powers) >= -1e-12)
+        assert powers[0] == pytest.approx(level, abs=1e-9) and powers[-1] > 0.25 + powers[0]
+    d = analysis.detectable_effect(0.01, 12, 0.05 / 6, alternative="two-sided")
+    assert analysis.paired_power(d, 0.01, 12, 0.05 / 6, "two-sided") == pytest.approx(0.8)
+
+
 def test_runs_for_power_is_the_smallest_n_that_reaches_it():
     n = analysis.runs_for_power(0.3, 0.4, power=0.9)
     assert analysis.paired_power(0.3, 0.4, n) >= 0.9 > analysis.paired_power(0.3, 0.4, n - 1)

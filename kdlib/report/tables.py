@@ -428,7 +428,9 @@ def paired_power(effect: float, sd: float, n: int, level: float = 0.05,
         return float(stats.nct.sf(stats.t.ppf(1 - level, df), df, nc))
     if alternative == "two-sided":
         crit = stats.t.ppf(1 - level / 2, df)
-        return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+        # P(t < -crit | nc) written as P(t > crit | -nc): scipy's nct.cdf returns NaN deep in its left
+        # tail at some noncentralities (e.g. df 11, nc 6.9), nct.sf does not
+        return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
     raise ValueError(f"alternative must be 'greater' or 'two-sided', got {alternative!r}")
 
 
