@@ -109,6 +109,21 @@ def test_index_leads_to_the_introduction(html_dir):
     assert (html_dir / INTRO).is_file()
 
 
+def test_chapter_2_pages_fold_every_code_cell(html_dir):
+    # the introduction promises that on chapter 2's pages the bookkeeping code is folded away; a page
+    # regenerated from a script loses its cell tags silently, so both the notebooks and the HTML are checked
+    assert "folded away" in _text(_read(html_dir, INTRO))
+    pages = sorted((ROOT / "notebooks").glob("ch2_*.ipynb"))
+    assert len(pages) >= 5
+    for nb_path in pages:
+        cells = [c for c in json.loads(nb_path.read_text())["cells"] if c["cell_type"] == "code"]
+        bare = [i for i, c in enumerate(cells) if "hide-input" not in c.get("metadata", {}).get("tags", [])]
+        assert cells and not bare, f"{nb_path.name}: code cells {bare} are not folded (tag hide-input)"
+        page = _read(html_dir, f"notebooks/{nb_path.stem}.html")
+        assert page.count('class="cell_input') == len(cells)
+        assert page.count('<details class="admonition hide above-input"') == len(cells), nb_path.name
+
+
 def test_introduction_page(html_dir):
     page = _read(html_dir, INTRO)
     text = _text(page)
