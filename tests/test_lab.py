@@ -151,6 +151,11 @@ def test_the_adam_check_and_the_tuned_omitted_class_follow_their_hypothesis_file
     assert len(omit.students) == 4 * 4
     assert {s.hidden for s in omit.students} == {SCALES["full"].hidden["omit"]}
     assert omit.student_train.warmup_epochs == 1.0
+    control = E.omitted_class_kl_temperature(SCALES["full"])
+    # KL at its lr at the arms' other temperature (4; the file's KL is at 2), every seed, its teacher
+    assert [(s.alpha, s.T, s.lr, s.seed, s.teacher) for s in control.students] == [
+        (1.0, 4.0, 0.05, seed, [0, 1, 2][seed % 3]) for seed in HYPOTHESIS["seeds"]]
+    assert control.omit_class == 3 and {s.hidden for s in control.students} == {SCALES["full"].hidden["omit"]}
 
 
 def test_a_planned_experiment_without_its_hypothesis_file_is_refused_by_name(monkeypatch):

@@ -650,6 +650,25 @@ def omitted_class_tuned(scale: Scale, omit: int = 3) -> Profile:
     return replace(p, omit_class=omit, bias_shifts=BIAS_SHIFTS)
 
 
+def omitted_class_kl_temperature(scale: Scale, omit: int = 3) -> Profile:
+    """A control of :func:`omitted_class_tuned`, added after its hypothesis file (not pre-registered):
+    KL at its own tuned learning rate at every other temperature an arm of the file uses (full: 2
+    and 4), with the file's seeds, teachers and student, so that an arm whose tuned temperature is
+    not KL's can be compared with KL at the same temperature. The records are those of
+    :func:`omitted_class_tuned` (the omitted class before and after the bias shift, its AUROC); the
+    two experiments share teachers and seeds, so their students pair by seed.
+    """
+    h = load_hypothesis("omitted_class_tuned")
+    ref = h["reference"]
+    temperatures = sorted({float(a["T"]) for a in h["arms"]} - {float(ref["T"])})
+    seeds = h["seeds"][:2] if scale.name == "smoke" else h["seeds"]
+    teachers, hidden = h["teachers"], scale.hidden["omit"]
+    students = [Arm.from_dict(ref).student(T, float(ref["lr"]), s, hidden, teachers[s % len(teachers)])
+                for s in seeds for T in temperatures]
+    p = _tuned_profile(scale, students)
+    return replace(p, omit_class=omit, bias_shifts=BIAS_SHIFTS)
+
+
 OMITTED_METRICS = ("test_accuracy", "omitted_class_accuracy_before_shift",
                    "omitted_class_accuracy_after_shift", "bias_shift")
 
@@ -696,6 +715,10 @@ PLANNED: dict[str, tuple[str, Experiment]] = {e.name: (f, e) for f, e in [
     ("omitted_class_tuned", Experiment(
         "omitted_class_tuned", "Dress left out of the transfer set, tuned arms, as its committed "
         "hypothesis file says", omitted_class_tuned, (*OMITTED_METRICS, "omitted_class_auroc"))),
+    ("omitted_class_tuned", Experiment(
+        "omitted_class_kl_T", "control for omitted_class_tuned (not pre-registered): KL at the arms' "
+        "other temperatures, same seeds and teachers", omitted_class_kl_temperature,
+        (*OMITTED_METRICS, "omitted_class_auroc"))),
 ]}
 EXPERIMENTS.update({name: e for name, (f, e) in PLANNED.items() if (hypotheses_dir() / f"{f}.json").exists()})
 
