@@ -107,7 +107,7 @@ def test_concurrent_writers_never_interleave(tmp_path):
 
 
 def test_a_hypothesis_file_is_checked_against_the_commits_the_records_ran_from(tmp_path):
-    from kdlib.report.tables import hypothesis_preceded
+    from kdlib.report.tables import check_hypothesis_preceded, hypothesis_preceded
 
     repo = tmp_path / "repo"
     (repo / "hypotheses").mkdir(parents=True)
@@ -135,6 +135,11 @@ def test_a_hypothesis_file_is_checked_against_the_commits_the_records_ran_from(t
     assert hypothesis_preceded([*records, *unknown], h) == {written: True, later: True, "f" * 40: None,
                                                             "?": None}
     assert hypothesis_preceded([{"provenance": {"git_commit": before}}], h) == {before: False}
+    assert check_hypothesis_preceded(records, h).endswith("started from (2 commits)")
+    partly = check_hypothesis_preceded([*records, *unknown], h)
+    assert partly.endswith("(2 commits; some are not in this clone's history)")
+    with pytest.raises(ValueError, match=f"without h.json as committed now: {before[:10]}"):
+        check_hypothesis_preceded([*records, {"provenance": {"git_commit": before}}], h)
     h.write_text('{"arms": 2}')  # edited after the runs: no commit held this version
     assert hypothesis_preceded(records, h) == {written: False, later: False}
 

@@ -846,6 +846,26 @@ def hypothesis_preceded(records: Iterable[dict[str, Any]], path: str | os.PathLi
     return out
 
 
+def check_hypothesis_preceded(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> str:
+    """:func:`hypothesis_preceded`, as a page states it: one line saying in how many commits the
+    ``records`` ran from the file ``path`` was already committed as it is now (and whether some
+    commits are not in this clone's history).
+
+    Raises:
+        ValueError: a record ran from a commit that did not hold the file as it is now (it is
+            named), so the runs did not follow the committed hypotheses.
+    """
+    preceded = hypothesis_preceded(records, path)
+    late = sorted(c for c, ok in preceded.items() if ok is False)
+    if late:
+        raise ValueError(f"records ran from commits without {Path(path).name} as committed now: "
+                         f"{', '.join(c[:10] for c in late)}")
+    known = sum(ok is True for ok in preceded.values())
+    unknown = "; some are not in this clone's history" if None in preceded.values() else ""
+    return ("the hypothesis file, as committed now, is in every commit\n"
+            f"the runs started from ({known} commits{unknown})")
+
+
 def pooled_reliability(diagrams: Iterable[dict[str, list[Any]] | None]) -> pd.DataFrame:
     """The reliability diagrams of several runs pooled bin by bin (the runs' test images together).
 
