@@ -725,6 +725,8 @@ def test_page_header_and_results_page(tmp_path, monkeypatch):
     assert "transfer set: the first 5000 training images (students)" in cpu
     assert "teacher: MLP, hidden layers 1200-1200, on the first 20000 training images" in cpu
     assert cpu[-1] == "teacher, test: accuracy 86.63% (1337 errors)"
+    omitted = repr(book.page_header(analysis.load_results("omitted_class", "cpu"))).splitlines()
+    assert "transfer set: the first 5000 training images less class 3 (Dress) (students)" in omitted
     html = shown[0]._repr_html_()
     assert html.startswith('<dl class="kd-fields">') and "<dt>commit</dt>" in html
     # results of the smoke profile are never shown as findings

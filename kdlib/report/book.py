@@ -37,6 +37,7 @@ from IPython.display import Math, display
 from myst_nb import glue
 from tqdm import TqdmWarning
 
+from kdlib.lab.data import CLASS_NAMES
 from kdlib.lab.experiments import expected_keys, get_experiment
 from kdlib.lab.run import rerun_if_requested, run_experiment
 from kdlib.report.figures import use_book_style
@@ -268,7 +269,8 @@ def describe_model(spec: dict[str, Any]) -> str:
 def page_header(res: ExperimentResults, details: bool = True) -> Fields:
     """The header of a chapter-2 page as short ``name: value`` lines (:class:`Fields`): the provenance
     (:func:`~kdlib.report.tables.provenance_fields`: results, runs, device, commit, date) and, with
-    ``details``, the data (dataset, split sizes), the students' transfer set and the teacher
+    ``details``, the data (dataset, split sizes), the students' transfer set (with the class it
+    leaves out, if any) and the teacher
     (architecture, training images, test accuracy and errors). Each line is at most about
     :data:`WIDTH` characters, so the block reads without scrolling."""
     fields = provenance_fields(res)
@@ -279,11 +281,16 @@ def page_header(res: ExperimentResults, details: bool = True) -> Fields:
         jitter = tconf.get("jitter", 0)
         accs = [100 * t["metrics"]["test_accuracy"] for t in teachers]
         errs = [t["metrics"]["test_errors"] for t in teachers]
+        omitted = sorted({r["config"]["data"].get("omit_class") for r in res.students} - {None})
+        transfer = (f"the first {size} training images" if size is not None
+                    else f"all {info['n_train']} training images")
+        if omitted:
+            names = CLASS_NAMES.get(info["dataset"])
+            transfer += " less class " + ", ".join(f"{c} ({names[c]})" if names else str(c) for c in omitted)
         fields += [
             ("data", f"{info['dataset']}: {info['n_train']} training, {info['n_val']} validation, "
                      f"{info['n_test']} test images"),
-            ("transfer set", f"the first {size} training images (students)" if size is not None
-             else f"all {info['n_train']} training images (students)"),
+            ("transfer set", transfer + " (students)"),
         ]
         images = (f"the first {tconf['data']['train_size']}" if tconf["data"]["train_size"] else "all") \
             + " training images"
