@@ -481,9 +481,9 @@ def tuned_students(scale: Scale, hidden: tuple[int, ...], arms: Sequence[Arm] = 
     return students
 
 
-def _tuned_profile(scale: Scale, students: Sequence[StudentSpec]) -> Profile:
+def _tuned_profile(scale: Scale, students: Sequence[StudentSpec], **kw: Any) -> Profile:
     p = profile_of(scale, "fashion_mnist", students, max_group=scale.tune_max_group,
-                   gradient_probe=GRADIENT_PROBE)
+                   gradient_probe=GRADIENT_PROBE, **kw)
     return replace(p, student_train=replace(p.student_train, warmup_epochs=TUNE_WARMUP_EPOCHS))
 
 
@@ -576,17 +576,22 @@ def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> di
     return h
 
 
+def hypothesis_runs(scale: Scale, h: dict[str, Any]) -> list[tuple[int, int]]:
+    """``(student seed, teacher seed)`` of every run a hypothesis ``h`` names: seed ``s`` learns from
+    ``h["teachers"][s mod their number]``; the smoke scale takes the first two seeds."""
+    seeds = h["seeds"][:2] if scale.name == "smoke" else h["seeds"]
+    return [(s, h["teachers"][s % len(h["teachers"])]) for s in seeds]
+
+
 def confirmation_students(scale: Scale, h: dict[str, Any], hidden: tuple[int, ...] | None = None
                           ) -> list[StudentSpec]:
     """The students of a hypothesis ``h`` (:func:`load_hypothesis`): for every seed (teacher
     ``h["teachers"][seed mod their number]``) the reference, every arm and the student alone at the
     reference's learning rate, of width ``hidden`` (default: the ``grid`` student). The smoke scale
     takes the first two seeds."""
-    seeds = h["seeds"][:2] if scale.name == "smoke" else h["seeds"]
-    teachers, hidden = h["teachers"], hidden or scale.hidden["grid"]
+    hidden = hidden or scale.hidden["grid"]
     students: list[StudentSpec] = []
-    for s in seeds:
-        t = teachers[s % len(teachers)]
+    for s, t in hypothesis_runs(scale, h):
         students += [replace(a, lr=float(h["reference"]["lr"])) for a in alone(hidden, [s], teacher=t)]
         for arm in [h["reference"], *h["arms"]]:
             students.append(Arm.from_dict(arm).student(float(arm["T"]), float(arm["lr"]), s, hidden, t))
@@ -646,8 +651,8 @@ def omitted_class_tuned(scale: Scale, omit: int = 3) -> Profile:
     its logit against the other classes' test images (:func:`kdlib.lab.metrics.class_auroc`).
     """
     h = load_hypothesis("omitted_class_tuned")
-    p = _tuned_profile(scale, confirmation_students(scale, h, scale.hidden["omit"]))
-    return replace(p, omit_class=omit, bias_shifts=BIAS_SHIFTS)
+    return _tuned_profile(scale, confirmation_students(scale, h, scale.hidden["omit"]), omit_class=omit,
+                          bias_shifts=BIAS_SHIFTS)
 
 
 def omitted_class_kl_temperature(scale: Scale, omit: int = 3) -> Profile:
@@ -661,12 +666,9 @@ def omitted_class_kl_temperature(scale: Scale, omit: int = 3) -> Profile:
     h = load_hypothesis("omitted_class_tuned")
     ref = h["reference"]
     temperatures = sorted({float(a["T"]) for a in h["arms"]} - {float(ref["T"])})
-    seeds = h["seeds"][:2] if scale.name == "smoke" else h["seeds"]
-    teachers, hidden = h["teachers"], scale.hidden["omit"]
-    students = [Arm.from_dict(ref).student(T, float(ref["lr"]), s, hidden, teachers[s % len(teachers)])
-                for s in seeds for T in temperatures]
-    p = _tuned_profile(scale, students)
-    return replace(p, omit_class=omit, bias_shifts=BIAS_SHIFTS)
+    students = [Arm.from_dict(ref).student(T, float(ref["lr"]), s, scale.hidden["omit"], t)
+                for s, t in hypothesis_runs(scale, h) for T in temperatures]
+    return _tuned_profile(scale, students, omit_class=omit, bias_shifts=BIAS_SHIFTS)
 
 
 OMITTED_METRICS = ("test_accuracy", "omitted_class_accuracy_before_shift",
