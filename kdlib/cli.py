@@ -25,8 +25,8 @@
     (default ``results/_scratch/rerun``) from its teacher's committed logits, and prints each
     metric of the committed record beside the rerun's (:func:`kdlib.lab.run.rerun_student`).
 ``hypotheses [--write] [--dir DIR]``
-    Derives the confirmatory hypothesis files (``renyi_confirm_tuned``, ``omitted_class_tuned``)
-    from the complete full-scale exploration by their committed rules
+    Derives the confirmatory hypothesis files (``renyi_confirm_tuned``, ``omitted_class_tuned``,
+    ``renyi_confirm_poor``) from the complete full-scale explorations by their committed rules
     (:func:`kdlib.report.tables.derive_hypotheses`) and prints them; ``--write`` writes them into
     ``DIR`` (default ``hypotheses/``), never over a file that differs (commit them before the runs).
 

@@ -114,6 +114,21 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     assert {s.lr for s in p.students if s.alpha == 4.0} == {0.0125}
     assert p.student_train.warmup_epochs == 1.0 and p.gradient_probe > 0
     assert len(confirmation_students(SCALES["smoke"], load_hypothesis("renyi_confirm_tuned"))) == 2 * 4
+    # the data-poor confirmation: the same students as the big student on the data-poor transfer set
+    from kdlib.lab.experiments import renyi_confirm_poor
+
+    with pytest.raises(FileNotFoundError, match="write and commit the hypotheses of 'renyi_confirm_poor'"):
+        renyi_confirm_poor(SCALES["full"])
+    poor_file = {**HYPOTHESIS, "experiment": "renyi_confirm_poor"}
+    (tmp_path / "renyi_confirm_poor.json").write_text(json.dumps(poor_file))
+    poor = renyi_confirm_poor(SCALES["full"])
+    big = SCALES["full"].hidden["big"]
+    assert poor.teacher_seeds == p.teacher_seeds and len(poor.students) == len(p.students)
+    assert [(s.alpha, s.T, s.lr, s.seed, s.teacher) for s in poor.students] == [
+        (s.alpha, s.T, s.lr, s.seed, s.teacher) for s in p.students]
+    assert {s.hidden for s in poor.students} == {big}
+    assert poor.transfer_size == SCALES["full"].data_poor_size == 1_620
+    assert poor.student_train.epochs == SCALES["full"].data_poor_epochs == 100
     # a field missing or wrong, an arm equal to the reference, an arm without a hypothesis
     for broken, match in [({"seeds": []}, "non-empty"), ({"teachers": [3, 3]}, "without repeats"),
                           ({"level": "0.05"}, "field 'level'"),

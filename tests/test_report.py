@@ -409,6 +409,12 @@ def test_the_hypothesis_files_follow_from_the_exploration_by_the_committed_rules
     assert files["renyi_confirm_tuned"]["sd_estimates"] == {"exploration": sd["exploration"],
                                                             "hinton": sd["hinton"]}
     assert files["omitted_class_tuned"] == analysis.omitted_hypothesis(screen)
+    # the data-poor student's confirmation: the same rule, its own name, fresh teachers and seeds from 300
+    poor = analysis.poor_hypotheses_from(explore, hinton)["renyi_confirm_poor"]
+    assert {k: v for k, v in poor.items() if k not in ("experiment", "seeds")} == {
+        k: v for k, v in files["renyi_confirm_tuned"].items() if k not in ("experiment", "seeds")}
+    assert poor["experiment"] == "renyi_confirm_poor" and poor["teachers"] == [3, 4, 5]
+    assert poor["seeds"] == list(range(300, 300 + len(expected["seeds"])))
 
 
 def test_derive_hypotheses_refuses_an_incomplete_exploration(tmp_path):
@@ -417,7 +423,16 @@ def test_derive_hypotheses_refuses_an_incomplete_exploration(tmp_path):
     lines = (results_root() / "renyi_explore" / "full.jsonl").read_text().splitlines()[:5]
     (tmp_path / "renyi_explore").mkdir()
     (tmp_path / "renyi_explore" / "full.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match="is not complete: [0-4] of 405 runs"):
+    with pytest.raises(ValueError, match="renyi_explore/full is not complete: [0-4] of 405 runs"):
+        analysis.derive_hypotheses(tmp_path)
+    # with the exploration on all images complete, the data-poor one is still checked
+    for name in ("renyi_explore", "hinton"):
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "full.jsonl").write_text((results_root() / name / "full.jsonl").read_text())
+    poor = (results_root() / "renyi_explore_poor" / "full.jsonl").read_text().splitlines()[:5]
+    (tmp_path / "renyi_explore_poor").mkdir()
+    (tmp_path / "renyi_explore_poor" / "full.jsonl").write_text("\n".join(poor) + "\n")
+    with pytest.raises(ValueError, match="renyi_explore_poor/full is not complete: [0-4] of 405 runs"):
         analysis.derive_hypotheses(tmp_path)
 
 

@@ -332,7 +332,12 @@ def hinton_data_poor(scale: Scale) -> Profile:
         students += alone(hidden, [s], teacher=t)
         students += [StudentSpec(alpha=1.0, T=T, beta=0.9, seed=s, hidden=hidden, teacher=t)
                      for T in scale.temperatures["big"]]
-    p = profile_of(scale, "fashion_mnist", students)
+    return _data_poor(scale, profile_of(scale, "fashion_mnist", students))
+
+
+def _data_poor(scale: Scale, p: Profile) -> Profile:
+    """``p`` with the data-poor transfer set: its first ``scale.data_poor_size`` images, for
+    ``scale.data_poor_epochs`` epochs."""
     return replace(p, transfer_size=scale.data_poor_size,
                    student_train=replace(p.student_train, epochs=scale.data_poor_epochs))
 
@@ -515,10 +520,10 @@ def renyi_explore(scale: Scale) -> Profile:
 def renyi_explore_poor(scale: Scale) -> Profile:
     """:func:`renyi_explore` for the data-poor student of :func:`hinton_data_poor`: the ``big``
     student on the first ``data_poor_size`` images (full: 1,620, 3%) for ``data_poor_epochs``
-    epochs, where soft targets matter most. Same arms, grid and analysis."""
-    p = _tuned_profile(scale, tuned_students(scale, scale.hidden["big"]))
-    return replace(p, transfer_size=scale.data_poor_size,
-                   student_train=replace(p.student_train, epochs=scale.data_poor_epochs))
+    epochs, where soft targets matter most. Same arms, grid and analysis; the arms that lead go to
+    :func:`renyi_confirm_poor`, whose hypothesis file
+    :func:`kdlib.report.tables.poor_hypotheses_from` derives from the complete exploration."""
+    return _data_poor(scale, _tuned_profile(scale, tuned_students(scale, scale.hidden["big"])))
 
 
 #: Where the hypothesis files of confirmatory experiments live (committed before their runs).
@@ -615,6 +620,17 @@ def renyi_confirm_tuned(scale: Scale) -> Profile:
     without tests."""
     h = load_hypothesis("renyi_confirm_tuned")
     return _tuned_profile(scale, confirmation_students(scale, h))
+
+
+def renyi_confirm_poor(scale: Scale) -> Profile:
+    """The confirmation of the data-poor exploration (:func:`renyi_explore_poor`): the students of
+    ``hypotheses/renyi_confirm_poor.json`` (written from the complete exploration by
+    :func:`kdlib.report.tables.poor_hypotheses_from`, the rule of :func:`renyi_confirm_tuned` applied
+    unchanged) as ``big`` students trained as :func:`renyi_explore_poor` trains them (the first
+    ``data_poor_size`` images, ``data_poor_epochs`` epochs, warmup), from the freshly trained
+    teachers the file names. Same confirmatory analysis as :func:`renyi_confirm_tuned`."""
+    h = load_hypothesis("renyi_confirm_poor")
+    return _data_poor(scale, _tuned_profile(scale, confirmation_students(scale, h, scale.hidden["big"])))
 
 
 #: Adam's peak learning rates in :func:`renyi_adam`: 1/4, 1 and 4 times the usual 1e-3, the span

@@ -33,7 +33,7 @@ import math
 import os
 import re
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -572,10 +572,11 @@ def tuned_screen(df: pd.DataFrame, reference: str = "KL", select: str = "final_v
     return out
 
 
-def confirmation_hypothesis(screen: pd.DataFrame, sd: float, *, teachers: Sequence[int] = (3, 4, 5),
-                            first_seed: int = 100, smallest_effect: float = 0.003, level: float = 0.05,
-                            power: float = 0.8, max_arms: int = 3, min_runs: int = 12,
-                            metric: str = "test_accuracy") -> dict[str, Any]:
+def confirmation_hypothesis(screen: pd.DataFrame, sd: float, *, experiment: str = "renyi_confirm_tuned",
+                            teachers: Sequence[int] = (3, 4, 5), first_seed: int = 100,
+                            smallest_effect: float = 0.003, level: float = 0.05, power: float = 0.8,
+                            max_arms: int = 3, min_runs: int = 12, metric: str = "test_accuracy"
+                            ) -> dict[str, Any]:
     """The hypothesis file of the confirmation, derived from the exploration's screen by a rule fixed
     before the exploration finished (so that the screen's outcome cannot shape the rule).
 
@@ -596,7 +597,7 @@ def confirmation_hypothesis(screen: pd.DataFrame, sd: float, *, teachers: Sequen
 
     Returns:
         a dict that :func:`kdlib.lab.experiments.load_hypothesis` accepts (write it as
-        ``hypotheses/renyi_confirm_tuned.json`` and commit it before the runs), with ``power``, ``sd``
+        ``hypotheses/<experiment>.json`` and commit it before the runs), with ``power``, ``sd``
         and ``runs_needed`` (before ``min_runs`` and the rounding) recorded as well.
 
     Raises:
@@ -616,7 +617,7 @@ def confirmation_hypothesis(screen: pd.DataFrame, sd: float, *, teachers: Sequen
 
     ref = screen.attrs["reference_setting"]
     return {
-        "experiment": "renyi_confirm_tuned",
+        "experiment": experiment,
         "reference": _arm_entry("KL", ref["lr"], ref["T"]),
         "arms": [{**_arm_entry(r["arm"], r["lr"], r["T"]), "hypothesis": kind} for _, r in chosen.iterrows()],
         "teachers": list(teachers), "seeds": list(range(first_seed, first_seed + n)),
@@ -688,14 +689,16 @@ def omitted_hypothesis(screen: pd.DataFrame, *, teachers: Sequence[int] = (0, 1,
 
 
 def confirmation_sd(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, float]:
-    """The standard deviation of one paired difference that sizes the confirmation (the rule in
+    """The standard deviation of one paired difference that sizes a confirmation (the rule in
     :func:`kdlib.lab.experiments.renyi_confirm_tuned`'s docstring), the larger of two estimates:
 
     * ``exploration``: the pooled sd (root of the mean variance) of the paired validation
       differences from KL of the arms of :func:`tuned_screen` whose runs at their tuned setting
       did not diverge (a diverged run's difference measures a breakdown, not noise);
     * ``hinton``: the sd of the paired test differences between the 2×800 students distilled with KL
-      at T = 1 and at T = 2 in the full-scale Hinton runs (one pair per seed and teacher).
+      at T = 1 and at T = 2 in a Hinton-style experiment on the same data (one pair per seed and
+      teacher): ``hinton`` for the student on all images (15 pairs at full scale),
+      ``hinton_data_poor`` for the data-poor one (6 pairs).
 
     Returns:
         ``exploration``, ``hinton`` and ``sd`` (their maximum), as fractions of accuracy.
@@ -713,38 +716,64 @@ def confirmation_sd(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, fl
             "sd": max(pooled, float(kl12["std_diff"].iloc[0]))}
 
 
-#: The hypothesis files derived from the exploration, by the experiment that reads each.
-DERIVED_HYPOTHESES = ("renyi_confirm_tuned", "omitted_class_tuned")
-
-
-def derive_hypotheses(root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
-    """The hypothesis files of :data:`DERIVED_HYPOTHESES`, derived from the committed full-scale
-    exploration (``renyi_explore``) and Hinton runs by the rules committed before the exploration
-    ended: :func:`tuned_screen`, :func:`confirmation_sd`, :func:`confirmation_hypothesis` and
-    :func:`omitted_hypothesis`. ``python -m kdlib hypotheses --write`` writes them; the pages check
-    the committed files against this function.
-
-    Raises:
-        ValueError: the exploration is not complete (a run of its current definition is missing).
-    """
-    res = load_results("renyi_explore", "full", root)
-    keys = expected_keys("renyi_explore", "full")
-    total = len(get_experiment("renyi_explore").profile("full").students)
-    done = sum(r["key"] in keys for r in res.students)
-    if done < total:
-        raise ValueError(f"the exploration renyi_explore/full is not complete: {done} of {total} runs")
-    return hypotheses_from(res.frame(), load_results("hinton", "full", root).frame())
-
-
 def hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """:func:`derive_hypotheses` from the exploration's and the Hinton runs' :func:`student_frame`:
-    ``{"renyi_confirm_tuned": ..., "omitted_class_tuned": ...}``, the first with the two
-    estimates of :func:`confirmation_sd` recorded as ``sd_estimates``."""
+    """The hypothesis files derived from the exploration of the 2×800 student on all images, from
+    its and the Hinton runs' :func:`student_frame`: ``{"renyi_confirm_tuned": ...,
+    "omitted_class_tuned": ...}``, the first with the two estimates of :func:`confirmation_sd`
+    recorded as ``sd_estimates``."""
     screen = tuned_screen(explore)
     sd = confirmation_sd(explore, hinton)
     confirm = confirmation_hypothesis(screen, sd["sd"])
     confirm["sd_estimates"] = {k: sd[k] for k in ("exploration", "hinton")}
     return {"renyi_confirm_tuned": confirm, "omitted_class_tuned": omitted_hypothesis(screen)}
+
+
+def poor_hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The hypothesis file derived from the data-poor exploration (``renyi_explore_poor``) and the
+    data-poor Hinton runs (``hinton_data_poor``): ``{"renyi_confirm_poor": ...}``, the rule of the
+    confirmation on all images applied unchanged (:func:`confirmation_hypothesis` of
+    :func:`tuned_screen`, sized by :func:`confirmation_sd`, recorded as ``sd_estimates``: at most
+    three arms, a smallest effect of 0.3 points, power 0.8, at least 12 runs), on the confirmation's
+    fresh teachers 3, 4 and 5 (the data-poor exploration used 0, 1 and 2) with student seeds from
+    300 (the confirmation on all images has 100-111, the omitted class 200-211). Written before the
+    data-poor exploration ended, like the rule it applies."""
+    sd = confirmation_sd(explore, hinton)
+    confirm = confirmation_hypothesis(tuned_screen(explore), sd["sd"], experiment="renyi_confirm_poor",
+                                      first_seed=300)
+    confirm["sd_estimates"] = {k: sd[k] for k in ("exploration", "hinton")}
+    return {"renyi_confirm_poor": confirm}
+
+
+#: How the confirmatory hypothesis files are derived: exploration -> (the Hinton-style experiment
+#: whose runs size the confirmation, the rule). Each rule was committed before its exploration ended.
+DERIVATIONS: dict[str, tuple[str, Callable[[pd.DataFrame, pd.DataFrame], dict[str, dict[str, Any]]]]] = {
+    "renyi_explore": ("hinton", hypotheses_from),
+    "renyi_explore_poor": ("hinton_data_poor", poor_hypotheses_from),
+}
+#: The hypothesis files derived from the explorations, by the experiment that reads each.
+DERIVED_HYPOTHESES = ("renyi_confirm_tuned", "omitted_class_tuned", "renyi_confirm_poor")
+
+
+def derive_hypotheses(root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The hypothesis files of :data:`DERIVED_HYPOTHESES`, derived from the committed full-scale
+    explorations and Hinton-style runs by the rules of :data:`DERIVATIONS` (:func:`tuned_screen`,
+    :func:`confirmation_sd`, :func:`confirmation_hypothesis`, :func:`omitted_hypothesis`).
+    ``python -m kdlib hypotheses --write`` writes them; the pages check the committed files against
+    this function.
+
+    Raises:
+        ValueError: an exploration is not complete (a run of its current definition is missing).
+    """
+    files: dict[str, dict[str, Any]] = {}
+    for explore, (hinton, rule) in DERIVATIONS.items():
+        res = load_results(explore, "full", root)
+        keys = expected_keys(explore, "full")
+        total = len(get_experiment(explore).profile("full").students)
+        done = sum(r["key"] in keys for r in res.students)
+        if done < total:
+            raise ValueError(f"the exploration {explore}/full is not complete: {done} of {total} runs")
+        files.update(rule(res.frame(), load_results(hinton, "full", root).frame()))
+    return files
 
 
 def detectable_effect(sd: float, n: int, level: float = 0.05, power: float = 0.8,
