@@ -712,6 +712,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                renyi_explore, ("final_val_accuracy", "test_accuracy")),
     Experiment("renyi_explore_poor", "renyi_explore for the data-poor student (3% of the images)",
                renyi_explore_poor, ("final_val_accuracy", "test_accuracy")),
+    Experiment("renyi_confirm_poor", "the confirmation of renyi_explore_poor on fresh teachers: the "
+               "students of hypotheses/renyi_confirm_poor.json", renyi_confirm_poor, ("test_accuracy",)),
     Experiment("hinton_mnist", "the hinton experiment on MNIST (needs the MNIST files)",
                lambda scale: hinton(scale, dataset="mnist")),
     Experiment("omitted_class_mnist", "the omitted_class experiment on MNIST, digit 3 left out "
