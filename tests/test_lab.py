@@ -159,6 +159,15 @@ def test_the_adam_check_and_the_tuned_omitted_class_follow_their_hypothesis_file
     assert {s.lr for s in adam.students} == set(E.ADAM_LRS)
     assert {(s.alpha, s.T) for s in adam.students} == {(1.0, 2.0), (4.0, 2.0), (float("inf"), 4.0)}
     assert adam.teacher_seeds == (0, 1, 2)
+    # the data-poor twin: the same students from its own file, as big students on the data-poor transfer set
+    with pytest.raises(FileNotFoundError, match="renyi_confirm_poor"):
+        E.renyi_adam_poor(SCALES["full"])
+    (tmp_path / "renyi_confirm_poor.json").write_text(json.dumps(HYPOTHESIS))
+    poor = E.renyi_adam_poor(SCALES["full"])
+    assert [(s.alpha, s.T, s.lr, s.seed, s.teacher, s.optimizer) for s in poor.students] == [
+        (s.alpha, s.T, s.lr, s.seed, s.teacher, s.optimizer) for s in adam.students]
+    assert {s.hidden for s in poor.students} == {SCALES["full"].hidden["big"]}
+    assert (poor.transfer_size, poor.student_train.epochs) == (1_620, 100)
     (tmp_path / "omitted_class_tuned.json").write_text(json.dumps({**HYPOTHESIS, "teachers": [0, 1, 2],
                                                                    "metric": "omitted_class_auroc"}))
     omit = E.omitted_class_tuned(SCALES["full"])
