@@ -27,6 +27,11 @@ faster of float32 and bfloat16 square GEMMs measured in the same run. One line p
 
  RESULT <config> batch <B> engine <G> GFLOP/s | vmap <x>x | naive <y>x | <p>% of <dtype> GEMM peak <P> GFLOP/s
 
+``--floor`` adds a ``FLOOR`` line per configuration: the time of what any engine for it must do
+(the step's matrix products in the engine's precision, the optimiser step, the loss; see
+:func:`floor_ms`), and the ratios against vmap and naive of an engine that took only that long: a
+target above them cannot be reached with these kernels on this machine.
+
 glibc's ``malloc`` is tuned for every side alike (:func:`kdlib.lab.train.retain_freed_memory`,
 applied at start), so the ratios measure the code, not the allocator. ``--quick``: a smoke check
 of a few steps (its figures are not the benchmark's).
@@ -58,6 +63,7 @@ from kdlib.lab.train import (
     cross_entropy_objective,
     distillation_objective,
     fit,
+    make_optimizer,
     retain_freed_memory,
 )
 from kdlib.losses import DistillationLoss
@@ -232,8 +238,10 @@ class Sides:
 
 
 def measure(cfg: Config, precision: str, baseline_precision: str, repeats: int, peak: dict[str, float],
-            in_features: int = IN) -> list[str]:
-    """Time the three sides of ``cfg``; return its ``RESULT`` line and a line with the step times."""
+            in_features: int = IN, floor: bool = False) -> list[str]:
+    """Time the three sides of ``cfg``; return its ``RESULT`` line and a line with the step times
+    (and with ``floor`` a ``FLOOR`` line: :func:`floor_ms`, and the ratios of an engine that took
+    exactly that long)."""
     sides = Sides(cfg, precision, baseline_precision, in_features)
     names = ["engine", "naive"] + ([] if cfg.teacher else ["vmap"])
     per_step = dict.fromkeys(names, math.inf)
@@ -249,12 +257,80 @@ def measure(cfg: Config, precision: str, baseline_precision: str, repeats: int, 
     dtype, best = max(peak.items(), key=lambda kv: kv[1])
     n_models = len(cfg.specs) or 1
     timed_on = min(n_models, cfg.naive_models or n_models)
+    floor_lines = []
+    if floor:
+        parts = floor_ms(sides, max(3, repeats))
+        total = sum(parts.values())
+        at_floor = ", ".join(f"{k} {1e3 * per_step[k] / total:.2f}x"
+                             for k in ("vmap", "naive") if k in per_step)
+        floor_lines = [f"FLOOR {cfg.name} batch {cfg.batch}: "
+                       + " + ".join(f"{k} {v:.1f}" for k, v in parts.items())
+                       + f" = {total:.1f} ms of the engine's {1e3 * per_step['engine']:.1f} ms/step"
+                       + f" | an engine at the floor: {at_floor}"]
     return [f"RESULT {cfg.name} batch {cfg.batch} engine {gflops:.1f} GFLOP/s | vmap {vmap_x} | "
             f"naive {per_step['naive'] / per_step['engine']:.2f}x | {100 * gflops / best:.1f}% of {dtype} "
             f"GEMM peak {best:.1f} GFLOP/s",
             "  ms/step: " + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in per_step.items())
             + f" ({cfg.steps} steps, fastest of {repeats}; naive timed on {timed_on} of {n_models} models"
-            + (", scaled)" if timed_on < n_models else ")")]
+            + (", scaled)" if timed_on < n_models else ")")] + floor_lines
+
+
+def step_matmuls(sizes: Sequence[int], students: int, batch: int) -> list[tuple[int, int, int, int]]:
+    """The matrix products of one training step of ``students`` MLPs ``sizes`` at batch ``batch``.
+
+    ``(count, m, k, n)``: ``count`` products of ``(m, k) x (k, n)``, in the engine's layout (the
+    first layers of all students as one matrix; a batched product per later layer): per layer the
+    forward, the weight gradient and, after the first layer, the input gradient (the inputs need
+    none). Their FLOP, ``2 count m k n`` summed, is ``6 x weights x batch`` less the first layer's
+    input gradient, ``2 x first-layer weights x batch``.
+    """
+    S, B, out = students, batch, []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        if i == 0:
+            out += [(1, B, a, S * b), (1, S * b, B, a)]  # forward; weight gradient
+        else:
+            out += [(S, B, a, b), (S, a, B, b), (S, B, b, a)]  # forward; weight gradient; input gradient
+    return out
+
+
+def floor_ms(sides: Sides, repeats: int) -> dict[str, float]:
+    """What no engine for ``sides.cfg`` can avoid, in ms per step: the step's matrix products
+    (:func:`step_matmuls`, in the engine's matmul dtype, on random operands), the engine's
+    optimiser step (:func:`~kdlib.lab.train.make_optimizer` over the model's float32 parameters)
+    and the objective's forward and backward on float32 logits (the same loss the vmap side calls).
+    Everything else in the engine's step (casts, activations, biases, indexing) is above it."""
+    cfg, model = sides.cfg, sides.model
+    S, B = len(cfg.specs) or 1, cfg.batch
+    dtype = torch.bfloat16 if sides.precision == "bf16" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    products = []
+    for count, m, k, n in step_matmuls(sides.sizes, S, B):
+        shape = (count,) if count > 1 else ()
+        a = torch.randn(*shape, m, k, generator=g).to(dtype)
+        b = torch.randn(*shape, k, n, generator=g).to(dtype)
+        products.append((a, b))
+
+    def matmuls() -> None:
+        for a, b in products:
+            torch.matmul(a, b)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p) * 1e-3
+    opt = make_optimizer(TrainConfig(epochs=1, batch_size=B, lr=LR), params)
+    idx = torch.arange(B)
+    logits = torch.randn((S, B, CLASSES) if cfg.specs else (B, CLASSES), generator=g, requires_grad=True)
+
+    def loss() -> None:
+        sides.objective(logits, idx).sum().backward()
+
+    out = {}
+    for name, fn in (("matmuls", matmuls), ("optimizer", opt.step), ("loss", loss)):
+        fn()  # warm-up
+        out[name] = 1e3 * best_time(fn, repeats)
+    for p in params:
+        p.grad = None
+    return out
 
 
 def header(precision: str, baseline_precision: str, malloc: bool) -> list[str]:
@@ -279,6 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-precision", choices=("fp32", "same"), default="fp32",
                         help="precision of the vmap and naive sides: fp32 (default) or the engine's")
     parser.add_argument("--only", default=None, help="run only configurations whose name contains this")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time what no engine can avoid (the step's matrix products, the optimiser "
+                             "step, the loss) and the ratios an engine taking only that long would reach")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -292,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for cfg in configs(args.quick):
         if args.only and args.only not in cfg.name:
             continue
-        for line in measure(cfg, precision, args.baseline_precision, repeats, peak):
+        for line in measure(cfg, precision, args.baseline_precision, repeats, peak, floor=args.floor):
             print(line, flush=True)
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
     print(f"load average at end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -43,3 +43,28 @@ def test_engine_efficiency_configurations_are_the_issues(bench):
                      ("grid-2x100x303", 128, 303), ("teacher-2x1200", 128, 0)]
     grid = bench.configs(quick=True)[2].specs
     assert sorted({s.alpha for s in grid}) == [0.25, 0.5, 1.0, 2.0, 4.0, float("inf")]
+
+
+@pytest.mark.parametrize(("sizes", "students"), [((784, 800, 800, 10), 60), ((784, 1200, 1200, 10), 1),
+                                                 ((16, 8, 5, 7, 3), 4)])
+def test_step_matmuls_do_the_steps_work(bench, sizes, students):
+    """The floor's products: 6 x weights x batch FLOP, less the first layer's input gradient."""
+    B = 32
+    weights = [a * b for a, b in zip(sizes[:-1], sizes[1:], strict=True)]
+    flop = sum(2 * count * m * k * n for count, m, k, n in bench.step_matmuls(sizes, students, B))
+    assert flop == students * B * (6 * sum(weights) - 2 * weights[0])
+
+
+@pytest.mark.parametrize("students", [3, 0])
+def test_engine_efficiency_floor_line(bench, students):
+    specs = bench.student_specs(students, (8, 8))
+    cfg = bench.Config("tiny", batch=8, hidden=(8, 8), specs=specs, steps=2, naive_models=2)
+    lines = bench.measure(cfg, "fp32", "fp32", repeats=1, peak={"fp32": 1.0, "bf16": 2.0}, in_features=16,
+                          floor=True)
+    assert len(lines) == 3
+    floor = re.fullmatch(r"FLOOR tiny batch 8: matmuls ([\d.]+) \+ optimizer ([\d.]+) \+ loss ([\d.]+) "
+                         r"= ([\d.]+) ms of the engine's [\d.]+ ms/step \| an engine at the floor: "
+                         r"(vmap [\d.]+x, )?naive [\d.]+x", lines[2])
+    assert floor, lines[2]
+    parts = [float(v) for v in floor.groups()[:4]]
+    assert abs(sum(parts[:3]) - parts[3]) <= 0.15 and (floor.group(5) is None) == (students == 0)
