@@ -29,7 +29,7 @@ faster of float32 and bfloat16 square GEMMs measured in the same run. One line p
 
 ``--floor`` adds a ``FLOOR`` line per configuration: the time of what any engine for it must do
 (the step's matrix products in the engine's precision, the optimiser step, the loss; see
-:func:`floor_ms`), and the ratios against vmap and naive of an engine that took only that long: a
+:func:`floor_parts`), and the ratios against vmap and naive of an engine that took only that long: a
 target above them cannot be reached with these kernels on this machine.
 
 glibc's ``malloc`` is tuned for every side alike (:func:`kdlib.lab.train.retain_freed_memory`,
@@ -240,17 +240,21 @@ class Sides:
 def measure(cfg: Config, precision: str, baseline_precision: str, repeats: int, peak: dict[str, float],
             in_features: int = IN, floor: bool = False) -> list[str]:
     """Time the three sides of ``cfg``; return its ``RESULT`` line and a line with the step times
-    (and with ``floor`` a ``FLOOR`` line: :func:`floor_ms`, and the ratios of an engine that took
-    exactly that long)."""
+    (and with ``floor`` a ``FLOOR`` line: the fastest time of each of :func:`floor_parts`, timed
+    in turn with the sides, their sum, and the ratios of an engine that took exactly that long)."""
     sides = Sides(cfg, precision, baseline_precision, in_features)
     names = ["engine", "naive"] + ([] if cfg.teacher else ["vmap"])
     per_step = dict.fromkeys(names, math.inf)
     for name in names:  # warm-up: kernels, allocator, first touch of the weights
         getattr(sides, name)(1)
+    parts = floor_parts(sides) if floor else {}
+    floor_ms = dict.fromkeys(parts, math.inf)
     for _ in range(repeats):  # the sides in turn, so that a busy spell slows all of them
         for name in names:
             seconds = best_time(lambda n=name: getattr(sides, n)(cfg.steps), 1)
             per_step[name] = min(per_step[name], seconds / cfg.steps)
+        for name, fn in parts.items():  # each part as often as the sides take steps
+            floor_ms[name] = min(floor_ms[name], 1e3 * best_time(fn, cfg.steps))
     per_step["naive"] *= sides.naive_scale()
     gflops = sides.flop_per_step / per_step["engine"] / 1e9
     vmap_x = f"{per_step['vmap'] / per_step['engine']:.2f}x" if "vmap" in per_step else "-"
@@ -259,12 +263,11 @@ def measure(cfg: Config, precision: str, baseline_precision: str, repeats: int, 
     timed_on = min(n_models, cfg.naive_models or n_models)
     floor_lines = []
     if floor:
-        parts = floor_ms(sides, max(3, repeats))
-        total = sum(parts.values())
+        total = sum(floor_ms.values())
         at_floor = ", ".join(f"{k} {1e3 * per_step[k] / total:.2f}x"
                              for k in ("vmap", "naive") if k in per_step)
         floor_lines = [f"FLOOR {cfg.name} batch {cfg.batch}: "
-                       + " + ".join(f"{k} {v:.1f}" for k, v in parts.items())
+                       + " + ".join(f"{k} {v:.1f}" for k, v in floor_ms.items())
                        + f" = {total:.1f} ms of the engine's {1e3 * per_step['engine']:.1f} ms/step"
                        + f" | an engine at the floor: {at_floor}"]
     return [f"RESULT {cfg.name} batch {cfg.batch} engine {gflops:.1f} GFLOP/s | vmap {vmap_x} | "
@@ -293,12 +296,13 @@ def step_matmuls(sizes: Sequence[int], students: int, batch: int) -> list[tuple[
     return out
 
 
-def floor_ms(sides: Sides, repeats: int) -> dict[str, float]:
-    """What no engine for ``sides.cfg`` can avoid, in ms per step: the step's matrix products
-    (:func:`step_matmuls`, in the engine's matmul dtype, on random operands), the engine's
-    optimiser step (:func:`~kdlib.lab.train.make_optimizer` over the model's float32 parameters)
-    and the objective's forward and backward on float32 logits (the same loss the vmap side calls).
-    Everything else in the engine's step (casts, activations, biases, indexing) is above it."""
+def floor_parts(sides: Sides) -> dict[str, Callable[[], None]]:
+    """What no engine for ``sides.cfg`` can avoid in a step, as closures to time: the step's matrix
+    products (:func:`step_matmuls`, in the engine's matmul dtype, on random operands), the engine's
+    optimiser step (:func:`~kdlib.lab.train.make_optimizer` over the model's float32 parameters,
+    with gradients set) and the objective's forward and backward on float32 logits (the loss the
+    vmap side calls too). Everything else in the engine's step (casts, activations, biases,
+    indexing, dropout) comes on top of their sum."""
     cfg, model = sides.cfg, sides.model
     S, B = len(cfg.specs) or 1, cfg.batch
     dtype = torch.bfloat16 if sides.precision == "bf16" else torch.float32
@@ -306,17 +310,16 @@ def floor_ms(sides: Sides, repeats: int) -> dict[str, float]:
     products = []
     for count, m, k, n in step_matmuls(sides.sizes, S, B):
         shape = (count,) if count > 1 else ()
-        a = torch.randn(*shape, m, k, generator=g).to(dtype)
-        b = torch.randn(*shape, k, n, generator=g).to(dtype)
-        products.append((a, b))
+        products.append((torch.randn(*shape, m, k, generator=g).to(dtype),
+                         torch.randn(*shape, k, n, generator=g).to(dtype)))
 
     def matmuls() -> None:
         for a, b in products:
             torch.matmul(a, b)
 
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
     for p in params:
-        p.grad = torch.randn_like(p) * 1e-3
+        p.grad = torch.randn(p.shape, generator=g) * 1e-3
     opt = make_optimizer(TrainConfig(epochs=1, batch_size=B, lr=LR), params)
     idx = torch.arange(B)
     logits = torch.randn((S, B, CLASSES) if cfg.specs else (B, CLASSES), generator=g, requires_grad=True)
@@ -324,13 +327,10 @@ def floor_ms(sides: Sides, repeats: int) -> dict[str, float]:
     def loss() -> None:
         sides.objective(logits, idx).sum().backward()
 
-    out = {}
-    for name, fn in (("matmuls", matmuls), ("optimizer", opt.step), ("loss", loss)):
-        fn()  # warm-up
-        out[name] = 1e3 * best_time(fn, repeats)
-    for p in params:
-        p.grad = None
-    return out
+    parts = {"matmuls": matmuls, "optimizer": opt.step, "loss": loss}
+    for fn in parts.values():
+        fn()  # warm-up (the optimiser's first step allocates its momentum)
+    return parts
 
 
 def header(precision: str, baseline_precision: str, malloc: bool) -> list[str]:
