@@ -164,8 +164,13 @@ def test_the_adam_check_and_the_tuned_omitted_class_follow_their_hypothesis_file
         E.renyi_adam_poor(SCALES["full"])
     (tmp_path / "renyi_confirm_poor.json").write_text(json.dumps(HYPOTHESIS))
     poor = E.renyi_adam_poor(SCALES["full"])
-    assert [(s.alpha, s.T, s.lr, s.seed, s.teacher, s.optimizer) for s in poor.students] == [
-        (s.alpha, s.T, s.lr, s.seed, s.teacher, s.optimizer) for s in adam.students]
+    # the same students at the three rates (their records keep their keys), and two larger rates
+    def fields(students):
+        return [(s.alpha, s.T, s.lr, s.seed, s.teacher, s.optimizer) for s in students]
+
+    assert fields(s for s in poor.students if s.lr in E.ADAM_LRS) == fields(adam.students)
+    assert E.ADAM_LRS_POOR[:3] == E.ADAM_LRS and min(E.ADAM_LRS_POOR[3:]) > max(E.ADAM_LRS)
+    assert len(poor.students) == 3 * len(E.ADAM_LRS_POOR) * len(SCALES["full"].seeds["explore"])
     assert {s.hidden for s in poor.students} == {SCALES["full"].hidden["big"]}
     assert (poor.transfer_size, poor.student_train.epochs) == (1_620, 100)
     (tmp_path / "omitted_class_tuned.json").write_text(json.dumps({**HYPOTHESIS, "teachers": [0, 1, 2],
