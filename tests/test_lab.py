@@ -129,6 +129,23 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     assert {s.hidden for s in poor.students} == {big}
     assert poor.transfer_size == SCALES["full"].data_poor_size == 1_620
     assert poor.student_train.epochs == SCALES["full"].data_poor_epochs == 100
+    assert {s.optimizer for s in poor.students} == {None}  # no optimizer field: SGD, keys as before
+    # the Adam confirmation of the data-poor student: the same students, every one with Adam
+    from kdlib.lab.experiments import renyi_confirm_adam_poor
+
+    with pytest.raises(FileNotFoundError, match="renyi_confirm_adam_poor"):
+        renyi_confirm_adam_poor(SCALES["full"])
+    adam_file = {**HYPOTHESIS, "experiment": "renyi_confirm_adam_poor", "optimizer": "adam"}
+    (tmp_path / "renyi_confirm_adam_poor.json").write_text(json.dumps(adam_file))
+    adam = renyi_confirm_adam_poor(SCALES["full"])
+    assert [(s.alpha, s.T, s.lr, s.seed, s.teacher, s.hidden) for s in adam.students] == [
+        (s.alpha, s.T, s.lr, s.seed, s.teacher, s.hidden) for s in poor.students]
+    assert {s.optimizer for s in adam.students} == {"adam"}
+    assert {adam.student_train_of(s).optimizer for s in adam.students} == {"adam"}
+    assert (adam.transfer_size, adam.student_train.epochs) == (1_620, 100)
+    (tmp_path / "renyi_confirm_adam_poor.json").write_text(json.dumps({**adam_file, "optimizer": "rmsprop"}))
+    with pytest.raises(ValueError, match="'optimizer' must be 'sgd' or 'adam'"):
+        renyi_confirm_adam_poor(SCALES["full"])
     # a field missing or wrong, an arm equal to the reference, an arm without a hypothesis
     for broken, match in [({"seeds": []}, "non-empty"), ({"teachers": [3, 3]}, "without repeats"),
                           ({"level": "0.05"}, "field 'level'"),

@@ -415,6 +415,13 @@ def test_the_hypothesis_files_follow_from_the_exploration_by_the_committed_rules
         k: v for k, v in files["renyi_confirm_tuned"].items() if k not in ("experiment", "seeds")}
     assert poor["experiment"] == "renyi_confirm_poor" and poor["teachers"] == [3, 4, 5]
     assert poor["seeds"] == list(range(300, 300 + len(expected["seeds"])))
+    # the confirmation of the data-poor Adam check: the same rule on the check, seeds from 400, Adam
+    adam = analysis.adam_poor_hypotheses_from(explore, hinton)["renyi_confirm_adam_poor"]
+    assert {k: v for k, v in adam.items() if k not in ("experiment", "seeds", "optimizer")} == {
+        k: v for k, v in poor.items() if k not in ("experiment", "seeds")}
+    assert (adam["experiment"], adam["optimizer"], adam["teachers"]) == ("renyi_confirm_adam_poor", "adam",
+                                                                         [3, 4, 5])
+    assert adam["seeds"] == list(range(400, 400 + len(expected["seeds"])))
 
 
 def test_derive_hypotheses_refuses_an_incomplete_exploration(tmp_path):
@@ -433,6 +440,15 @@ def test_derive_hypotheses_refuses_an_incomplete_exploration(tmp_path):
     (tmp_path / "renyi_explore_poor").mkdir()
     (tmp_path / "renyi_explore_poor" / "full.jsonl").write_text("\n".join(poor) + "\n")
     with pytest.raises(ValueError, match="renyi_explore_poor/full is not complete: [0-4] of 405 runs"):
+        analysis.derive_hypotheses(tmp_path)
+    # with both explorations complete, the data-poor Adam check is still checked
+    for name in ("renyi_explore_poor", "hinton_data_poor"):
+        (tmp_path / name).mkdir(exist_ok=True)
+        (tmp_path / name / "full.jsonl").write_text((results_root() / name / "full.jsonl").read_text())
+    check = (results_root() / "renyi_adam_poor" / "full.jsonl").read_text().splitlines()[:5]
+    (tmp_path / "renyi_adam_poor").mkdir()
+    (tmp_path / "renyi_adam_poor" / "full.jsonl").write_text("\n".join(check) + "\n")
+    with pytest.raises(ValueError, match="renyi_adam_poor/full is not complete: [0-4] of 60 runs"):
         analysis.derive_hypotheses(tmp_path)
 
 

@@ -569,6 +569,9 @@ def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> di
             raise ValueError(f"{path}: field {field_name!r} must be a {kind}, got {h.get(field_name)!r}")
     if not h["arms"] or not h["seeds"] or not h["teachers"] or len(set(h["teachers"])) != len(h["teachers"]):
         raise ValueError(f"{path}: arms, seeds and teachers must be non-empty, teachers without repeats")
+    if h.get("optimizer", "sgd") not in ("sgd", "adam"):
+        raise ValueError(f"{path}: field 'optimizer' must be 'sgd' or 'adam' (absent: sgd), "
+                         f"got {h['optimizer']!r}")
     for i, arm in enumerate([h["reference"], *h["arms"]]):
         for f, kind in _ARM_FIELDS.items():
             if not isinstance(arm.get(f), kind):
@@ -592,14 +595,17 @@ def confirmation_students(scale: Scale, h: dict[str, Any], hidden: tuple[int, ..
                           ) -> list[StudentSpec]:
     """The students of a hypothesis ``h`` (:func:`load_hypothesis`): for every seed (teacher
     ``h["teachers"][seed mod their number]``) the reference, every arm and the student alone at the
-    reference's learning rate, of width ``hidden`` (default: the ``grid`` student). The smoke scale
-    takes the first two seeds."""
+    reference's learning rate, of width ``hidden`` (default: the ``grid`` student), all with the
+    file's ``optimizer`` (absent: the profile's, SGD). The smoke scale takes the first two seeds."""
     hidden = hidden or scale.hidden["grid"]
+    optimizer = h.get("optimizer")  # absent in the SGD files, whose students keep their keys
     students: list[StudentSpec] = []
     for s, t in hypothesis_runs(scale, h):
-        students += [replace(a, lr=float(h["reference"]["lr"])) for a in alone(hidden, [s], teacher=t)]
+        students += [replace(a, lr=float(h["reference"]["lr"]), optimizer=optimizer)
+                     for a in alone(hidden, [s], teacher=t)]
         for arm in [h["reference"], *h["arms"]]:
-            students.append(Arm.from_dict(arm).student(float(arm["T"]), float(arm["lr"]), s, hidden, t))
+            students.append(Arm.from_dict(arm).student(float(arm["T"]), float(arm["lr"]), s, hidden, t,
+                                                       optimizer))
     return students
 
 
@@ -675,6 +681,18 @@ def renyi_adam_poor(scale: Scale) -> Profile:
     h = load_hypothesis("renyi_confirm_poor")
     students = _adam_students(scale, h, scale.hidden["big"], ADAM_LRS_POOR)
     return _data_poor(scale, _tuned_profile(scale, students))
+
+
+def renyi_confirm_adam_poor(scale: Scale) -> Profile:
+    """The confirmation of :func:`renyi_adam_poor`: the students of
+    ``hypotheses/renyi_confirm_adam_poor.json`` (KL and the arms at the Adam learning rate the check
+    chose for each, all trained with Adam), trained as :func:`renyi_confirm_poor` trains its students
+    (the data-poor student and transfer set, budget and warmup), from the teachers the file names.
+    The file is written from the complete check by :func:`kdlib.report.tables.adam_poor_hypotheses_from`,
+    the confirmation rule of :func:`renyi_confirm_poor` applied unchanged, and committed before the
+    runs. Same confirmatory analysis as :func:`renyi_confirm_tuned`."""
+    h = load_hypothesis("renyi_confirm_adam_poor")
+    return _data_poor(scale, _tuned_profile(scale, confirmation_students(scale, h, scale.hidden["big"])))
 
 
 def omitted_class_tuned(scale: Scale, omit: int = 3) -> Profile:
@@ -757,6 +775,10 @@ PLANNED: dict[str, tuple[str, Experiment]] = {e.name: (f, e) for f, e in [
     ("renyi_confirm_poor", Experiment(
         "renyi_adam_poor", "renyi_adam for the data-poor student: the arms of its confirmation "
         "trained with Adam, on the exploration's teachers", renyi_adam_poor,
+        ("final_val_accuracy", "test_accuracy"))),
+    ("renyi_confirm_adam_poor", Experiment(
+        "renyi_confirm_adam_poor", "the confirmation of renyi_adam_poor on fresh teachers, with Adam: the "
+        "students of hypotheses/renyi_confirm_adam_poor.json", renyi_confirm_adam_poor,
         ("final_val_accuracy", "test_accuracy"))),
     ("omitted_class_tuned", Experiment(
         "omitted_class_tuned", "Dress left out of the transfer set, tuned arms, as its committed "

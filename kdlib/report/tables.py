@@ -744,14 +744,34 @@ def poor_hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[st
     return {"renyi_confirm_poor": confirm}
 
 
+def adam_poor_hypotheses_from(adam: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The hypothesis file derived from the data-poor Adam check (``renyi_adam_poor``, the
+    confirmed arms of ``renyi_confirm_poor`` with Adam at five learning rates on three teachers) and
+    the data-poor Hinton runs: ``{"renyi_confirm_adam_poor": ...}``. The confirmation rule of
+    :func:`poor_hypotheses_from` applied unchanged to the check's screen (:func:`tuned_screen`: each
+    arm's Adam learning rate chosen on mean validation accuracy, at its temperature from the SGD
+    file), sized by :func:`confirmation_sd` of the check and the Hinton runs, on the fresh teachers
+    3, 4 and 5 (the check used 0, 1 and 2), student seeds from 400, every student trained with Adam
+    (``"optimizer": "adam"``). The check is this confirmation's exploration: it was not
+    pre-registered, the file is written from it before any confirmatory run."""
+    sd = confirmation_sd(adam, hinton)
+    confirm = confirmation_hypothesis(tuned_screen(adam), sd["sd"], experiment="renyi_confirm_adam_poor",
+                                      first_seed=400)
+    confirm["sd_estimates"] = {k: sd[k] for k in ("exploration", "hinton")}
+    confirm["optimizer"] = "adam"
+    return {"renyi_confirm_adam_poor": confirm}
+
+
 #: How the confirmatory hypothesis files are derived: exploration -> (the Hinton-style experiment
 #: whose runs size the confirmation, the rule). Each rule was committed before its exploration ended.
 DERIVATIONS: dict[str, tuple[str, Callable[[pd.DataFrame, pd.DataFrame], dict[str, dict[str, Any]]]]] = {
     "renyi_explore": ("hinton", hypotheses_from),
     "renyi_explore_poor": ("hinton_data_poor", poor_hypotheses_from),
+    "renyi_adam_poor": ("hinton_data_poor", adam_poor_hypotheses_from),
 }
 #: The hypothesis files derived from the explorations, by the experiment that reads each.
-DERIVED_HYPOTHESES = ("renyi_confirm_tuned", "omitted_class_tuned", "renyi_confirm_poor")
+DERIVED_HYPOTHESES = ("renyi_confirm_tuned", "omitted_class_tuned", "renyi_confirm_poor",
+                      "renyi_confirm_adam_poor")
 
 
 def derive_hypotheses(root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
