@@ -425,31 +425,26 @@ def test_the_hypothesis_files_follow_from_the_exploration_by_the_committed_rules
 
 
 def test_derive_hypotheses_refuses_an_incomplete_exploration(tmp_path):
+    """Each exploration of DERIVATIONS is checked in turn: with the ones before it complete, a
+    truncated one is named."""
     from kdlib.lab.store import results_root
 
-    lines = (results_root() / "renyi_explore" / "full.jsonl").read_text().splitlines()[:5]
-    (tmp_path / "renyi_explore").mkdir()
-    (tmp_path / "renyi_explore" / "full.jsonl").write_text("\n".join(lines) + "\n")
-    with pytest.raises(ValueError, match="renyi_explore/full is not complete: [0-4] of 405 runs"):
-        analysis.derive_hypotheses(tmp_path)
-    # with the exploration on all images complete, the data-poor one is still checked
-    for name in ("renyi_explore", "hinton"):
+    def copy(name: str, lines: int | None = None) -> None:
+        text = (results_root() / name / "full.jsonl").read_text()
         (tmp_path / name).mkdir(exist_ok=True)
-        (tmp_path / name / "full.jsonl").write_text((results_root() / name / "full.jsonl").read_text())
-    poor = (results_root() / "renyi_explore_poor" / "full.jsonl").read_text().splitlines()[:5]
-    (tmp_path / "renyi_explore_poor").mkdir()
-    (tmp_path / "renyi_explore_poor" / "full.jsonl").write_text("\n".join(poor) + "\n")
-    with pytest.raises(ValueError, match="renyi_explore_poor/full is not complete: [0-4] of 405 runs"):
-        analysis.derive_hypotheses(tmp_path)
-    # with both explorations complete, the data-poor Adam check is still checked
-    for name in ("renyi_explore_poor", "hinton_data_poor"):
-        (tmp_path / name).mkdir(exist_ok=True)
-        (tmp_path / name / "full.jsonl").write_text((results_root() / name / "full.jsonl").read_text())
-    check = (results_root() / "renyi_adam_poor" / "full.jsonl").read_text().splitlines()[:5]
-    (tmp_path / "renyi_adam_poor").mkdir()
-    (tmp_path / "renyi_adam_poor" / "full.jsonl").write_text("\n".join(check) + "\n")
-    with pytest.raises(ValueError, match="renyi_adam_poor/full is not complete: [0-4] of 60 runs"):
-        analysis.derive_hypotheses(tmp_path)
+        (tmp_path / name / "full.jsonl").write_text(
+            text if lines is None else "\n".join(text.splitlines()[:lines]) + "\n")
+
+    done: list[str] = []
+    for explore, total in (("renyi_explore", 405), ("renyi_explore_poor", 405), ("renyi_adam_poor", 60)):
+        copy(explore, lines=5)
+        with pytest.raises(ValueError, match=f"{explore}/full is not complete: [0-4] of {total} runs"):
+            analysis.derive_hypotheses(tmp_path)
+        copy(explore)
+        copy(analysis.DERIVATIONS[explore][0])
+        done.append(explore)
+    assert done == list(analysis.DERIVATIONS)
+    assert set(analysis.derive_hypotheses(tmp_path)) == set(analysis.DERIVED_HYPOTHESES)
 
 
 def test_the_omitted_class_hypothesis_takes_each_orders_better_variant_and_reverse_kl(tmp_path, monkeypatch):
