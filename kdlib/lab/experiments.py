@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from kdlib.lab.config import PRECISION_DTYPE, StudentSpec, TrainConfig
+from kdlib.lab.config import OPTIMIZERS, PRECISION_DTYPE, StudentSpec, TrainConfig
 from kdlib.lab.store import run_key
 
 INF = math.inf
@@ -569,7 +569,7 @@ def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> di
             raise ValueError(f"{path}: field {field_name!r} must be a {kind}, got {h.get(field_name)!r}")
     if not h["arms"] or not h["seeds"] or not h["teachers"] or len(set(h["teachers"])) != len(h["teachers"]):
         raise ValueError(f"{path}: arms, seeds and teachers must be non-empty, teachers without repeats")
-    if h.get("optimizer", "sgd") not in ("sgd", "adam"):
+    if h.get("optimizer", "sgd") not in OPTIMIZERS:
         raise ValueError(f"{path}: field 'optimizer' must be 'sgd' or 'adam' (absent: sgd), "
                          f"got {h['optimizer']!r}")
     for i, arm in enumerate([h["reference"], *h["arms"]]):
