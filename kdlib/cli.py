@@ -27,7 +27,7 @@
 ``hypotheses [--write] [--dir DIR]``
     Derives the confirmatory hypothesis files (``renyi_confirm_tuned``, ``omitted_class_tuned``,
     ``renyi_confirm_poor``) from the complete full-scale explorations by their committed rules
-    (:func:`kdlib.report.tables.derive_hypotheses`) and prints them; ``--write`` writes them into
+    (:func:`kdlib.lab.experiments.derive_hypotheses`) and prints them; ``--write`` writes them into
     ``DIR`` (default ``hypotheses/``), never over a file that differs (commit them before the runs).
 
 Errors (unknown experiment or profile, a results file that cannot be read or written, an
@@ -53,6 +53,7 @@ from kdlib.lab.experiments import (
     PROFILES,
     Experiment,
     UnknownExperimentError,
+    derive_hypotheses,
     get_experiment,
     hypotheses_dir,
 )
@@ -69,7 +70,7 @@ from kdlib.lab.store import (
     merge_shard_files,
     results_path,
 )
-from kdlib.report.tables import derive_hypotheses, report_text
+from kdlib.report.tables import report_text
 
 
 def _parser() -> argparse.ArgumentParser:

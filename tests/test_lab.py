@@ -100,7 +100,8 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     import json
     import math
 
-    from kdlib.lab.experiments import confirmation_students, load_hypothesis, renyi_confirm_tuned
+    from kdlib.lab.experiments import renyi_confirm_tuned
+    from kdlib.lab.prereg import confirmation_students, load_hypothesis
 
     monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="write and commit the hypotheses"):
@@ -113,7 +114,7 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     assert len(inf) == 4 and {(s.T, s.lr) for s in inf} == {(4.0, 0.05)}
     assert {s.lr for s in p.students if s.alpha == 4.0} == {0.0125}
     assert p.student_train.warmup_epochs == 1.0 and p.gradient_probe > 0
-    assert len(confirmation_students(SCALES["smoke"], load_hypothesis("renyi_confirm_tuned"))) == 2 * 4
+    assert len(confirmation_students(load_hypothesis("renyi_confirm_tuned"), (32, 32), smoke=True)) == 2 * 4
     # the data-poor confirmation: the same students as the big student on the data-poor transfer set
     from kdlib.lab.experiments import renyi_confirm_poor
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+from dataclasses import replace
 
 import matplotlib
 
@@ -18,10 +19,14 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from kdlib.lab.run import ENV_PROFILE  # noqa: E402
+from kdlib import stats as kstats  # noqa: E402
+from kdlib.lab import analysis, experiments, prereg, results  # noqa: E402
+from kdlib.lab.config import ENV_PROFILE  # noqa: E402
 from kdlib.lab.store import ResultsStore  # noqa: E402
-from kdlib.report import figures  # noqa: E402
-from kdlib.report import tables as analysis  # noqa: E402
+from kdlib.report import (
+    figures,  # noqa: E402
+    tables,  # noqa: E402
+)
 
 #: Two-sided 95% Student-t quantiles for df = 1 ... 30 as printed in statistics tables (3 decimals):
 #: an independent reference for the intervals.
@@ -82,7 +87,7 @@ def grid_records():
 @pytest.mark.parametrize("n", [2, 3, 4, 9, 31])
 def test_interval_matches_the_printed_t_table(n):
     values = [0.5 + 0.01 * ((7 * i) % 5) for i in range(n)]
-    s = analysis.interval(values)
+    s = kstats.interval(values)
     std = np.std(values, ddof=1)
     assert s["n"] == n and s["mean"] == pytest.approx(np.mean(values), abs=1e-15)
     assert s["std"] == pytest.approx(std, abs=1e-15)
@@ -91,51 +96,51 @@ def test_interval_matches_the_printed_t_table(n):
 
 
 def test_interval_of_one_or_no_value():
-    one, none = analysis.interval([0.5]), analysis.interval([])
+    one, none = kstats.interval([0.5]), kstats.interval([])
     assert one["n"] == 1 and one["mean"] == 0.5 and math.isnan(one["std"]) and math.isnan(one["ci_low"])
     assert none["n"] == 0 and math.isnan(none["mean"])
     # exactly rounded: the order of the values does not change a bit of the mean
     vals = [0.1, 0.7, 1e-9, 0.3, 0.9]
-    assert analysis.interval(vals)["mean"] == analysis.interval(vals[::-1])["mean"]
+    assert kstats.interval(vals)["mean"] == kstats.interval(vals[::-1])["mean"]
 
 
 def test_holm_worked_example():
     # Holm (1979), by hand: sorted 0.005, 0.01, 0.03, 0.04 get factors 4, 3, 2, 1:
     # 0.02, 0.03, 0.06, 0.04 -> running maximum 0.02, 0.03, 0.06, 0.06; back in the input order:
-    assert analysis.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert analysis.holm([0.5, 0.9]) == [1.0, 1.0]
-    assert analysis.holm([0.02]) == [0.02] and analysis.holm([]) == []
-    out = analysis.holm([0.01, math.nan, 0.02])  # NaN does not count towards m
+    assert kstats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert kstats.holm([0.5, 0.9]) == [1.0, 1.0]
+    assert kstats.holm([0.02]) == [0.02] and kstats.holm([]) == []
+    out = kstats.holm([0.01, math.nan, 0.02])  # NaN does not count towards m
     assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
 
 
 def test_holm_is_never_below_benjamini_hochberg():
     p = np.random.default_rng(0).uniform(0, 0.2, 40).tolist()
-    holm, bh = np.array(analysis.holm(p)), np.array(analysis.benjamini_hochberg(p))
+    holm, bh = np.array(kstats.holm(p)), np.array(kstats.benjamini_hochberg(p))
     assert (holm >= bh - 1e-15).all() and (bh >= np.array(p) - 1e-15).all()
     # Benjamini-Hochberg by hand: sorted 0.005, 0.01, 0.03, 0.04 -> min over k >= i of m p_(k) / k
-    assert analysis.benjamini_hochberg([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
-    out = analysis.benjamini_hochberg([math.nan, 0.01])
+    assert kstats.benjamini_hochberg([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    out = kstats.benjamini_hochberg([math.nan, 0.01])
     assert math.isnan(out[0]) and out[1] == pytest.approx(0.01)
 
 
 def test_paired_test_matches_scipy_and_handles_degenerate_differences():
     a, b = [0.81, 0.84, 0.80, 0.86], [0.80, 0.82, 0.80, 0.83]
-    got = analysis.paired_test(a, b)
+    got = kstats.paired_test(a, b)
     ref = stats.ttest_rel(a, b)
     d = np.subtract(a, b)
     half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
     assert got["n"] == 4 and got["mean_diff"] == pytest.approx(d.mean(), abs=1e-15)
     assert got["t"] == pytest.approx(ref.statistic) and got["p"] == pytest.approx(ref.pvalue)
     assert (got["ci_low"], got["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
-    same = analysis.paired_test([0.5, 0.6], [0.5, 0.6])
+    same = kstats.paired_test([0.5, 0.6], [0.5, 0.6])
     assert (same["t"], same["p"], same["ci_low"], same["ci_high"]) == (0.0, 1.0, 0.0, 0.0)
-    shifted = analysis.paired_test([0.6, 0.7], [0.5, 0.6])
+    shifted = kstats.paired_test([0.6, 0.7], [0.5, 0.6])
     assert shifted["t"] == math.inf and shifted["p"] == 0.0
-    one = analysis.paired_test([0.6], [0.5])
+    one = kstats.paired_test([0.6], [0.5])
     assert one["n"] == 1 and math.isnan(one["p"]) and one["mean_diff"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="same length"):
-        analysis.paired_test([0.1, 0.2], [0.1])
+        kstats.paired_test([0.1, 0.2], [0.1])
 
 
 # ----------------------------------------------------------------------------- loading, provenance
@@ -143,21 +148,21 @@ def test_paired_test_matches_scipy_and_handles_degenerate_differences():
 
 def test_committed_profile_prefers_full_and_env_switch(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV_PROFILE, raising=False)
-    assert analysis.committed_profile("synth", tmp_path) is None
+    assert results.committed_profile("synth", tmp_path) is None
     with pytest.raises(FileNotFoundError, match="python -m kdlib run synth --profile cpu"):
-        analysis.load_results("synth", root=tmp_path)
+        results.load_results("synth", root=tmp_path)
     write(tmp_path, "synth", "cpu", grid_records())
-    assert analysis.committed_profile("synth", tmp_path) == "cpu"
+    assert results.committed_profile("synth", tmp_path) == "cpu"
     full = [dict(r, config={**r["config"], "profile": "full"}) for r in grid_records()[:3]]
     write(tmp_path, "synth", "full", full)
-    assert analysis.committed_profile("synth", tmp_path) == "full"
-    assert len(analysis.load_results("synth", root=tmp_path).records) == 3
+    assert results.committed_profile("synth", tmp_path) == "full"
+    assert len(results.load_results("synth", root=tmp_path).records) == 3
     monkeypatch.setenv(ENV_PROFILE, "cpu")
-    res = analysis.load_results("synth", root=tmp_path)
+    res = results.load_results("synth", root=tmp_path)
     assert res.profile == "cpu" and len(res.students) == len(ACC) and len(res.teachers) == 1
     monkeypatch.setenv(ENV_PROFILE, "huge")
     with pytest.raises(ValueError, match="KDLIB_PROFILE must be one of smoke, cpu, full"):
-        analysis.load_results("synth", root=tmp_path)
+        results.load_results("synth", root=tmp_path)
 
 
 def test_provenance_from_records(tmp_path):
@@ -165,18 +170,18 @@ def test_provenance_from_records(tmp_path):
     recs[3] = student(1.0, 2.0, 0.9, 9, 0.5, commit="c" * 40, dirty=True, started="2026-01-03T08:00:00Z",
                       finished="2026-01-03T08:30:00Z", wall=1800.0)
     write(tmp_path, "synth", "cpu", recs)
-    res = analysis.load_results("synth", "cpu", tmp_path)
-    p = analysis.provenance(res.records)
+    res = results.load_results("synth", "cpu", tmp_path)
+    p = results.provenance(res.records)
     assert p["commits"] == ["aaaaaaaaaa", "bbbbbbbbbb", "cccccccccc+dirty"]
     assert p["started"] == "2026-01-01T09:00:00Z" and p["finished"] == "2026-01-03T08:30:00Z"
     assert p["students"] == len(recs) - 1 and p["teachers"] == 1
     assert p["seeds"] == [0, 1, 2, 3, 9]
     # three distinct groups: the teacher (600 s), the shared student group (300 s), the odd one (1800 s)
     assert p["wall_seconds"] == pytest.approx(2700.0)
-    line = analysis.provenance_line(res)
+    line = tables.provenance_line(res)
     assert "profile cpu" in line and "cccccccccc+dirty" in line and "2026-01-01 to 2026-01-03" in line
     assert "45 min of training" in line
-    fields = dict(analysis.provenance_fields(res))
+    fields = dict(tables.provenance_fields(res))
     assert fields["results"] == "experiment synth, profile cpu"
     assert fields["commit"] == "aaaaaaaaaa, bbbbbbbbbb, cccccccccc+dirty"
     assert fields["run"] == "2026-01-01 to 2026-01-03, 09:00 to 08:30 UTC, 45 min of training"
@@ -187,7 +192,7 @@ def test_provenance_from_records(tmp_path):
 
 def test_student_frame_and_summary_match_numpy(tmp_path):
     write(tmp_path, "synth", "cpu", grid_records())
-    df = analysis.load_results("synth", "cpu", tmp_path).frame()
+    df = results.load_results("synth", "cpu", tmp_path).frame()
     assert len(df) == len(ACC) and set(df["model"]) == {"mlp8x8"}
     assert math.isinf(df["alpha"].max())
     assert df["curve_val_accuracy"].iloc[0] == pytest.approx([df["test_accuracy"].iloc[0] / 2,
@@ -206,7 +211,7 @@ def test_student_frame_and_summary_match_numpy(tmp_path):
 
 
 def test_paired_differences_match_scipy_ttest_rel():
-    df = analysis.student_frame(grid_records())
+    df = results.student_frame(grid_records())
     paired = analysis.paired_differences(df, "test_accuracy", ["alpha", "T", "beta"], {"alpha": 1.0},
                                          match=["T", "beta"])
     assert len(paired) == 4 and not (paired["alpha"] == 1.0).any()
@@ -241,7 +246,7 @@ def test_paired_differences_detects_a_clear_effect_and_pairs_by_seed():
     seed_effect = {0: -0.2, 1: 0.0, 2: 0.2}
     recs = [student(1.0, 4.0, 0.9, s, 0.6 + e) for s, e in seed_effect.items()]
     recs += [student(2.0, 4.0, 0.9, s, 0.65 + e + 0.001 * s) for s, e in seed_effect.items()]
-    df = analysis.student_frame(recs)
+    df = results.student_frame(recs)
     paired = analysis.paired_differences(df, "test_accuracy", ["alpha", "T"], {"alpha": 1.0}, ["T"])
     row = paired.iloc[0]
     assert row["mean_diff"] == pytest.approx(0.051, abs=1e-12) and row["verdict"] == "better"
@@ -258,7 +263,7 @@ def test_tuned_comparison_chooses_on_validation_not_test():
         recs.append(student(2.0, 4.0, 0.9, s, acc=0.80, val=0.90))
         recs.append(student(1.0, 2.0, 0.9, s, acc=0.81, val=0.85))
         recs.append(student(1.0, 4.0, 0.9, s, acc=0.82, val=0.85))  # tie on validation: smaller T wins
-    tuned = analysis.tuned_comparison(analysis.student_frame(recs), ["alpha", "beta"])
+    tuned = analysis.tuned_comparison(results.student_frame(recs), ["alpha", "beta"])
     chosen = {a: set(g["T"]) for a, g in tuned.groupby("alpha")}
     assert chosen == {1.0: {2.0}, 2.0: {4.0}} and len(tuned) == 6
 
@@ -270,7 +275,7 @@ def test_tuned_comparison_over_learning_rate_and_temperature_together():
             rec = student(4.0, T, 0.9, s, acc=0.5, val=val + 0.001 * s)
             rec["config"]["lr"], rec["key"] = lr, f"{rec['key']}-{lr}"
             recs.append(rec)
-    df = analysis.student_frame(recs)
+    df = results.student_frame(recs)
     tuned = analysis.tuned_comparison(df, ["alpha"], over=["lr", "T"])
     assert set(zip(tuned["lr"], tuned["T"], strict=True)) == {(0.2, 2.0)} and len(tuned) == 3
     assert set(df["arm"]) == {"α=4"}
@@ -288,17 +293,19 @@ def test_tuned_screen_tunes_each_arm_then_pairs_it_with_the_tuned_reference():
             rec = student(alpha, 2.0, 0.9, s, acc=0.99, val=val + 0.002 * s * (alpha == 4.0))
             rec["config"]["lr"], rec["key"] = lr, f"{rec['key']}-{lr}"
             recs.append(rec)
-    screen = analysis.tuned_screen(analysis.student_frame(recs))
+    sc = analysis.tuned_screen(results.student_frame(recs))
+    screen = sc.arms
     assert list(screen["arm"]) == ["α=4", "α=0.5"]
     assert list(screen["lr"]) == [0.0125, 0.05]
-    assert screen.attrs["reference_setting"] == {"lr": 0.05, "T": 2.0}
-    assert screen.attrs["reference_mean"] == pytest.approx(0.90)
+    assert sc.reference_setting == {"lr": 0.05, "T": 2.0} and sc.reference == "KL"
+    assert sc.reference_mean == pytest.approx(0.90)
+    assert sc.setting("α=4") == {"lr": 0.0125, "T": 2.0} and sc.setting("KL") == sc.reference_setting
     d = np.array([0.01 + 0.002 * s for s in (0, 1, 2)])
     assert screen["mean_diff"][0] == pytest.approx(d.mean())
     assert screen["p"][0] == pytest.approx(stats.ttest_1samp(d, 0.0).pvalue)
     assert screen["p_bh"][0] == pytest.approx(stats.false_discovery_control(screen["p"], method="bh")[0])
     with pytest.raises(ValueError, match="reference must be one of the arms"):
-        analysis.tuned_screen(analysis.student_frame(recs), reference="reverse KL")
+        analysis.tuned_screen(results.student_frame(recs), reference="reverse KL")
 
 
 def test_pooled_reliability_pools_runs_bin_by_bin_and_gives_their_ece():
@@ -326,49 +333,47 @@ def test_pooled_reliability_pools_runs_bin_by_bin_and_gives_their_ece():
     plt.close(fig)
 
 
-def _screen(diffs: dict[str, float]) -> pd.DataFrame:
+def _screen(diffs: dict[str, float]) -> analysis.Screen:
     rows = [{"arm": a, "lr": 0.05, "T": 2.0, "mean": 0.9 + d, "n": 3, "mean_diff": d}
             for a, d in diffs.items()]
-    screen = pd.DataFrame(rows)
-    screen.attrs["reference_setting"] = {"lr": 0.0125, "T": 1.0}
-    return screen
+    return analysis.Screen(pd.DataFrame(rows), "KL", {"lr": 0.0125, "T": 1.0}, 0.9)
 
 
 def test_the_confirmation_hypothesis_follows_its_rule(tmp_path, monkeypatch):
     import json
 
-    from kdlib.lab.experiments import load_hypothesis
+    from kdlib.lab.prereg import load_hypothesis
 
     screen = _screen({"α=4": 0.004, "α=∞": 0.001, "α=2 /α": 0.002, "reverse KL": 0.0005, "α=0.5": -0.003})
-    h = analysis.confirmation_hypothesis(screen, sd=0.002)
+    h = prereg.confirmation_hypothesis(screen, sd=0.002)
     assert [a["arm"] for a in h["arms"]] == ["α=4", "α=2 /α", "α=∞"]  # the three above KL, best first
     assert {a["hypothesis"] for a in h["arms"]} == {"greater"} and h["arms"][2]["alpha"] == "inf"
     assert h["arms"][1]["normalize_by_alpha"] is True and h["reference"]["lr"] == 0.0125
     # the number of runs reaches the power at Holm's first level, and one fewer does not
     needed = h["runs_needed"]
-    assert analysis.paired_power(0.003, 0.002, needed, 0.05 / 3) >= 0.8 > analysis.paired_power(
+    assert kstats.paired_power(0.003, 0.002, needed, 0.05 / 3) >= 0.8 > kstats.paired_power(
         0.003, 0.002, needed - 1, 0.05 / 3)
     assert len(h["seeds"]) == max(12, -(-needed // 3) * 3) and h["seeds"][0] == 100
-    noisy = analysis.confirmation_hypothesis(screen, sd=0.006)
+    noisy = prereg.confirmation_hypothesis(screen, sd=0.006)
     assert len(noisy["seeds"]) > len(h["seeds"]) and len(noisy["seeds"]) % 3 == 0
     # nothing above KL: the closest arms, tested for equivalence, with more runs for TOST's two tests
-    flat = analysis.confirmation_hypothesis(_screen({"α=4": -0.001, "α=0.5": -0.004, "α=2": -0.0005}),
+    flat = prereg.confirmation_hypothesis(_screen({"α=4": -0.001, "α=0.5": -0.004, "α=2": -0.0005}),
                                             sd=0.004, max_arms=2)
     assert [a["arm"] for a in flat["arms"]] == ["α=2", "α=4"]
     assert {a["hypothesis"] for a in flat["arms"]} == {"equivalent"}
-    assert analysis.paired_power(0.003, 0.004, flat["runs_needed"], 0.05 / 2) >= 0.9
+    assert kstats.paired_power(0.003, 0.004, flat["runs_needed"], 0.05 / 2) >= 0.9
     # what it writes is a valid hypothesis file
     monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
     (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps(h))
     assert load_hypothesis("renyi_confirm_tuned")["seeds"] == h["seeds"]
     with pytest.raises(ValueError, match="need sd > 0"):
-        analysis.confirmation_hypothesis(screen, sd=0.0)
+        prereg.confirmation_hypothesis(screen, sd=0.0)
 
 
 def _exploration_frame() -> pd.DataFrame:
     """A complete exploration on three teachers: every arm at two learning rates and two T, each
     best at (0.05, 2); the order ∞ diverges there on one teacher (and is still best there)."""
-    from kdlib.lab.experiments import ARMS
+    from kdlib.lab.config import ARMS
 
     rng = np.random.default_rng(5)
     rows = []
@@ -394,7 +399,7 @@ def test_the_hypothesis_files_follow_from_the_exploration_by_the_committed_rules
     hinton = pd.DataFrame([{"model": m, "label": lab, "T": T, "seed": s, "test_accuracy": acc[T][s]}
                            for T in (1.0, 2.0, 4.0) for s in range(15)
                            for m, lab in (("mlp800x800", "distilled"), ("mlp30x30", "distilled"))])
-    sd = analysis.confirmation_sd(explore, hinton)
+    sd = prereg.confirmation_sd(explore, hinton)
     # by hand: the arms at (0.05, 2) minus KL there, per teacher, the diverged order ∞ left out
     best = explore[(explore["lr"] == 0.05) & (explore["T"] == 2.0)].pivot(index="seed", columns="arm",
                                                                           values="final_val_accuracy")
@@ -402,21 +407,21 @@ def test_the_hypothesis_files_follow_from_the_exploration_by_the_committed_rules
     assert sd["exploration"] == pytest.approx(np.sqrt(diffs.var(ddof=1).mean()))
     assert sd["hinton"] == pytest.approx(np.std(acc[2.0] - acc[1.0], ddof=1))
     assert sd["sd"] == max(sd["exploration"], sd["hinton"])
-    files = analysis.hypotheses_from(explore, hinton)
+    files = prereg.hypotheses_from(explore, hinton)
     screen = analysis.tuned_screen(explore)
-    expected = analysis.confirmation_hypothesis(screen, sd["sd"])
+    expected = prereg.confirmation_hypothesis(screen, sd["sd"])
     assert {k: v for k, v in files["renyi_confirm_tuned"].items() if k != "sd_estimates"} == expected
     assert files["renyi_confirm_tuned"]["sd_estimates"] == {"exploration": sd["exploration"],
                                                             "hinton": sd["hinton"]}
-    assert files["omitted_class_tuned"] == analysis.omitted_hypothesis(screen)
+    assert files["omitted_class_tuned"] == prereg.omitted_hypothesis(screen)
     # the data-poor student's confirmation: the same rule, its own name, fresh teachers and seeds from 300
-    poor = analysis.poor_hypotheses_from(explore, hinton)["renyi_confirm_poor"]
+    poor = prereg.poor_hypotheses_from(explore, hinton)["renyi_confirm_poor"]
     assert {k: v for k, v in poor.items() if k not in ("experiment", "seeds")} == {
         k: v for k, v in files["renyi_confirm_tuned"].items() if k not in ("experiment", "seeds")}
     assert poor["experiment"] == "renyi_confirm_poor" and poor["teachers"] == [3, 4, 5]
     assert poor["seeds"] == list(range(300, 300 + len(expected["seeds"])))
     # the confirmation of the data-poor Adam check: the same rule on the check, seeds from 400, Adam
-    adam = analysis.adam_poor_hypotheses_from(explore, hinton)["renyi_confirm_adam_poor"]
+    adam = prereg.adam_poor_hypotheses_from(explore, hinton)["renyi_confirm_adam_poor"]
     assert {k: v for k, v in adam.items() if k not in ("experiment", "seeds", "optimizer")} == {
         k: v for k, v in poor.items() if k not in ("experiment", "seeds")}
     assert (adam["experiment"], adam["optimizer"], adam["teachers"]) == ("renyi_confirm_adam_poor", "adam",
@@ -439,24 +444,24 @@ def test_derive_hypotheses_refuses_an_incomplete_exploration(tmp_path):
     for explore, total in (("renyi_explore", 405), ("renyi_explore_poor", 405), ("renyi_adam_poor", 60)):
         copy(explore, lines=5)
         with pytest.raises(ValueError, match=f"{explore}/full is not complete: [0-4] of {total} runs"):
-            analysis.derive_hypotheses(tmp_path)
+            experiments.derive_hypotheses(tmp_path)
         copy(explore)
-        copy(analysis.DERIVATIONS[explore][0])
+        copy(experiments.DERIVATIONS[explore][0])
         done.append(explore)
-    assert done == list(analysis.DERIVATIONS)
-    assert set(analysis.derive_hypotheses(tmp_path)) == set(analysis.DERIVED_HYPOTHESES)
+    assert done == list(experiments.DERIVATIONS)
+    assert set(experiments.derive_hypotheses(tmp_path)) == set(experiments.DERIVED_HYPOTHESES)
 
 
 def test_the_omitted_class_hypothesis_takes_each_orders_better_variant_and_reverse_kl(tmp_path, monkeypatch):
     import json
 
-    from kdlib.lab.experiments import load_hypothesis
+    from kdlib.lab.prereg import load_hypothesis
 
     diffs = {"α=0.25": -0.02, "α=0.25 /α": -0.01, "α=0.5": 0.001, "α=0.5 /α": 0.001, "α=2": -0.003,
              "α=2 /α": 0.002, "α=4": 0.004, "α=4 /α": -0.5, "α=∞": -0.1, "reverse KL": -0.004}
     screen = _screen(diffs)
-    screen.loc[screen["arm"] == "α=2 /α", ["lr", "T"]] = [0.2, 8.0]
-    h = analysis.omitted_hypothesis(screen)
+    screen.arms.loc[screen.arms["arm"] == "α=2 /α", ["lr", "T"]] = [0.2, 8.0]
+    h = prereg.omitted_hypothesis(screen)
     # the better variant of each order (a tie goes to the plain one), then reverse KL
     assert [a["arm"] for a in h["arms"]] == ["α=0.25 /α", "α=0.5", "α=2 /α", "α=4", "α=∞", "reverse KL"]
     assert {a["hypothesis"] for a in h["arms"]} == {"two-sided"}
@@ -470,11 +475,11 @@ def test_the_omitted_class_hypothesis_takes_each_orders_better_variant_and_rever
     (tmp_path / "omitted_class_tuned.json").write_text(json.dumps(h))
     assert load_hypothesis("omitted_class_tuned")["arms"] == h["arms"]
     with pytest.raises(ValueError, match="multiple of the 3 teachers"):
-        analysis.omitted_hypothesis(screen, runs=10)
+        prereg.omitted_hypothesis(screen, runs=10)
     with pytest.raises(ValueError, match="must hold the arms"):
-        analysis.omitted_hypothesis(screen[screen["arm"] != "α=4 /α"])
+        prereg.omitted_hypothesis(replace(screen, arms=screen.arms[screen.arms["arm"] != "α=4 /α"]))
     with pytest.raises(ValueError, match="'reverse KL'"):
-        analysis.omitted_hypothesis(screen[screen["arm"] != "reverse KL"])
+        prereg.omitted_hypothesis(replace(screen, arms=screen.arms[screen.arms["arm"] != "reverse KL"]))
 
 
 def test_confirmatory_tests_apply_each_arms_hypothesis_with_holm_over_the_arms():
@@ -500,54 +505,54 @@ def test_confirmatory_tests_apply_each_arms_hypothesis_with_holm_over_the_arms()
                   {**entry, "alpha": 2.0, "normalize_by_alpha": True, "hypothesis": "equivalent"},
                   {**entry, "alpha": 1.0, "reverse": True, "hypothesis": "two-sided"}],
          "metric": "test_accuracy", "smallest_effect": 0.003, "level": 0.05}
-    out = analysis.confirmatory_tests(df, h)
+    out = prereg.confirmatory_tests(df, h)
     assert list(out["arm"]) == ["α=4", "α=∞", "α=2 /α", "reverse KL"]
     arm = {a: ref + shifts[a] + noise[a] for a in shifts}
     p = [stats.ttest_rel(arm["α=4"], ref, alternative="greater").pvalue,
          stats.ttest_rel(arm["α=∞"], ref, alternative="greater").pvalue,
-         analysis.equivalence_test(arm["α=2 /α"], ref, 0.003)["p"],
+         kstats.equivalence_test(arm["α=2 /α"], ref, 0.003)["p"],
          stats.ttest_rel(arm["reverse KL"], ref).pvalue]
     np.testing.assert_allclose(out["p"], p, rtol=1e-10)
-    np.testing.assert_allclose(out["p_holm"], analysis.holm(p))
+    np.testing.assert_allclose(out["p_holm"], kstats.holm(p))
     assert list(out["verdict"]) == ["greater", "not shown greater", "equivalent", "smaller"]
     assert (out["n"] == 12).all()
     # the detectable effect is the one the test finds with power 0.8 at Holm's first level
     for _, r in out.iterrows():
         alt = "two-sided" if r["hypothesis"] == "two-sided" else "greater"
-        assert analysis.paired_power(r["detectable"], r["std_diff"], 12, 0.05 / 4, alt) == pytest.approx(0.8)
+        assert kstats.paired_power(r["detectable"], r["std_diff"], 12, 0.05 / 4, alt) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="no runs of the arm 'α=0.5'"):
-        analysis.confirmatory_tests(df, {**h, "arms": [{**entry, "alpha": 0.5, "hypothesis": "greater"}]})
+        prereg.confirmatory_tests(df, {**h, "arms": [{**entry, "alpha": 0.5, "hypothesis": "greater"}]})
     with pytest.raises(ValueError, match="seeds of 'α=4'"):
-        analysis.confirmatory_tests(df[(df["arm"] != "α=4") | (df["seed"] != 105)], h)
-    assert math.isnan(analysis.detectable_effect(0.0, 12))
+        prereg.confirmatory_tests(df[(df["arm"] != "α=4") | (df["seed"] != 105)], h)
+    assert math.isnan(kstats.detectable_effect(0.0, 12))
 
 
 # ----------------------------------------------------------------------------- formatting and figures
 
 
 def test_formatting():
-    assert analysis.fmt_alpha(math.inf) == "∞" and analysis.fmt_alpha(0.25) == "0.25"
-    assert analysis.fmt_mean_std(0.85123, 0.0031) == "85.12 ± 0.31"
-    assert analysis.fmt_mean_std(0.5, math.nan) == "50.00"
-    assert analysis.fmt_interval(0.844, 0.8584) == "[84.40, 85.84]"
-    assert analysis.fmt_p(0.0004) == "<0.001" and analysis.fmt_p(0.0456) == "0.046"
-    assert analysis.fmt_p(math.nan) == "-"
-    df = analysis.student_frame(grid_records())
+    assert tables.fmt_alpha(math.inf) == "∞" and tables.fmt_alpha(0.25) == "0.25"
+    assert tables.fmt_mean_std(0.85123, 0.0031) == "85.12 ± 0.31"
+    assert tables.fmt_mean_std(0.5, math.nan) == "50.00"
+    assert tables.fmt_interval(0.844, 0.8584) == "[84.40, 85.84]"
+    assert tables.fmt_p(0.0004) == "<0.001" and tables.fmt_p(0.0456) == "0.046"
+    assert tables.fmt_p(math.nan) == "-"
+    df = results.student_frame(grid_records())
     summ = analysis.summarize_frame(df, ["alpha", "T"])
-    grid = analysis.pivot_means(summ)
+    grid = tables.pivot_means(summ)
     assert list(grid.columns) == ["T = 2", "T = 4"] and list(grid.index) == ["0.5", "1", "∞"]
     vals = np.array([ACC[(math.inf, 4.0, s)] for s in SEEDS])
     assert grid.loc["∞", "T = 4"] == f"{vals.mean() * 100:.2f} ± {vals.std(ddof=1) * 100:.2f}"
-    table = analysis.summary_table(summ, ["alpha", "T"], {"alpha": "α"})
+    table = tables.summary_table(summ, ["alpha", "T"], {"alpha": "α"})
     assert list(table.columns) == ["α", "T", "n", "mean ± std", "95% interval"]
-    assert table.to_string() == analysis.summary_table(summ, ["alpha", "T"], {"alpha": "α"}).to_string()
+    assert table.to_string() == tables.summary_table(summ, ["alpha", "T"], {"alpha": "α"}).to_string()
 
 
 def test_book_table_drops_the_index_and_states_constant_columns_once():
-    df = analysis.student_frame(grid_records())
+    df = results.student_frame(grid_records())
     summ = analysis.summarize_frame(df, ["alpha", "T"])
-    table = analysis.summary_table(summ, ["alpha", "T"], {"alpha": "α"})
-    shown = analysis.book_table(table, "Test accuracy (%)")
+    table = tables.summary_table(summ, ["alpha", "T"], {"alpha": "α"})
+    shown = tables.book_table(table, "Test accuracy (%)")
     assert "n" not in shown.frame.columns and shown.constants == [("n", str(len(SEEDS)))]
     assert shown.note == f"Every row: n = {len(SEEDS)}"
     # the same strings as the frame: only the layout changes
@@ -559,16 +564,16 @@ def test_book_table_drops_the_index_and_states_constant_columns_once():
     assert html.count("<table>") == 1 and "<th" in html and ">n<" not in html
     assert '<td class="num">[' in html and html.count("<tr>") == len(table) + 1
     # a named index (pivot_means) becomes a column; rows under group headings
-    grid = analysis.book_table(analysis.pivot_means(summ))
+    grid = tables.book_table(tables.pivot_means(summ))
     assert list(grid.frame.columns)[0] == "α"
-    grouped = analysis.book_table(table.assign(g=["a", "a", "b", "b", "b", "b"][: len(table)]), group="g")
+    grouped = tables.book_table(table.assign(g=["a", "a", "b", "b", "b", "b"][: len(table)]), group="g")
     assert grouped.to_html().count('class="kd-group"') == 2 and ">g<" not in grouped.to_html()
     # keep: a constant column that must stay
-    assert "n" in analysis.book_table(table, keep=["n"]).frame.columns
+    assert "n" in tables.book_table(table, keep=["n"]).frame.columns
 
 
 def test_figures_draw_every_cell():
-    df = analysis.student_frame(grid_records())
+    df = results.student_frame(grid_records())
     summ = analysis.summarize_frame(df, ["alpha", "T"])
     fig, axes = plt.subplots(1, 3)
     figures.heatmap(axes[0], summ)
@@ -588,14 +593,14 @@ def _with_transfer(record, size):
 def test_transfer_size_is_the_one_recorded_size(tmp_path):
     write(tmp_path, "synth", "cpu", [teacher()] + [_with_transfer(student(1.0, 2.0, 0.9, s, 0.8), 500)
                                                    for s in range(3)])
-    assert analysis.load_results("synth", "cpu", tmp_path).transfer_size == 500
+    assert results.load_results("synth", "cpu", tmp_path).transfer_size == 500
 
 
 def test_transfer_size_refuses_mixed_sizes(tmp_path):
     write(tmp_path, "synth", "cpu", [_with_transfer(student(1.0, 2.0, 0.9, 0, 0.8), 500),
                                      _with_transfer(student(1.0, 2.0, 0.9, 1, 0.8), 700)])
     with pytest.raises(ValueError, match=r"must share one transfer_size, got \[500, 700\]"):
-        _ = analysis.load_results("synth", "cpu", tmp_path).transfer_size
+        _ = results.load_results("synth", "cpu", tmp_path).transfer_size
 
 
 
@@ -607,11 +612,11 @@ def test_report_text_uses_the_frame_summaries(tmp_path):
     recs = grid_records() + [student(1.0, 2.0, 0.0, s, 0.7 + 0.01 * s, label="alone") for s in SEEDS]
     # a profile name that no experiment defines: no record is left out as stale
     path = write(tmp_path, "hinton", "synthetic", recs)
-    text = analysis.report_text("hinton", path)
+    text = tables.report_text("hinton", path)
     lines = text.splitlines()
     assert lines[0] == f"== hinton / synthetic: {len(ACC) + len(SEEDS)} student runs, 1 teacher(s) =="
     assert "teacher teacher: test accuracy 0.9000" in text
-    summ = analysis.summarize_frame(analysis.student_frame(recs), analysis.CELL_FIELDS)
+    summ = analysis.summarize_frame(results.student_frame(recs), results.CELL_FIELDS)
     rows = [ln.split() for ln in lines if ln.strip().startswith(("distilled", "alone"))]
     assert len(rows) == len(summ) == len(ALPHAS) * len(TEMPS) + 1
     alone = next(r for r in rows if r[0] == "alone")
@@ -623,16 +628,16 @@ def test_report_text_uses_the_frame_summaries(tmp_path):
 
 
 def test_cell_summary_merges_metrics_per_cell():
-    df = analysis.student_frame(grid_records())
-    cells = analysis.cell_summary(df, ["test_accuracy", "test_errors"])
-    assert list(cells.columns[:len(analysis.CELL_FIELDS) + 1]) == [*analysis.CELL_FIELDS, "n"]
+    df = results.student_frame(grid_records())
+    cells = tables.cell_summary(df, ["test_accuracy", "test_errors"])
+    assert list(cells.columns[:len(results.CELL_FIELDS) + 1]) == [*results.CELL_FIELDS, "n"]
     assert len(cells) == len(ALPHAS) * len(TEMPS) and (cells["n"] == len(SEEDS)).all()
     for _, row in cells.iterrows():
         errs = [round((1 - ACC[(row["alpha"], row["T"], s)]) * 1000) for s in SEEDS]
         assert row["test_errors"] == pytest.approx(np.mean(errs))
 
 
-COMMITTED = sorted(analysis.results_root().glob("*/*.jsonl"))
+COMMITTED = sorted(results.results_root().glob("*/*.jsonl"))
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[f"{p.parent.name}/{p.stem}" for p in COMMITTED])
@@ -641,16 +646,16 @@ def test_every_committed_results_file_loads_and_reports(path, capsys, monkeypatc
 
     monkeypatch.delenv(ENV_PROFILE, raising=False)
     experiment, profile = path.parent.name, path.stem
-    res = analysis.load_results(experiment, profile)
+    res = results.load_results(experiment, profile)
     df = res.frame()
     assert len(res.teachers) >= 1 and len(df) == len(res.students)
     if len(df):
         assert df["test_accuracy"].between(0, 1).all() and not df["model"].eq("").any()
-        cells = analysis.summarize_frame(df, analysis.CELL_FIELDS)
+        cells = analysis.summarize_frame(df, results.CELL_FIELDS)
         assert cells["n"].sum() == len(df)
     else:  # a run in progress commits its teachers before its first student finishes
         cells = []
-    assert main(["report", experiment, "--profile", profile, "--out", str(analysis.results_root())]) == 0
+    assert main(["report", experiment, "--profile", profile, "--out", str(results.results_root())]) == 0
     out = capsys.readouterr().out
     # every committed record is still a record of the current definition of its profile
     assert f"== {experiment} / {profile}: {len(df)} student runs, {len(res.teachers)} teacher(s) ==" in out
@@ -745,13 +750,13 @@ def test_page_header_and_results_page(tmp_path, monkeypatch):
     assert "teacher data: all training images, input jitter ±2 px" in lines
     assert lines[-1].startswith("teachers, test: accuracy 92.39, 92.67, 92.73% (")
     assert text.startswith(repr(book.page_header(res, details=False)) + "\ndata: ")
-    cpu = repr(book.page_header(analysis.load_results("hinton", "cpu"))).splitlines()  # 1 teacher, no jitter
+    cpu = repr(book.page_header(results.load_results("hinton", "cpu"))).splitlines()  # 1 teacher, no jitter
     assert cpu[1].startswith("runs: 39 students and 1 teacher; seeds 0, 1, 2")
     assert any(ln.startswith("data: fashion_mnist: 54000 training") for ln in cpu)
     assert "transfer set: the first 5000 training images (students)" in cpu
     assert "teacher: MLP, hidden layers 1200-1200, on the first 20000 training images" in cpu
     assert cpu[-1] == "teacher, test: accuracy 86.63% (1337 errors)"
-    omitted = repr(book.page_header(analysis.load_results("omitted_class", "cpu"))).splitlines()
+    omitted = repr(book.page_header(results.load_results("omitted_class", "cpu"))).splitlines()
     assert "transfer set: the first 5000 training images less class 3 (Dress) (students)" in omitted
     html = shown[0]._repr_html_()
     assert html.startswith('<dl class="kd-fields">') and "<dt>commit</dt>" in html
@@ -774,7 +779,7 @@ def test_paired_power_matches_a_simulation_of_the_t_test(alternative):
     d = rng.normal(effect, sd, size=(trials, n))
     p = stats.ttest_1samp(d, 0.0, axis=1, alternative=alternative).pvalue
     simulated = float((p < 0.05).mean())
-    got = analysis.paired_power(effect, sd, n, alternative=alternative)
+    got = kstats.paired_power(effect, sd, n, alternative=alternative)
     assert got == pytest.approx(simulated, abs=0.012)
     assert 0.3 < got < 0.9  # neither trivial nor certain for these numbers
 
@@ -782,21 +787,21 @@ def test_paired_power_matches_a_simulation_of_the_t_test(alternative):
 def test_two_sided_power_is_finite_and_grows_with_the_effect_at_holm_levels():
     # scipy's nct.cdf is NaN deep in its left tail (df 11 at noncentrality 6.9); the power must not be
     for n, level in [(12, 0.05 / 6), (12, 0.05), (3, 0.05 / 11)]:
-        powers = [analysis.paired_power(e, 0.01, n, level, "two-sided") for e in np.linspace(0, 0.05, 501)]
+        powers = [kstats.paired_power(e, 0.01, n, level, "two-sided") for e in np.linspace(0, 0.05, 501)]
         assert np.isfinite(powers).all() and np.all(np.diff(powers) >= -1e-12)
         assert powers[0] == pytest.approx(level, abs=1e-9) and powers[-1] > 0.25 + powers[0]
-    d = analysis.detectable_effect(0.01, 12, 0.05 / 6, alternative="two-sided")
-    assert analysis.paired_power(d, 0.01, 12, 0.05 / 6, "two-sided") == pytest.approx(0.8)
+    d = kstats.detectable_effect(0.01, 12, 0.05 / 6, alternative="two-sided")
+    assert kstats.paired_power(d, 0.01, 12, 0.05 / 6, "two-sided") == pytest.approx(0.8)
 
 
 def test_runs_for_power_is_the_smallest_n_that_reaches_it():
-    n = analysis.runs_for_power(0.3, 0.4, power=0.9)
-    assert analysis.paired_power(0.3, 0.4, n) >= 0.9 > analysis.paired_power(0.3, 0.4, n - 1)
-    assert analysis.runs_for_power(0.3, 0.4, power=0.9, alternative="two-sided") > n
+    n = kstats.runs_for_power(0.3, 0.4, power=0.9)
+    assert kstats.paired_power(0.3, 0.4, n) >= 0.9 > kstats.paired_power(0.3, 0.4, n - 1)
+    assert kstats.runs_for_power(0.3, 0.4, power=0.9, alternative="two-sided") > n
     with pytest.raises(ValueError, match="power in"):
-        analysis.runs_for_power(0.3, 0.4, power=1.0)
+        kstats.runs_for_power(0.3, 0.4, power=1.0)
     with pytest.raises(ValueError, match="need sd > 0"):
-        analysis.paired_power(0.3, 0.0, 5)
+        kstats.paired_power(0.3, 0.0, 5)
 
 
 def test_equivalence_test_agrees_with_the_90_percent_interval():
@@ -805,10 +810,10 @@ def test_equivalence_test_agrees_with_the_90_percent_interval():
         n = int(rng.integers(3, 15))
         ref = rng.normal(0.9, 0.01, n)
         vals = ref + rng.normal(rng.normal(0, 0.002), 0.002, n)
-        res = analysis.equivalence_test(vals, ref, margin=0.002)
+        res = kstats.equivalence_test(vals, ref, margin=0.002)
         inside = -0.002 < res["ci90_low"] and res["ci90_high"] < 0.002
         assert (res["p"] < 0.05) == inside
-    tight = analysis.equivalence_test([0.9, 0.901, 0.899, 0.9], [0.9, 0.9, 0.9, 0.9], margin=0.003)
+    tight = kstats.equivalence_test([0.9, 0.901, 0.899, 0.9], [0.9, 0.9, 0.9, 0.9], margin=0.003)
     assert tight["p"] < 0.05 and tight["mean_diff"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="margin > 0"):
-        analysis.equivalence_test([1, 2], [1, 2], margin=0)
+        kstats.equivalence_test([1, 2], [1, 2], margin=0)

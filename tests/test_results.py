@@ -107,7 +107,7 @@ def test_concurrent_writers_never_interleave(tmp_path):
 
 
 def test_a_hypothesis_file_is_checked_against_the_commits_the_records_ran_from(tmp_path):
-    from kdlib.report.tables import check_hypothesis_preceded, hypothesis_preceded
+    from kdlib.lab.prereg import check_hypothesis_preceded, hypothesis_preceded
 
     repo = tmp_path / "repo"
     (repo / "hypotheses").mkdir(parents=True)

@@ -12,14 +12,15 @@ import pandas as pd
 import pytest
 import torch
 
+from kdlib.lab.analysis import gap_closed
 from kdlib.lab.config import StudentSpec, TrainConfig
 from kdlib.lab.data import random_translate
 from kdlib.lab.experiments import EXPERIMENTS, SCALES, Profile, student_config, teacher_config
 from kdlib.lab.metrics import evaluate_logits, expected_calibration_error
+from kdlib.lab.results import student_frame, teacher_frame
 from kdlib.lab.run import run_experiment
 from kdlib.lab.shards import stack_groups
 from kdlib.lab.store import CommittedTeachers, ResultsFileError, load_records, run_key
-from kdlib.report.tables import gap_closed, student_frame, teacher_frame
 
 # ----------------------------------------------------------------------------- jitter
 
@@ -279,8 +280,8 @@ def test_a_committed_full_scale_student_reruns_exactly_from_the_committed_logits
 
 
 def test_committed_teachers_and_model_descriptions(tmp_path):
+    from kdlib.lab.results import committed_teachers
     from kdlib.report.book import describe_model
-    from kdlib.report.tables import committed_teachers
 
     assert describe_model({"kind": "cnn", "width": 32, "hidden": 256, "dropout": 0.3}) == \
         "CNN, conv 32-64, hidden 256"

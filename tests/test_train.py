@@ -478,7 +478,8 @@ def test_gradient_ratio_monitor_is_alpha_near_the_fit(T, offset, near):
 
 
 def test_the_tuned_exploration_runs_at_smoke_scale_and_records_the_gradient_ratio(tmp_path):
-    from kdlib.lab.experiments import ARMS, SCALES, Arm, get_experiment
+    from kdlib.lab.config import ARMS, Arm
+    from kdlib.lab.experiments import SCALES, get_experiment
     from kdlib.lab.run import run_experiment
     from kdlib.lab.store import load_records
 

@@ -2,17 +2,21 @@
 
 Data flows one way through its modules::
 
-    config      what a run is: TrainConfig, StudentSpec, device, precision, threads
+    config      what a run is: TrainConfig, StudentSpec, Arm, device, precision, threads, profiles
     data        the datasets as device-resident tensors, fixed splits
     models      MLP (teacher), StackedMLP (S students as one model)
     train       the one training loop, fit(), with its objectives (cross-entropy, distillation)
     metrics     logits, accuracy, recorded test metrics, the bias shift
     store       records and run keys, the results file, the teacher cache, atomic writes, the lock
+    results     which results (the best committed profile), records as frames, provenance
+    analysis    summaries over seeds, paired comparisons, tuned screens (kdlib.stats underneath)
+    prereg      hypothesis files: the rules that derive them, their students, the confirmatory tests
     experiments the table of scales and the named experiments, each a function of a scale
     shards      an experiment's students in N parts of whole stack groups, balanced by cost; status
     run         run_experiment(): teacher stage, then students in stacked groups, into the store
     cluster     submit(): a teacher job, then a job array over the shards, through submitit
 
-The report side (:mod:`kdlib.report`) reads what :mod:`kdlib.lab.store` wrote; nothing here
-imports it.
+The statistics (:mod:`kdlib.stats`) sit below the lab; the report side (:mod:`kdlib.report`) only
+formats what :mod:`kdlib.lab.results`, :mod:`kdlib.lab.analysis` and :mod:`kdlib.lab.prereg` return;
+nothing here imports it.
 """

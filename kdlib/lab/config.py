@@ -27,6 +27,10 @@ SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: ``"dtype"`` recorded in a run's config for each resolved precision.
 PRECISION_DTYPE = {"fp32": "float32", "bf16": "bf16-autocast"}
+#: The scales every experiment runs at (:data:`kdlib.lab.experiments.SCALES`), smallest first.
+PROFILES = ("smoke", "cpu", "full")
+#: The rerun switch: a notebook reruns its experiment at this profile before showing it.
+ENV_PROFILE = "KDLIB_PROFILE"
 
 
 class DeviceUnavailableError(RuntimeError):
@@ -100,6 +104,20 @@ def default_threads() -> int:
             raise ValueError(f"KDLIB_THREADS must be an integer >= 1, got {env!r}")
         return int(env)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def requested_profile() -> str | None:
+    """The profile named by ``$KDLIB_PROFILE`` (``None`` when unset or empty): the rerun switch.
+
+    Raises:
+        ValueError: the variable names no profile of :data:`PROFILES`.
+    """
+    value = os.environ.get(ENV_PROFILE, "").strip()
+    if not value:
+        return None
+    if value not in PROFILES:
+        raise ValueError(f"{ENV_PROFILE} must be one of {', '.join(PROFILES)} (or unset), got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -241,3 +259,50 @@ class StudentSpec:
             raise ValueError(f"beta must be in [0, 1], got {self.beta!r}")
         if self.normalize_by_alpha and math.isinf(self.alpha):
             raise ValueError("normalize_by_alpha needs a finite alpha (the soft term would vanish), got inf")
+
+
+#: The soft term's weight of every arm of the tuned comparison.
+TUNE_BETA = 0.9
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One distillation method of the tuned Rényi comparison: an order, the division of the soft term
+    by it, and the direction of the divergence (``reverse``: student before teacher)."""
+
+    alpha: float
+    normalize_by_alpha: bool = False
+    reverse: bool = False
+
+    @property
+    def name(self) -> str:
+        """``KL``, ``reverse KL``, ``α=0.25``, ``α=0.25 /α``, ``α=∞``."""
+        if self.alpha == 1.0:
+            return "reverse KL" if self.reverse else "KL"
+        a = "∞" if math.isinf(self.alpha) else f"{self.alpha:g}"
+        return f"{'reverse ' if self.reverse else ''}α={a}{' /α' if self.normalize_by_alpha else ''}"
+
+    @classmethod
+    def of(cls, spec: StudentSpec) -> Arm:
+        """The arm a student belongs to."""
+        return cls(spec.alpha, spec.normalize_by_alpha, spec.reverse)
+
+    def student(self, T: float, lr: float, seed: int, hidden: tuple[int, ...], teacher: int,
+                optimizer: str | None = None) -> StudentSpec:
+        """This arm's student at temperature ``T`` and learning rate ``lr`` (``beta`` = :data:`TUNE_BETA`;
+        ``optimizer`` ``None``: the profile's, SGD)."""
+        return StudentSpec(alpha=self.alpha, T=T, beta=TUNE_BETA, seed=seed, hidden=hidden, teacher=teacher,
+                           normalize_by_alpha=self.normalize_by_alpha, reverse=self.reverse, lr=lr,
+                           optimizer=optimizer)
+
+    @classmethod
+    def from_dict(cls, arm: dict[str, Any]) -> Arm:
+        """The arm of a hypothesis file's entry (``alpha`` may be the string ``"inf"``)."""
+        return cls(float(arm["alpha"]), bool(arm["normalize_by_alpha"]), bool(arm["reverse"]))
+
+
+#: The arms of the tuned comparison: KL, reverse KL, and the Rényi orders 0.25, 0.5, 2 and 4 with
+#: and without the division by alpha (at order 1 it changes nothing; at infinity it is undefined),
+#: and the order infinity.
+ARMS: tuple[Arm, ...] = (Arm(1.0), Arm(1.0, reverse=True),
+                         *(Arm(a, n) for a in (0.25, 0.5, 2.0, 4.0) for n in (False, True)), Arm(math.inf))

@@ -42,15 +42,26 @@ first 5,000 training images (a prefix of the fixed permutation).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from kdlib.lab.config import OPTIMIZERS, PRECISION_DTYPE, StudentSpec, TrainConfig
+import pandas as pd
+
+from kdlib.lab.config import ARMS, PRECISION_DTYPE, PROFILES, Arm, StudentSpec, TrainConfig
+from kdlib.lab.prereg import (
+    HYPOTHESES,
+    adam_poor_hypotheses_from,
+    confirmation_students,
+    hypotheses_dir,
+    hypotheses_from,
+    hypothesis_runs,
+    load_hypothesis,
+    poor_hypotheses_from,
+)
+from kdlib.lab.results import load_results
 from kdlib.lab.store import run_key
 
 INF = math.inf
@@ -167,7 +178,7 @@ SCALES: dict[str, Scale] = {s.name: s for s in [
           budgets=(10, 20, 30, 40), data_poor_size=1_620, data_poor_epochs=100, commit_teacher_logits=True,
           lrs=TUNE_LRS, tune_max_group=12),
 ]}
-PROFILES = tuple(SCALES)
+assert tuple(SCALES) == PROFILES, "config.PROFILES names the scales, smallest first"
 
 
 @dataclass(frozen=True)
@@ -429,48 +440,6 @@ def renyi_scale_control(scale: Scale) -> Profile:
     return replace(base, students=tuple(students), student_train=train)
 
 
-@dataclass(frozen=True)
-class Arm:
-    """One distillation method of the tuned Rényi comparison: an order, the division of the soft term
-    by it, and the direction of the divergence (``reverse``: student before teacher)."""
-
-    alpha: float
-    normalize_by_alpha: bool = False
-    reverse: bool = False
-
-    @property
-    def name(self) -> str:
-        """``KL``, ``reverse KL``, ``α=0.25``, ``α=0.25 /α``, ``α=∞``."""
-        if self.alpha == 1.0:
-            return "reverse KL" if self.reverse else "KL"
-        a = "∞" if math.isinf(self.alpha) else f"{self.alpha:g}"
-        return f"{'reverse ' if self.reverse else ''}α={a}{' /α' if self.normalize_by_alpha else ''}"
-
-    @classmethod
-    def of(cls, spec: StudentSpec) -> Arm:
-        """The arm a student belongs to."""
-        return cls(spec.alpha, spec.normalize_by_alpha, spec.reverse)
-
-    def student(self, T: float, lr: float, seed: int, hidden: tuple[int, ...], teacher: int,
-                optimizer: str | None = None) -> StudentSpec:
-        """This arm's student at temperature ``T`` and learning rate ``lr`` (``beta`` = :data:`TUNE_BETA`;
-        ``optimizer`` ``None``: the profile's, SGD)."""
-        return StudentSpec(alpha=self.alpha, T=T, beta=TUNE_BETA, seed=seed, hidden=hidden, teacher=teacher,
-                           normalize_by_alpha=self.normalize_by_alpha, reverse=self.reverse, lr=lr,
-                           optimizer=optimizer)
-
-    @classmethod
-    def from_dict(cls, arm: dict[str, Any]) -> Arm:
-        """The arm of a hypothesis file's entry (``alpha`` may be the string ``"inf"``)."""
-        return cls(float(arm["alpha"]), bool(arm["normalize_by_alpha"]), bool(arm["reverse"]))
-
-
-#: The arms of the tuned comparison: KL, reverse KL, and the Rényi orders 0.25, 0.5, 2 and 4 with
-#: and without the division by alpha (at order 1 it changes nothing; at infinity it is undefined),
-#: and the order infinity.
-ARMS: tuple[Arm, ...] = (Arm(1.0), Arm(1.0, reverse=True),
-                         *(Arm(a, n) for a in (0.25, 0.5, 2.0, 4.0) for n in (False, True)), Arm(INF))
-TUNE_BETA = 0.9
 
 
 def tuned_students(scale: Scale, hidden: tuple[int, ...], arms: Sequence[Arm] = ARMS) -> list[StudentSpec]:
@@ -522,91 +491,13 @@ def renyi_explore_poor(scale: Scale) -> Profile:
     student on the first ``data_poor_size`` images (full: 1,620, 3%) for ``data_poor_epochs``
     epochs, where soft targets matter most. Same arms, grid and analysis; the arms that lead go to
     :func:`renyi_confirm_poor`, whose hypothesis file
-    :func:`kdlib.report.tables.poor_hypotheses_from` derives from the complete exploration."""
+    :func:`kdlib.lab.prereg.poor_hypotheses_from` derives from the complete exploration."""
     return _data_poor(scale, _tuned_profile(scale, tuned_students(scale, scale.hidden["big"])))
 
 
-#: Where the hypothesis files of confirmatory experiments live (committed before their runs).
-HYPOTHESES = "hypotheses"
-#: An arm's hypothesis against the reference: a one-sided paired t-test (``greater``), TOST
-#: (``equivalent``) or a two-sided paired t-test (``two-sided``).
-HYPOTHESIS_KINDS = ("greater", "equivalent", "two-sided")
-_ARM_FIELDS = {"alpha": (int, float, str), "normalize_by_alpha": (bool,), "reverse": (bool,),
-               "lr": (int, float), "T": (int, float)}
-
-
-def hypotheses_dir() -> Path:
-    """``$KDLIB_HYPOTHESES_DIR``, or ``hypotheses/`` at the root of this repository."""
-    env = os.environ.get("KDLIB_HYPOTHESES_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / HYPOTHESES
-
-
-def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The hypothesis file ``<directory>/<name>.json`` of a confirmatory experiment, checked.
-
-    The file fixes, before the confirmatory runs start, what they are and how they are judged:
-    ``reference`` and ``arms`` (each ``alpha`` (``"inf"`` allowed), ``normalize_by_alpha``,
-    ``reverse``, ``lr``, ``T``; an arm also its ``hypothesis``, one of :data:`HYPOTHESIS_KINDS`),
-    ``teachers`` (seeds of teachers not used in the exploration), ``seeds`` (student seeds, from the
-    power analysis), ``metric``, ``smallest_effect`` (a fraction: 0.003 is 0.3 points), ``level``
-    and ``correction``. The experiment builds exactly these students, so git's order of the file and
-    the records shows that the hypotheses came first.
-
-    Raises:
-        FileNotFoundError: no such file (a confirmation runs only after its hypotheses are written).
-        ValueError: a field missing or of the wrong type, an empty list, a teacher seed repeated, or
-            an arm equal to the reference.
-    """
-    path = Path(directory if directory is not None else hypotheses_dir()) / f"{name}.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: write and commit the hypotheses of {name!r} "
-                                "before its runs (see kdlib.lab.experiments.load_hypothesis)")
-    h = json.loads(path.read_text())
-    for field_name, kind in (("reference", dict), ("arms", list), ("teachers", list), ("seeds", list),
-                             ("metric", str), ("smallest_effect", (int, float)), ("level", (int, float)),
-                             ("correction", str)):
-        if not isinstance(h.get(field_name), kind):
-            raise ValueError(f"{path}: field {field_name!r} must be a {kind}, got {h.get(field_name)!r}")
-    if not h["arms"] or not h["seeds"] or not h["teachers"] or len(set(h["teachers"])) != len(h["teachers"]):
-        raise ValueError(f"{path}: arms, seeds and teachers must be non-empty, teachers without repeats")
-    if h.get("optimizer", "sgd") not in OPTIMIZERS:
-        raise ValueError(f"{path}: field 'optimizer' must be 'sgd' or 'adam' (absent: sgd), "
-                         f"got {h['optimizer']!r}")
-    for i, arm in enumerate([h["reference"], *h["arms"]]):
-        for f, kind in _ARM_FIELDS.items():
-            if not isinstance(arm.get(f), kind):
-                raise ValueError(f"{path}: arm {i} field {f!r} must be one of {kind}, got {arm.get(f)!r}")
-        if i and arm.get("hypothesis") not in HYPOTHESIS_KINDS:
-            raise ValueError(f"{path}: arm {i} needs a hypothesis among {HYPOTHESIS_KINDS}, "
-                             f"got {arm.get('hypothesis')!r}")
-        if i and all(arm[f] == h["reference"][f] for f in _ARM_FIELDS):
-            raise ValueError(f"{path}: arm {i} is the reference itself")
-    return h
-
-
-def hypothesis_runs(scale: Scale, h: dict[str, Any]) -> list[tuple[int, int]]:
-    """``(student seed, teacher seed)`` of every run a hypothesis ``h`` names: seed ``s`` learns from
-    ``h["teachers"][s mod their number]``; the smoke scale takes the first two seeds."""
-    seeds = h["seeds"][:2] if scale.name == "smoke" else h["seeds"]
-    return [(s, h["teachers"][s % len(h["teachers"])]) for s in seeds]
-
-
-def confirmation_students(scale: Scale, h: dict[str, Any], hidden: tuple[int, ...] | None = None
-                          ) -> list[StudentSpec]:
-    """The students of a hypothesis ``h`` (:func:`load_hypothesis`): for every seed (teacher
-    ``h["teachers"][seed mod their number]``) the reference, every arm and the student alone at the
-    reference's learning rate, of width ``hidden`` (default: the ``grid`` student), all with the
-    file's ``optimizer`` (absent: the profile's, SGD). The smoke scale takes the first two seeds."""
-    hidden = hidden or scale.hidden["grid"]
-    optimizer = h.get("optimizer")  # absent in the SGD files, whose students keep their keys
-    students: list[StudentSpec] = []
-    for s, t in hypothesis_runs(scale, h):
-        students += [replace(a, lr=float(h["reference"]["lr"]), optimizer=optimizer)
-                     for a in alone(hidden, [s], teacher=t)]
-        for arm in [h["reference"], *h["arms"]]:
-            students.append(Arm.from_dict(arm).student(float(arm["T"]), float(arm["lr"]), s, hidden, t,
-                                                       optimizer))
-    return students
+def _confirmation(scale: Scale, h: dict[str, Any], role: str) -> list[StudentSpec]:
+    """:func:`~kdlib.lab.prereg.confirmation_students` of ``h``, of the ``role`` width at ``scale``."""
+    return confirmation_students(h, scale.hidden[role], scale.name == "smoke")
 
 
 def renyi_confirm_tuned(scale: Scale) -> Profile:
@@ -615,7 +506,7 @@ def renyi_confirm_tuned(scale: Scale) -> Profile:
     its students (warmup, budget, stacks), from the freshly trained teachers the file names.
 
     The file is written from the complete exploration by
-    :func:`kdlib.report.tables.confirmation_hypothesis` (its rule: arms, hypotheses, runs), with
+    :func:`kdlib.lab.prereg.confirmation_hypothesis` (its rule: arms, hypotheses, runs), with
     ``sd``, the standard deviation of one paired difference, taken as the larger of two estimates
     (the larger sd needs more runs): the pooled standard deviation of the paired validation
     differences from KL over the screened arms that did not diverge, and that of the paired test
@@ -625,18 +516,18 @@ def renyi_confirm_tuned(scale: Scale) -> Profile:
     test NLL, ECE, agreement with the teacher and KL(teacher || student) are reported beside it
     without tests."""
     h = load_hypothesis("renyi_confirm_tuned")
-    return _tuned_profile(scale, confirmation_students(scale, h))
+    return _tuned_profile(scale, _confirmation(scale, h, "grid"))
 
 
 def renyi_confirm_poor(scale: Scale) -> Profile:
     """The confirmation of the data-poor exploration (:func:`renyi_explore_poor`): the students of
     ``hypotheses/renyi_confirm_poor.json`` (written from the complete exploration by
-    :func:`kdlib.report.tables.poor_hypotheses_from`, the rule of :func:`renyi_confirm_tuned` applied
+    :func:`kdlib.lab.prereg.poor_hypotheses_from`, the rule of :func:`renyi_confirm_tuned` applied
     unchanged) as ``big`` students trained as :func:`renyi_explore_poor` trains them (the first
     ``data_poor_size`` images, ``data_poor_epochs`` epochs, warmup), from the freshly trained
     teachers the file names. Same confirmatory analysis as :func:`renyi_confirm_tuned`."""
     h = load_hypothesis("renyi_confirm_poor")
-    return _data_poor(scale, _tuned_profile(scale, confirmation_students(scale, h, scale.hidden["big"])))
+    return _data_poor(scale, _tuned_profile(scale, _confirmation(scale, h, "big")))
 
 
 #: Adam's peak learning rates in :func:`renyi_adam`: 1/4, 1 and 4 times the usual 1e-3, the span
@@ -688,11 +579,11 @@ def renyi_confirm_adam_poor(scale: Scale) -> Profile:
     ``hypotheses/renyi_confirm_adam_poor.json`` (KL and the arms at the Adam learning rate the check
     chose for each, all trained with Adam), trained as :func:`renyi_confirm_poor` trains its students
     (the data-poor student and transfer set, budget and warmup), from the teachers the file names.
-    The file is written from the complete check by :func:`kdlib.report.tables.adam_poor_hypotheses_from`,
+    The file is written from the complete check by :func:`kdlib.lab.prereg.adam_poor_hypotheses_from`,
     the confirmation rule of :func:`renyi_confirm_poor` applied unchanged, and committed before the
     runs. Same confirmatory analysis as :func:`renyi_confirm_tuned`."""
     h = load_hypothesis("renyi_confirm_adam_poor")
-    return _data_poor(scale, _tuned_profile(scale, confirmation_students(scale, h, scale.hidden["big"])))
+    return _data_poor(scale, _tuned_profile(scale, _confirmation(scale, h, "big")))
 
 
 def omitted_class_tuned(scale: Scale, omit: int = 3) -> Profile:
@@ -706,7 +597,7 @@ def omitted_class_tuned(scale: Scale, omit: int = 3) -> Profile:
     its logit against the other classes' test images (:func:`kdlib.lab.metrics.class_auroc`).
     """
     h = load_hypothesis("omitted_class_tuned")
-    return _tuned_profile(scale, confirmation_students(scale, h, scale.hidden["omit"]), omit_class=omit,
+    return _tuned_profile(scale, _confirmation(scale, h, "omit"), omit_class=omit,
                           bias_shifts=BIAS_SHIFTS)
 
 
@@ -722,7 +613,7 @@ def omitted_class_kl_temperature(scale: Scale, omit: int = 3) -> Profile:
     ref = h["reference"]
     temperatures = sorted({float(a["T"]) for a in h["arms"]} - {float(ref["T"])})
     students = [Arm.from_dict(ref).student(T, float(ref["lr"]), s, scale.hidden["omit"], t)
-                for s, t in hypothesis_runs(scale, h) for T in temperatures]
+                for s, t in hypothesis_runs(h, scale.name == "smoke") for T in temperatures]
     return _tuned_profile(scale, students, omit_class=omit, bias_shifts=BIAS_SHIFTS)
 
 
@@ -850,3 +741,43 @@ def expected_keys(name: str, profile: str, p: Profile | None = None,
         keys |= {run_key(student_config(name, profile, p, s, tkeys[s.teacher], precision))
                  for s in p.students}
     return keys
+
+
+# ----------------------------------------------------------------------------- derived hypothesis files
+
+#: How the confirmatory hypothesis files are derived: exploration -> (the Hinton-style experiment
+#: whose runs size the confirmation, the rule). Each rule was committed before its exploration ended,
+#: except the Adam confirmation's, which is the data-poor rule applied unchanged to a check that had
+#: already run (see :func:`adam_poor_hypotheses_from`).
+DERIVATIONS: dict[str, tuple[str, Callable[[pd.DataFrame, pd.DataFrame], dict[str, dict[str, Any]]]]] = {
+    "renyi_explore": ("hinton", hypotheses_from),
+    "renyi_explore_poor": ("hinton_data_poor", poor_hypotheses_from),
+    "renyi_adam_poor": ("hinton_data_poor", adam_poor_hypotheses_from),
+}
+
+
+#: The hypothesis files derived from the explorations, by the experiment that reads each.
+DERIVED_HYPOTHESES = ("renyi_confirm_tuned", "omitted_class_tuned", "renyi_confirm_poor",
+                      "renyi_confirm_adam_poor")
+
+
+def derive_hypotheses(root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+    """The hypothesis files of :data:`DERIVED_HYPOTHESES`, derived from the committed full-scale
+    explorations and Hinton-style runs by the rules of :data:`DERIVATIONS` (:func:`tuned_screen`,
+    :func:`confirmation_sd`, :func:`confirmation_hypothesis`, :func:`omitted_hypothesis`).
+    ``python -m kdlib hypotheses --write`` writes them; the pages check the committed files against
+    this function.
+
+    Raises:
+        ValueError: an exploration is not complete (a run of its current definition is missing).
+    """
+    files: dict[str, dict[str, Any]] = {}
+    for explore, (hinton, rule) in DERIVATIONS.items():
+        res = load_results(explore, "full", root)
+        keys = expected_keys(explore, "full")
+        total = len(get_experiment(explore).profile("full").students)
+        done = sum(r["key"] in keys for r in res.students)
+        if done < total:
+            raise ValueError(f"the exploration {explore}/full is not complete: {done} of {total} runs")
+        files.update(rule(res.frame(), load_results(hinton, "full", root).frame()))
+    return files

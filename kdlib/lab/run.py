@@ -16,10 +16,15 @@ from typing import Any
 
 import torch
 
-from kdlib.lab.config import PRECISION_DTYPE, default_threads, resolve_device, resolve_precision
+from kdlib.lab.config import (
+    PRECISION_DTYPE,
+    default_threads,
+    requested_profile,
+    resolve_device,
+    resolve_precision,
+)
 from kdlib.lab.data import load_dataset
 from kdlib.lab.experiments import (
-    PROFILES,
     Profile,
     expected_keys,
     get_experiment,
@@ -53,26 +58,11 @@ from kdlib.lab.train import (
     progress,
 )
 
-ENV_PROFILE = "KDLIB_PROFILE"
 ENV_DEVICE = "KDLIB_DEVICE"
 
 
 class MissingTeacherError(LookupError):
     """A shard found its teacher missing from the cache (shards never train their own copy)."""
-
-
-def requested_profile() -> str | None:
-    """The profile named by ``$KDLIB_PROFILE`` (``None`` when unset or empty): the rerun switch.
-
-    Raises:
-        ValueError: the variable names no profile of :data:`kdlib.lab.experiments.PROFILES`.
-    """
-    value = os.environ.get(ENV_PROFILE, "").strip()
-    if not value:
-        return None
-    if value not in PROFILES:
-        raise ValueError(f"{ENV_PROFILE} must be one of {', '.join(PROFILES)} (or unset), got {value!r}")
-    return value
 
 
 def requested_device() -> str:

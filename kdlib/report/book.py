@@ -39,9 +39,10 @@ from tqdm import TqdmWarning
 
 from kdlib.lab.data import CLASS_NAMES
 from kdlib.lab.experiments import expected_keys, get_experiment
+from kdlib.lab.results import PROFILE_PREFERENCE, ExperimentResults, load_results
 from kdlib.lab.run import rerun_if_requested, run_experiment
 from kdlib.report.figures import use_book_style
-from kdlib.report.tables import PROFILE_PREFERENCE, ExperimentResults, load_results, provenance_fields
+from kdlib.report.tables import provenance_fields
 
 #: The longest line of the page header (:func:`page_header`): an output box at the book's width shows
 #: about 75 characters of code font without scrolling.
@@ -314,7 +315,7 @@ def results_page(experiment: str, details: bool = True) -> ExperimentResults:
 
     If ``$KDLIB_PROFILE`` is set, the experiment is first run (or resumed) at that profile into
     ``results/`` (:func:`kdlib.lab.run.rerun_if_requested`, device ``$KDLIB_DEVICE``); then the best
-    committed profile is loaded (:func:`~kdlib.report.tables.load_results`) and :func:`page_header`
+    committed profile is loaded (:func:`~kdlib.lab.results.load_results`) and :func:`page_header`
     displayed (one output).
 
     Raises:

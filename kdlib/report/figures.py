@@ -3,8 +3,8 @@
 Call :func:`use_book_style` at the top of a notebook (:func:`kdlib.report.book.setup_page` does);
 every figure then shares fonts, sizes and colours. :data:`ORDER_COLORS` gives each Rényi order the
 same colour on every page. The plotting functions draw on a matplotlib ``Axes`` from the frames of
-:mod:`kdlib.report.tables` (:func:`~kdlib.report.tables.summarize_frame` for :func:`heatmap` and
-:func:`plot_against_temperature`, :func:`~kdlib.report.tables.student_frame` for
+:mod:`kdlib.report.tables` (:func:`~kdlib.lab.analysis.summarize_frame` for :func:`heatmap` and
+:func:`plot_against_temperature`, :func:`~kdlib.lab.results.student_frame` for
 :func:`plot_learning_curves`); accuracies are fractions, drawn in percent (``scale=100``).
 """
 
@@ -154,7 +154,7 @@ def plot_learning_curves(ax: Any, df: pd.DataFrame, group: str = "alpha", curve:
 def reliability_diagram(ax: Any, pooled: pd.DataFrame, label: str | None = None, color: str | None = None,
                         min_count: int = 1) -> None:
     """Accuracy against mean confidence per confidence bin, in percent, with the diagonal of a
-    calibrated model; ``pooled`` from :func:`kdlib.report.tables.pooled_reliability`. Bins with
+    calibrated model; ``pooled`` from :func:`kdlib.lab.analysis.pooled_reliability`. Bins with
     fewer than ``min_count`` images are left out."""
     shown = pooled[pooled["count"] >= min_count]
     ax.plot([0, 100], [0, 100], color="0.6", linewidth=0.8, linestyle=":")
