@@ -39,7 +39,6 @@ whose teacher is not cached and, with ``--cluster local``, a job that failed (it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -211,7 +210,7 @@ def _hypotheses(write: bool, directory: str | None) -> int:
     """``hypotheses``: print the derived hypothesis files; with ``write``, write those not yet there."""
     target = Path(directory) if directory is not None else hypotheses_dir()
     for name, h in derive_hypotheses().items():
-        text = json.dumps(h, indent=1, ensure_ascii=False) + "\n"
+        text = h.dumps()
         path = target / f"{name}.json"
         if not write:
             print(f"# {path}\n{text}")

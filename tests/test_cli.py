@@ -248,16 +248,24 @@ def test_report_of_a_file_with_every_line_twice_equals_the_report_of_the_file(sm
 def test_hypotheses_prints_writes_once_and_never_overwrites(tmp_path, capsys, monkeypatch):
     import kdlib.cli as cli
 
-    derived = {"renyi_confirm_tuned": {"arms": [1], "sd": 0.002}, "omitted_class_tuned": {"arms": [2]}}
+    class Derived:  # what derive_hypotheses returns: objects whose dumps() is the file's text
+        def __init__(self, content: dict) -> None:
+            self.content = content
+
+        def dumps(self) -> str:
+            return json.dumps(self.content, indent=1) + "\n"
+
+    derived = {"renyi_confirm_tuned": Derived({"arms": [1], "sd": 0.002}),
+               "omitted_class_tuned": Derived({"arms": [2]})}
     monkeypatch.setattr(cli, "derive_hypotheses", lambda: derived)
     assert main(["hypotheses", "--dir", str(tmp_path)]) == 0
     assert '"sd": 0.002' in capsys.readouterr().out and not list(tmp_path.iterdir())  # prints only
     assert main(["hypotheses", "--write", "--dir", str(tmp_path)]) == 0
     assert "written; commit it before the runs" in capsys.readouterr().out
-    assert json.loads((tmp_path / "renyi_confirm_tuned.json").read_text()) == derived["renyi_confirm_tuned"]
+    assert json.loads((tmp_path / "renyi_confirm_tuned.json").read_text()) == {"arms": [1], "sd": 0.002}
     assert main(["hypotheses", "--write", "--dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.count(": unchanged") == 2
-    derived["omitted_class_tuned"] = {"arms": [3]}  # records or rule changed since
+    derived["omitted_class_tuned"] = Derived({"arms": [3]})  # records or rule changed since
     assert main(["hypotheses", "--write", "--dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("kdlib: error:") and "never overwritten" in err and len(err.splitlines()) == 1

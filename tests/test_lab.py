@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     import math
 
     from kdlib.lab.experiments import renyi_confirm_tuned
-    from kdlib.lab.prereg import confirmation_students, load_hypothesis
+    from kdlib.lab.prereg import load_hypothesis
 
     monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="write and commit the hypotheses"):
@@ -114,7 +115,7 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     assert len(inf) == 4 and {(s.T, s.lr) for s in inf} == {(4.0, 0.05)}
     assert {s.lr for s in p.students if s.alpha == 4.0} == {0.0125}
     assert p.student_train.warmup_epochs == 1.0 and p.gradient_probe > 0
-    assert len(confirmation_students(load_hypothesis("renyi_confirm_tuned"), (32, 32), smoke=True)) == 2 * 4
+    assert len(load_hypothesis("renyi_confirm_tuned").students((32, 32), smoke=True)) == 2 * 4
     # the data-poor confirmation: the same students as the big student on the data-poor transfer set
     from kdlib.lab.experiments import renyi_confirm_poor
 
@@ -145,19 +146,79 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     assert {adam.student_train_of(s).optimizer for s in adam.students} == {"adam"}
     assert (adam.transfer_size, adam.student_train.epochs) == (1_620, 100)
     (tmp_path / "renyi_confirm_adam_poor.json").write_text(json.dumps({**adam_file, "optimizer": "rmsprop"}))
-    with pytest.raises(ValueError, match="'optimizer' must be 'sgd' or 'adam'"):
+    with pytest.raises(ValueError, match="'optimizer' must be one of sgd, adam"):
         renyi_confirm_adam_poor(SCALES["full"])
-    # a field missing or wrong, an arm equal to the reference, an arm without a hypothesis
-    for broken, match in [({"seeds": []}, "non-empty"), ({"teachers": [3, 3]}, "without repeats"),
-                          ({"level": "0.05"}, "field 'level'"),
-                          ({"arms": [{**HYPOTHESIS["reference"], "hypothesis": "greater"}]},
-                           "the reference itself"),
-                          ({"arms": [{**HYPOTHESIS["arms"][0], "hypothesis": "better"}]},
-                           "needs a hypothesis"),
-                          ({"reference": {**HYPOTHESIS["reference"], "lr": "fast"}}, "field 'lr'")]:
-        (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps({**HYPOTHESIS, **broken}))
-        with pytest.raises(ValueError, match=match):
-            load_hypothesis("renyi_confirm_tuned")
+
+
+_REF, _ARM = HYPOTHESIS["reference"], HYPOTHESIS["arms"][0]
+
+
+@pytest.mark.parametrize("content, match", [
+    # damaged files: each refused with a message naming the file, never a traceback
+    ("", "not a readable JSON hypothesis file"),
+    ("{", "not a readable JSON hypothesis file"),
+    (b"\xff\xfe", "not a readable JSON hypothesis file"),
+    ("[1, 2]", "must hold a JSON object, got list"),
+    ("null", "must hold a JSON object, got NoneType"),
+    ("[" * 100_000 + "]" * 100_000, "not a readable JSON hypothesis file"),
+    # fields missing, of the wrong type or outside their range
+    ({"seeds": []}, "field 'seeds' must be a non-empty list"),
+    ({"seeds": ["100", "101"]}, "each of 'seeds' must be an integer"),
+    ({"seeds": [100.0, 101.0]}, "each of 'seeds' must be an integer"),
+    ({"seeds": [True]}, "each of 'seeds' must be an integer"),
+    ({"seeds": [100, 100]}, "'seeds' repeats a value"),
+    ({"teachers": ["3"]}, "each of 'teachers' must be an integer"),
+    ({"teachers": [3, 3]}, "'teachers' repeats a value"),
+    ({"level": "0.05"}, "field 'level' must be a number in"),
+    ({"level": 1.5}, "field 'level' must be a number in"),
+    ({"smallest_effect": True}, "field 'smallest_effect' must be a number"),
+    ({"metric": None}, "field 'metric' must be a non-empty string"),
+    ({"correction": "bonferroni"}, "field 'correction' must be one of holm"),
+    ({"arms": []}, "field 'arms' must be a non-empty list"),
+    ({"arms": "α=4"}, "field 'arms' must be a non-empty list"),
+    ({"arms": [1]}, "arm 1 must be a JSON object"),
+    ({"reference": None}, "reference must be a JSON object"),
+    ({"arms": [{**_REF, "hypothesis": "greater"}]}, "arm 1 is the reference itself"),
+    ({"arms": [{**_ARM, "hypothesis": "better"}]}, "field 'hypothesis' must be one of"),
+    ({"reference": {**_REF, "hypothesis": "greater"}}, "the reference takes no hypothesis"),
+    ({"reference": {**_REF, "lr": "fast"}}, "field 'lr' must be a number"),
+    ({"arms": [{**_ARM, "alpha": "abc"}]}, "field 'alpha' \\(or the string \"inf\"\\) must be a number"),
+    ({"arms": [{**_ARM, "alpha": True}]}, "field 'alpha'"),
+    ({"arms": [{**_ARM, "alpha": -1.0}]}, "field 'alpha'"),
+    ({"arms": [{**_ARM, "reverse": "no"}]}, "field 'reverse' must be true or false"),
+    ({"arms": [{**_ARM, "arm": "KL"}]}, "field 'arm' is 'KL' but the fields describe 'α=4'"),
+    ({"arms": [{**_ARM, "alpha": "inf", "arm": "α=∞", "normalize_by_alpha": True}]}, "normalize_by_alpha"),
+    ({"optimizer": "rmsprop"}, "field 'optimizer' must be one of sgd, adam"),
+    ({"sd_estimates": [1]}, "field 'sd_estimates' must map names to numbers"),
+    ({"runs_needed": 2.5}, "field 'runs_needed' must be an integer"),
+])
+def test_a_damaged_hypothesis_file_is_refused_with_a_message_naming_it(tmp_path, content, match):
+    import json
+
+    from kdlib.lab.prereg import HypothesisFileError, load_hypothesis
+
+    path = tmp_path / "renyi_confirm_tuned.json"
+    if isinstance(content, dict):
+        path.write_text(json.dumps({**HYPOTHESIS, **content}))
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(HypothesisFileError, match=match) as info:
+        load_hypothesis("renyi_confirm_tuned", tmp_path)
+    assert str(path) in str(info.value)
+
+
+def test_a_hypothesis_file_round_trips_through_its_type(tmp_path):
+    import json
+
+    from kdlib.lab.config import Arm
+    from kdlib.lab.prereg import Hypothesis, load_hypothesis
+
+    (tmp_path / "h.json").write_text(json.dumps(HYPOTHESIS, indent=1, ensure_ascii=False) + "\n")
+    h = load_hypothesis("h", tmp_path)
+    assert h.arms[1].arm == Arm(math.inf) and h.arms[1].hypothesis == "equivalent" and h.reference.lr == 0.05
+    assert h.runs() == [(100, 4), (101, 5), (102, 3), (103, 4)] and h.runs(smoke=True) == h.runs()[:2]
+    assert h.dumps() == (tmp_path / "h.json").read_text()
+    assert Hypothesis.from_json(json.loads(h.dumps())) == h
 
 
 def test_the_adam_check_and_the_tuned_omitted_class_follow_their_hypothesis_files(tmp_path, monkeypatch):

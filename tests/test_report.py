@@ -21,7 +21,7 @@ from scipy import stats  # noqa: E402
 
 from kdlib import stats as kstats  # noqa: E402
 from kdlib.lab import analysis, experiments, prereg, results  # noqa: E402
-from kdlib.lab.config import ENV_PROFILE  # noqa: E402
+from kdlib.lab.config import ARMS, ENV_PROFILE  # noqa: E402
 from kdlib.lab.store import ResultsStore  # noqa: E402
 from kdlib.report import (
     figures,  # noqa: E402
@@ -345,7 +345,8 @@ def test_the_confirmation_hypothesis_follows_its_rule(tmp_path, monkeypatch):
     from kdlib.lab.prereg import load_hypothesis
 
     screen = _screen({"α=4": 0.004, "α=∞": 0.001, "α=2 /α": 0.002, "reverse KL": 0.0005, "α=0.5": -0.003})
-    h = prereg.confirmation_hypothesis(screen, sd=0.002)
+    typed = prereg.confirmation_hypothesis(screen, sd=0.002)
+    h = typed.to_json()  # the file's content
     assert [a["arm"] for a in h["arms"]] == ["α=4", "α=2 /α", "α=∞"]  # the three above KL, best first
     assert {a["hypothesis"] for a in h["arms"]} == {"greater"} and h["arms"][2]["alpha"] == "inf"
     assert h["arms"][1]["normalize_by_alpha"] is True and h["reference"]["lr"] == 0.0125
@@ -355,17 +356,17 @@ def test_the_confirmation_hypothesis_follows_its_rule(tmp_path, monkeypatch):
         0.003, 0.002, needed - 1, 0.05 / 3)
     assert len(h["seeds"]) == max(12, -(-needed // 3) * 3) and h["seeds"][0] == 100
     noisy = prereg.confirmation_hypothesis(screen, sd=0.006)
-    assert len(noisy["seeds"]) > len(h["seeds"]) and len(noisy["seeds"]) % 3 == 0
+    assert len(noisy.seeds) > len(h["seeds"]) and len(noisy.seeds) % 3 == 0
     # nothing above KL: the closest arms, tested for equivalence, with more runs for TOST's two tests
     flat = prereg.confirmation_hypothesis(_screen({"α=4": -0.001, "α=0.5": -0.004, "α=2": -0.0005}),
                                             sd=0.004, max_arms=2)
-    assert [a["arm"] for a in flat["arms"]] == ["α=2", "α=4"]
-    assert {a["hypothesis"] for a in flat["arms"]} == {"equivalent"}
-    assert kstats.paired_power(0.003, 0.004, flat["runs_needed"], 0.05 / 2) >= 0.9
+    assert [a.name for a in flat.arms] == ["α=2", "α=4"]
+    assert {a.hypothesis for a in flat.arms} == {"equivalent"}
+    assert kstats.paired_power(0.003, 0.004, flat.runs_needed, 0.05 / 2) >= 0.9
     # what it writes is a valid hypothesis file
     monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
-    (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps(h))
-    assert load_hypothesis("renyi_confirm_tuned")["seeds"] == h["seeds"]
+    (tmp_path / "renyi_confirm_tuned.json").write_text(typed.dumps())
+    assert load_hypothesis("renyi_confirm_tuned") == typed and json.loads(typed.dumps()) == h
     with pytest.raises(ValueError, match="need sd > 0"):
         prereg.confirmation_hypothesis(screen, sd=0.0)
 
@@ -373,7 +374,6 @@ def test_the_confirmation_hypothesis_follows_its_rule(tmp_path, monkeypatch):
 def _exploration_frame() -> pd.DataFrame:
     """A complete exploration on three teachers: every arm at two learning rates and two T, each
     best at (0.05, 2); the order ∞ diverges there on one teacher (and is still best there)."""
-    from kdlib.lab.config import ARMS
 
     rng = np.random.default_rng(5)
     rows = []
@@ -410,23 +410,20 @@ def test_the_hypothesis_files_follow_from_the_exploration_by_the_committed_rules
     files = prereg.hypotheses_from(explore, hinton)
     screen = analysis.tuned_screen(explore)
     expected = prereg.confirmation_hypothesis(screen, sd["sd"])
-    assert {k: v for k, v in files["renyi_confirm_tuned"].items() if k != "sd_estimates"} == expected
-    assert files["renyi_confirm_tuned"]["sd_estimates"] == {"exploration": sd["exploration"],
-                                                            "hinton": sd["hinton"]}
+    tuned = files["renyi_confirm_tuned"]
+    assert replace(tuned, sd_estimates=None) == expected
+    assert tuned.sd_estimates == {"exploration": sd["exploration"], "hinton": sd["hinton"]}
     assert files["omitted_class_tuned"] == prereg.omitted_hypothesis(screen)
     # the data-poor student's confirmation: the same rule, its own name, fresh teachers and seeds from 300
     poor = prereg.poor_hypotheses_from(explore, hinton)["renyi_confirm_poor"]
-    assert {k: v for k, v in poor.items() if k not in ("experiment", "seeds")} == {
-        k: v for k, v in files["renyi_confirm_tuned"].items() if k not in ("experiment", "seeds")}
-    assert poor["experiment"] == "renyi_confirm_poor" and poor["teachers"] == [3, 4, 5]
-    assert poor["seeds"] == list(range(300, 300 + len(expected["seeds"])))
+    assert replace(poor, experiment=tuned.experiment, seeds=tuned.seeds) == tuned
+    assert poor.experiment == "renyi_confirm_poor" and poor.teachers == (3, 4, 5)
+    assert poor.seeds == tuple(range(300, 300 + len(expected.seeds)))
     # the confirmation of the data-poor Adam check: the same rule on the check, seeds from 400, Adam
     adam = prereg.adam_poor_hypotheses_from(explore, hinton)["renyi_confirm_adam_poor"]
-    assert {k: v for k, v in adam.items() if k not in ("experiment", "seeds", "optimizer")} == {
-        k: v for k, v in poor.items() if k not in ("experiment", "seeds")}
-    assert (adam["experiment"], adam["optimizer"], adam["teachers"]) == ("renyi_confirm_adam_poor", "adam",
-                                                                         [3, 4, 5])
-    assert adam["seeds"] == list(range(400, 400 + len(expected["seeds"])))
+    assert replace(adam, experiment=poor.experiment, seeds=poor.seeds, optimizer=None) == poor
+    assert (adam.experiment, adam.optimizer, adam.teachers) == ("renyi_confirm_adam_poor", "adam", (3, 4, 5))
+    assert adam.seeds == tuple(range(400, 400 + len(expected.seeds)))
 
 
 def test_derive_hypotheses_refuses_an_incomplete_exploration(tmp_path):
@@ -461,7 +458,8 @@ def test_the_omitted_class_hypothesis_takes_each_orders_better_variant_and_rever
              "α=2 /α": 0.002, "α=4": 0.004, "α=4 /α": -0.5, "α=∞": -0.1, "reverse KL": -0.004}
     screen = _screen(diffs)
     screen.arms.loc[screen.arms["arm"] == "α=2 /α", ["lr", "T"]] = [0.2, 8.0]
-    h = prereg.omitted_hypothesis(screen)
+    typed = prereg.omitted_hypothesis(screen)
+    h = typed.to_json()  # the file's content
     # the better variant of each order (a tie goes to the plain one), then reverse KL
     assert [a["arm"] for a in h["arms"]] == ["α=0.25 /α", "α=0.5", "α=2 /α", "α=4", "α=∞", "reverse KL"]
     assert {a["hypothesis"] for a in h["arms"]} == {"two-sided"}
@@ -473,7 +471,7 @@ def test_the_omitted_class_hypothesis_takes_each_orders_better_variant_and_rever
     assert h["metric"] == "omitted_class_auroc"
     monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
     (tmp_path / "omitted_class_tuned.json").write_text(json.dumps(h))
-    assert load_hypothesis("omitted_class_tuned")["arms"] == h["arms"]
+    assert load_hypothesis("omitted_class_tuned") == typed
     with pytest.raises(ValueError, match="multiple of the 3 teachers"):
         prereg.omitted_hypothesis(screen, runs=10)
     with pytest.raises(ValueError, match="must hold the arms"):
@@ -498,13 +496,19 @@ def test_confirmatory_tests_apply_each_arms_hypothesis_with_holm_over_the_arms()
         rows += [{"arm": arm, "lr": 0.2, "T": 4.0, "seed": s, "test_accuracy": v + shift + e}
                  for s, v, e in zip(seeds, ref, noise[arm], strict=True)]
     df = pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # the order of the rows does not matter
+    by_name = {a.name: a for a in ARMS} | {"alone": ARMS[0]}  # the columns student_frame gives each arm
+    for f in ("alpha", "normalize_by_alpha", "reverse"):
+        df[f] = [getattr(by_name[a], f) for a in df["arm"]]
+    df["beta"] = np.where(df["arm"] == "alone", 0.0, 0.9)
     entry = {"normalize_by_alpha": False, "reverse": False, "lr": 0.2, "T": 4.0}
-    h = {"reference": {"alpha": 1.0, **entry, "lr": 0.05, "T": 2.0},
-         "arms": [{**entry, "alpha": 4.0, "hypothesis": "greater"},
-                  {**entry, "alpha": "inf", "hypothesis": "greater"},
-                  {**entry, "alpha": 2.0, "normalize_by_alpha": True, "hypothesis": "equivalent"},
-                  {**entry, "alpha": 1.0, "reverse": True, "hypothesis": "two-sided"}],
-         "metric": "test_accuracy", "smallest_effect": 0.003, "level": 0.05}
+    file = {"experiment": "x", "reference": {"alpha": 1.0, **entry, "lr": 0.05, "T": 2.0},
+            "arms": [{**entry, "alpha": 4.0, "hypothesis": "greater"},
+                     {**entry, "alpha": "inf", "hypothesis": "greater"},
+                     {**entry, "alpha": 2.0, "normalize_by_alpha": True, "hypothesis": "equivalent"},
+                     {**entry, "alpha": 1.0, "reverse": True, "hypothesis": "two-sided"}],
+            "teachers": [0], "seeds": seeds, "metric": "test_accuracy", "smallest_effect": 0.003,
+            "level": 0.05, "correction": "holm"}
+    h = prereg.Hypothesis.from_json(file)
     out = prereg.confirmatory_tests(df, h)
     assert list(out["arm"]) == ["α=4", "α=∞", "α=2 /α", "reverse KL"]
     arm = {a: ref + shifts[a] + noise[a] for a in shifts}
@@ -521,7 +525,8 @@ def test_confirmatory_tests_apply_each_arms_hypothesis_with_holm_over_the_arms()
         alt = "two-sided" if r["hypothesis"] == "two-sided" else "greater"
         assert kstats.paired_power(r["detectable"], r["std_diff"], 12, 0.05 / 4, alt) == pytest.approx(0.8)
     with pytest.raises(ValueError, match="no runs of the arm 'α=0.5'"):
-        prereg.confirmatory_tests(df, {**h, "arms": [{**entry, "alpha": 0.5, "hypothesis": "greater"}]})
+        prereg.confirmatory_tests(df, prereg.Hypothesis.from_json(
+            {**file, "arms": [{**entry, "alpha": 0.5, "hypothesis": "greater"}]}))
     with pytest.raises(ValueError, match="seeds of 'α=4'"):
         prereg.confirmatory_tests(df[(df["arm"] != "α=4") | (df["seed"] != 105)], h)
     assert math.isnan(kstats.detectable_effect(0.0, 12))

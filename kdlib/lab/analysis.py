@@ -20,10 +20,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdlib.lab.config import Arm
 from kdlib.stats import benjamini_hochberg, holm, interval, paired_test, share_bootstrap
 
 #: Significance level of the verdicts of :func:`paired_differences`.
 LEVEL = 0.05
+
+
+def runs_of(df: pd.DataFrame, arm: Arm, *, lr: float | None = None, T: float | None = None) -> pd.DataFrame:
+    """The rows of ``df`` (:func:`~kdlib.lab.results.student_frame`) distilled with ``arm`` (its order,
+    division and direction; students alone, ``beta = 0``, excluded), at ``lr`` and ``T`` where given
+    (exact equality: a run's setting is the float its declaration or hypothesis file gave)."""
+    keep = ((df["beta"] > 0) & (df["alpha"] == arm.alpha) & (df["reverse"] == arm.reverse)
+            & (df["normalize_by_alpha"] == arm.normalize_by_alpha))
+    if lr is not None:
+        keep &= df["lr"] == lr
+    if T is not None:
+        keep &= df["T"] == T
+    return df[keep]
 
 
 def summarize_frame(df: pd.DataFrame, by: Sequence[str], metric: str = "test_accuracy") -> pd.DataFrame:

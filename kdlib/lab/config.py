@@ -295,11 +295,6 @@ class Arm:
                            normalize_by_alpha=self.normalize_by_alpha, reverse=self.reverse, lr=lr,
                            optimizer=optimizer)
 
-    @classmethod
-    def from_dict(cls, arm: dict[str, Any]) -> Arm:
-        """The arm of a hypothesis file's entry (``alpha`` may be the string ``"inf"``)."""
-        return cls(float(arm["alpha"]), bool(arm["normalize_by_alpha"]), bool(arm["reverse"]))
-
 
 #: The arms of the tuned comparison: KL, reverse KL, and the Rényi orders 0.25, 0.5, 2 and 4 with
 #: and without the division by alpha (at order 1 it changes nothing; at infinity it is undefined),

@@ -53,11 +53,10 @@ import pandas as pd
 from kdlib.lab.config import ARMS, PRECISION_DTYPE, PROFILES, Arm, StudentSpec, TrainConfig
 from kdlib.lab.prereg import (
     HYPOTHESES,
+    Hypothesis,
     adam_poor_hypotheses_from,
-    confirmation_students,
     hypotheses_dir,
     hypotheses_from,
-    hypothesis_runs,
     load_hypothesis,
     poor_hypotheses_from,
 )
@@ -495,14 +494,15 @@ def renyi_explore_poor(scale: Scale) -> Profile:
     return _data_poor(scale, _tuned_profile(scale, tuned_students(scale, scale.hidden["big"])))
 
 
-def _confirmation(scale: Scale, h: dict[str, Any], role: str) -> list[StudentSpec]:
-    """:func:`~kdlib.lab.prereg.confirmation_students` of ``h``, of the ``role`` width at ``scale``."""
-    return confirmation_students(h, scale.hidden[role], scale.name == "smoke")
+def _confirmation(scale: Scale, h: Hypothesis, role: str) -> list[StudentSpec]:
+    """:meth:`~kdlib.lab.prereg.Hypothesis.students` of ``h``, of the ``role`` width at ``scale``."""
+    return h.students(scale.hidden[role], scale.name == "smoke")
 
 
 def renyi_confirm_tuned(scale: Scale) -> Profile:
     """The confirmation of the tuned comparison: the students of ``hypotheses/renyi_confirm_tuned.json``
-    (:func:`load_hypothesis`, :func:`confirmation_students`), trained as :func:`renyi_explore` trains
+    (:func:`~kdlib.lab.prereg.load_hypothesis`, :meth:`~kdlib.lab.prereg.Hypothesis.students`),
+    trained as :func:`renyi_explore` trains
     its students (warmup, budget, stacks), from the freshly trained teachers the file names.
 
     The file is written from the complete exploration by
@@ -554,12 +554,12 @@ def renyi_adam(scale: Scale) -> Profile:
     return _tuned_profile(scale, _adam_students(scale, h, scale.hidden["grid"]))
 
 
-def _adam_students(scale: Scale, h: dict[str, Any], hidden: tuple[int, ...],
+def _adam_students(scale: Scale, h: Hypothesis, hidden: tuple[int, ...],
                    lrs: tuple[float, ...] = ADAM_LRS) -> list[StudentSpec]:
     """The reference and every arm of ``h`` at its temperature, with Adam at each of ``lrs``, for
     every seed of the ``explore`` role (seed ``s``: teacher :func:`teacher_of`)."""
-    return [Arm.from_dict(arm).student(float(arm["T"]), lr, s, hidden, teacher_of(scale, s), "adam")
-            for s in scale.seeds["explore"] for lr in lrs for arm in [h["reference"], *h["arms"]]]
+    return [a.arm.student(a.T, lr, s, hidden, teacher_of(scale, s), "adam")
+            for s in scale.seeds["explore"] for lr in lrs for a in (h.reference, *h.arms)]
 
 
 def renyi_adam_poor(scale: Scale) -> Profile:
@@ -610,10 +610,10 @@ def omitted_class_kl_temperature(scale: Scale, omit: int = 3) -> Profile:
     two experiments share teachers and seeds, so their students pair by seed.
     """
     h = load_hypothesis("omitted_class_tuned")
-    ref = h["reference"]
-    temperatures = sorted({float(a["T"]) for a in h["arms"]} - {float(ref["T"])})
-    students = [Arm.from_dict(ref).student(T, float(ref["lr"]), s, scale.hidden["omit"], t)
-                for s, t in hypothesis_runs(h, scale.name == "smoke") for T in temperatures]
+    ref = h.reference
+    temperatures = sorted({a.T for a in h.arms} - {ref.T})
+    students = [ref.arm.student(T, ref.lr, s, scale.hidden["omit"], t)
+                for s, t in h.runs(scale.name == "smoke") for T in temperatures]
     return _tuned_profile(scale, students, omit_class=omit, bias_shifts=BIAS_SHIFTS)
 
 
@@ -688,7 +688,7 @@ def get_experiment(name: str) -> Experiment:
     if name in PLANNED and name not in EXPERIMENTS:
         raise UnknownExperimentError(f"experiment {name!r} runs only after "
                                      f"{HYPOTHESES}/{PLANNED[name][0]}.json is written and committed "
-                                     "(see kdlib.lab.experiments.load_hypothesis)")
+                                     "(see kdlib.lab.prereg.load_hypothesis)")
     if name not in EXPERIMENTS:
         raise UnknownExperimentError(f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
     return EXPERIMENTS[name]
@@ -749,7 +749,7 @@ def expected_keys(name: str, profile: str, p: Profile | None = None,
 #: whose runs size the confirmation, the rule). Each rule was committed before its exploration ended,
 #: except the Adam confirmation's, which is the data-poor rule applied unchanged to a check that had
 #: already run (see :func:`adam_poor_hypotheses_from`).
-DERIVATIONS: dict[str, tuple[str, Callable[[pd.DataFrame, pd.DataFrame], dict[str, dict[str, Any]]]]] = {
+DERIVATIONS: dict[str, tuple[str, Callable[[pd.DataFrame, pd.DataFrame], dict[str, Hypothesis]]]] = {
     "renyi_explore": ("hinton", hypotheses_from),
     "renyi_explore_poor": ("hinton_data_poor", poor_hypotheses_from),
     "renyi_adam_poor": ("hinton_data_poor", adam_poor_hypotheses_from),
@@ -761,7 +761,7 @@ DERIVED_HYPOTHESES = ("renyi_confirm_tuned", "omitted_class_tuned", "renyi_confi
                       "renyi_confirm_adam_poor")
 
 
-def derive_hypotheses(root: str | os.PathLike | None = None) -> dict[str, dict[str, Any]]:
+def derive_hypotheses(root: str | os.PathLike | None = None) -> dict[str, Hypothesis]:
     """The hypothesis files of :data:`DERIVED_HYPOTHESES`, derived from the committed full-scale
     explorations and Hinton-style runs by the rules of :data:`DERIVATIONS` (:func:`tuned_screen`,
     :func:`confirmation_sd`, :func:`confirmation_hypothesis`, :func:`omitted_hypothesis`).
@@ -771,7 +771,7 @@ def derive_hypotheses(root: str | os.PathLike | None = None) -> dict[str, dict[s
     Raises:
         ValueError: an exploration is not complete (a run of its current definition is missing).
     """
-    files: dict[str, dict[str, Any]] = {}
+    files: dict[str, Hypothesis] = {}
     for explore, (hinton, rule) in DERIVATIONS.items():
         res = load_results(explore, "full", root)
         keys = expected_keys(explore, "full")

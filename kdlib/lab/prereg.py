@@ -19,6 +19,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdlib.lab.analysis import Screen, paired_differences, tuned_comparison, tuned_screen
+from kdlib.lab.analysis import Screen, paired_differences, runs_of, tuned_comparison, tuned_screen
 from kdlib.lab.config import ARMS, OPTIMIZERS, Arm, StudentSpec
 from kdlib.lab.store import file_at_commit
 from kdlib.stats import detectable_effect, equivalence_test, holm, paired_test, runs_for_power
@@ -36,8 +37,13 @@ HYPOTHESES = "hypotheses"
 #: An arm's hypothesis against the reference: a one-sided paired t-test (``greater``), TOST
 #: (``equivalent``) or a two-sided paired t-test (``two-sided``).
 HYPOTHESIS_KINDS = ("greater", "equivalent", "two-sided")
-_ARM_FIELDS = {"alpha": (int, float, str), "normalize_by_alpha": (bool,), "reverse": (bool,),
-               "lr": (int, float), "T": (int, float)}
+#: The multiplicity corrections a hypothesis file may name.
+CORRECTIONS = ("holm",)
+
+
+class HypothesisFileError(ValueError):
+    """A hypothesis file that cannot be read, or whose content breaks the schema (the message names
+    the file and the field)."""
 
 
 def hypotheses_dir() -> Path:
@@ -46,71 +52,240 @@ def hypotheses_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / HYPOTHESES
 
 
-def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The hypothesis file ``<directory>/<name>.json`` of a confirmatory experiment, checked.
+def _number(value: Any, where: str, *, low: float = -math.inf, high: float = math.inf,
+            low_open: bool = False, integer: bool = False) -> float:
+    """``value`` as a finite number in the range given, else :class:`HypothesisFileError` naming ``where``.
+    Booleans are refused (JSON's ``true`` is not 1)."""
+    kinds = (int,) if integer else (int, float)
+    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and \
+        (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise HypothesisFileError(f"{where} must be {'an integer' if integer else 'a number'} in {span}, "
+                                  f"got {value!r}")
+    return value
 
-    The file fixes, before the confirmatory runs start, what they are and how they are judged:
-    ``reference`` and ``arms`` (each ``alpha`` (``"inf"`` allowed), ``normalize_by_alpha``,
-    ``reverse``, ``lr``, ``T``; an arm also its ``hypothesis``, one of :data:`HYPOTHESIS_KINDS`),
-    ``teachers`` (seeds of teachers not used in the exploration), ``seeds`` (student seeds, from the
-    power analysis), ``metric``, ``smallest_effect`` (a fraction: 0.003 is 0.3 points), ``level``
-    and ``correction``. The experiment builds exactly these students, so git's order of the file and
-    the records shows that the hypotheses came first.
+
+@dataclass(frozen=True)
+class ArmSetting:
+    """An arm of a hypothesis file at the setting the exploration chose for it.
+
+    Attributes:
+        arm: the method (order, division by it, direction).
+        lr: its peak learning rate, ``> 0``.
+        T: its temperature, ``> 0``.
+        hypothesis: against the reference, one of :data:`HYPOTHESIS_KINDS`; ``None`` for the reference.
+    """
+
+    arm: Arm
+    lr: float
+    T: float
+    hypothesis: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The arm's name (:attr:`kdlib.lab.config.Arm.name`), e.g. ``"α=4 /α"``."""
+        return self.arm.name
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's entry: ``arm`` (the name), ``alpha`` (``"inf"`` for infinity), ``normalize_by_alpha``,
+        ``reverse``, ``lr``, ``T`` and, for an arm, ``hypothesis``."""
+        a = self.arm
+        out = {"arm": a.name, "alpha": "inf" if math.isinf(a.alpha) else float(a.alpha),
+               "normalize_by_alpha": a.normalize_by_alpha, "reverse": a.reverse, "lr": float(self.lr),
+               "T": float(self.T)}
+        return out if self.hypothesis is None else {**out, "hypothesis": self.hypothesis}
+
+    @classmethod
+    def from_json(cls, entry: Any, where: str, reference: bool) -> ArmSetting:
+        """The entry ``entry`` of a file, checked (``where`` names it in errors).
+
+        Raises:
+            HypothesisFileError: not an object; ``alpha`` not a number > 0 or ``"inf"``; a flag not a
+                boolean; ``lr`` or ``T`` not a finite number > 0; an arm without a hypothesis of
+                :data:`HYPOTHESIS_KINDS` (or the reference with one); ``arm`` not the name of the rest.
+        """
+        if not isinstance(entry, dict):
+            raise HypothesisFileError(f"{where} must be a JSON object, got {entry!r}")
+        alpha = entry.get("alpha")
+        if alpha != "inf":
+            _number(alpha, f"{where}: field 'alpha' (or the string \"inf\")", low=0.0, low_open=True)
+        for flag in ("normalize_by_alpha", "reverse"):
+            if not isinstance(entry.get(flag), bool):
+                raise HypothesisFileError(f"{where}: field {flag!r} must be true or false, "
+                                          f"got {entry.get(flag)!r}")
+        lr = _number(entry.get("lr"), f"{where}: field 'lr'", low=0.0, low_open=True)
+        T = _number(entry.get("T"), f"{where}: field 'T'", low=0.0, low_open=True)
+        hypothesis = entry.get("hypothesis")
+        if reference and hypothesis is not None:
+            raise HypothesisFileError(f"{where}: the reference takes no hypothesis, got {hypothesis!r}")
+        if not reference and hypothesis not in HYPOTHESIS_KINDS:
+            raise HypothesisFileError(f"{where}: field 'hypothesis' must be one of "
+                                      f"{', '.join(HYPOTHESIS_KINDS)}, "
+                                      f"got {hypothesis!r}")
+        try:
+            arm = Arm(float(alpha), entry["normalize_by_alpha"], entry["reverse"])
+            arm.student(T, lr, 0, (1,), 0)  # the StudentSpec checks (e.g. the division by an infinite order)
+        except ValueError as e:
+            raise HypothesisFileError(f"{where}: {e}") from None
+        if "arm" in entry and entry["arm"] != arm.name:
+            raise HypothesisFileError(f"{where}: field 'arm' is {entry['arm']!r} but the fields describe "
+                                      f"{arm.name!r}")
+        return cls(arm, float(lr), float(T), hypothesis)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A confirmatory experiment's hypotheses, fixed before its runs (``hypotheses/<experiment>.json``).
+
+    The experiment trains exactly :meth:`students`, so git's order of the file and the records shows
+    that the hypotheses came first (:func:`check_hypothesis_preceded`).
+
+    Attributes:
+        experiment: the experiment that reads the file.
+        reference: the arm every other is compared with (KL at its tuned setting).
+        arms: the arms under test, each with its hypothesis.
+        teachers: seeds of the teachers; student seed ``s`` learns from ``teachers[s mod len]``.
+        seeds: the student seeds (the runs per arm).
+        metric: the test metric, e.g. ``"test_accuracy"``.
+        smallest_effect: the smallest effect of interest (a fraction: 0.003 is 0.3 points), the
+            margin of an equivalence test.
+        level: the family-wise level of the tests, in ``(0, 1)``.
+        correction: the multiplicity correction over the arms (:data:`CORRECTIONS`).
+        power, sd, runs_needed, sd_estimates: the power analysis that sized the runs, where one did.
+        optimizer: every student's optimiser (``None``: the profile's, SGD; the SGD files leave it out
+            so that their students keep their keys).
+    """
+
+    experiment: str
+    reference: ArmSetting
+    arms: tuple[ArmSetting, ...]
+    teachers: tuple[int, ...]
+    seeds: tuple[int, ...]
+    metric: str
+    smallest_effect: float
+    level: float
+    correction: str = "holm"
+    power: float | None = None
+    sd: float | None = None
+    runs_needed: int | None = None
+    sd_estimates: dict[str, float] | None = None
+    optimizer: str | None = None
+
+    def runs(self, smoke: bool = False) -> list[tuple[int, int]]:
+        """``(student seed, teacher seed)`` of every run: seed ``s`` learns from
+        ``teachers[s mod len(teachers)]``; ``smoke`` (the smoke scale) takes the first two seeds."""
+        seeds = self.seeds[:2] if smoke else self.seeds
+        return [(s, self.teachers[s % len(self.teachers)]) for s in seeds]
+
+    def students(self, hidden: tuple[int, ...], smoke: bool = False) -> list[StudentSpec]:
+        """For every run (:meth:`runs`): the student alone at the reference's learning rate, the
+        reference and every arm, of width ``hidden``, all with :attr:`optimizer`."""
+        students: list[StudentSpec] = []
+        for s, t in self.runs(smoke):
+            students.append(StudentSpec(alpha=1.0, T=1.0, beta=0.0, seed=s, hidden=hidden, label="alone",
+                                        teacher=t, lr=self.reference.lr, optimizer=self.optimizer))
+            students += [a.arm.student(a.T, a.lr, s, hidden, t, self.optimizer)
+                         for a in (self.reference, *self.arms)]
+        return students
+
+    def to_json(self) -> dict[str, Any]:
+        """The file's JSON object, its fields in the order the committed files have them; the power
+        analysis and the optimiser only when set."""
+        out: dict[str, Any] = {
+            "experiment": self.experiment, "reference": self.reference.to_json(),
+            "arms": [a.to_json() for a in self.arms], "teachers": list(self.teachers),
+            "seeds": list(self.seeds), "metric": self.metric, "smallest_effect": self.smallest_effect,
+            "level": self.level, "correction": self.correction}
+        for name in ("power", "sd", "runs_needed", "sd_estimates", "optimizer"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
+        return out
+
+    def dumps(self) -> str:
+        """The file's text (one-space indentation, UTF-8 names, a final newline)."""
+        return json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n"
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "hypothesis") -> Hypothesis:
+        """A hypothesis from a file's JSON value, every field checked (``where`` names the file in errors).
+
+        Raises:
+            HypothesisFileError: not a JSON object; a field missing or of the wrong type or range (a
+                number given as a string or a boolean, a seed that is not an integer, a level outside
+                (0, 1)); an empty list of arms, seeds or teachers; a repeated teacher or seed; an
+                unknown optimiser or correction; an arm equal to the reference.
+        """
+        if not isinstance(data, dict):
+            raise HypothesisFileError(f"{where} must hold a JSON object, got {type(data).__name__}")
+        for name in ("experiment", "metric"):
+            if not isinstance(data.get(name), str) or not data[name]:
+                raise HypothesisFileError(f"{where}: field {name!r} must be a non-empty string, "
+                                          f"got {data.get(name)!r}")
+        reference = ArmSetting.from_json(data.get("reference"), f"{where}: reference", reference=True)
+        arms = data.get("arms")
+        if not isinstance(arms, list) or not arms:
+            raise HypothesisFileError(f"{where}: field 'arms' must be a non-empty list, got {arms!r}")
+        settings = tuple(ArmSetting.from_json(a, f"{where}: arm {i + 1}", reference=False)
+                         for i, a in enumerate(arms))
+        for i, a in enumerate(settings):
+            if (a.arm, a.lr, a.T) == (reference.arm, reference.lr, reference.T):
+                raise HypothesisFileError(f"{where}: arm {i + 1} is the reference itself")
+        seeds = {}
+        for name in ("teachers", "seeds"):
+            values = data.get(name)
+            if not isinstance(values, list) or not values:
+                raise HypothesisFileError(f"{where}: field {name!r} must be a non-empty list of integers, "
+                                          f"got {values!r}")
+            seeds[name] = tuple(int(_number(v, f"{where}: each of {name!r}", low=0, integer=True))
+                                for v in values)
+            if len(set(seeds[name])) != len(values):
+                raise HypothesisFileError(f"{where}: field {name!r} repeats a value: {values!r}")
+        optimizer = data.get("optimizer")
+        if optimizer is not None and optimizer not in OPTIMIZERS:
+            raise HypothesisFileError(f"{where}: field 'optimizer' must be one of {', '.join(OPTIMIZERS)} "
+                                      f"(absent: sgd), got {optimizer!r}")
+        if data.get("correction") not in CORRECTIONS:
+            raise HypothesisFileError(f"{where}: field 'correction' must be one of {', '.join(CORRECTIONS)}, "
+                                      f"got {data.get('correction')!r}")
+        estimates = data.get("sd_estimates")
+        if estimates is not None and (not isinstance(estimates, dict) or not all(
+                isinstance(k, str) for k in estimates)):
+            raise HypothesisFileError(f"{where}: field 'sd_estimates' must map names to numbers, "
+                                      f"got {estimates!r}")
+        optional = {"power": {"low": 0.0, "high": 1.0, "low_open": True},
+                    "sd": {"low": 0.0, "low_open": True},
+                    "runs_needed": {"low": 1, "integer": True}}
+        return cls(
+            data["experiment"], reference, settings, seeds["teachers"], seeds["seeds"], data["metric"],
+            _number(data.get("smallest_effect"), f"{where}: field 'smallest_effect'", low=0.0, low_open=True),
+            _number(data.get("level"), f"{where}: field 'level'", low=0.0, high=1.0, low_open=True),
+            data["correction"],
+            **{k: None if data.get(k) is None else _number(data[k], f"{where}: field {k!r}", **kw)
+               for k, kw in optional.items()},
+            sd_estimates=None if estimates is None else {
+                k: _number(v, f"{where}: field 'sd_estimates'", low=0.0) for k, v in estimates.items()},
+            optimizer=optimizer)
+
+
+def load_hypothesis(name: str, directory: str | os.PathLike | None = None) -> Hypothesis:
+    """The hypothesis file ``<directory>/<name>.json`` of a confirmatory experiment, checked
+    (:meth:`Hypothesis.from_json`); ``directory`` defaults to :func:`hypotheses_dir`.
 
     Raises:
         FileNotFoundError: no such file (a confirmation runs only after its hypotheses are written).
-        ValueError: a field missing or of the wrong type, an empty list, a teacher seed repeated, or
-            an arm equal to the reference.
+        HypothesisFileError: the file cannot be read (not UTF-8, not JSON, empty, a directory) or
+            breaks the schema; the message names the file.
     """
     path = Path(directory if directory is not None else hypotheses_dir()) / f"{name}.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: write and commit the hypotheses of {name!r} "
                                 "before its runs (see kdlib.lab.prereg.load_hypothesis)")
-    h = json.loads(path.read_text())
-    for field_name, kind in (("reference", dict), ("arms", list), ("teachers", list), ("seeds", list),
-                             ("metric", str), ("smallest_effect", (int, float)), ("level", (int, float)),
-                             ("correction", str)):
-        if not isinstance(h.get(field_name), kind):
-            raise ValueError(f"{path}: field {field_name!r} must be a {kind}, got {h.get(field_name)!r}")
-    if not h["arms"] or not h["seeds"] or not h["teachers"] or len(set(h["teachers"])) != len(h["teachers"]):
-        raise ValueError(f"{path}: arms, seeds and teachers must be non-empty, teachers without repeats")
-    if h.get("optimizer", "sgd") not in OPTIMIZERS:
-        raise ValueError(f"{path}: field 'optimizer' must be 'sgd' or 'adam' (absent: sgd), "
-                         f"got {h['optimizer']!r}")
-    for i, arm in enumerate([h["reference"], *h["arms"]]):
-        for f, kind in _ARM_FIELDS.items():
-            if not isinstance(arm.get(f), kind):
-                raise ValueError(f"{path}: arm {i} field {f!r} must be one of {kind}, got {arm.get(f)!r}")
-        if i and arm.get("hypothesis") not in HYPOTHESIS_KINDS:
-            raise ValueError(f"{path}: arm {i} needs a hypothesis among {HYPOTHESIS_KINDS}, "
-                             f"got {arm.get('hypothesis')!r}")
-        if i and all(arm[f] == h["reference"][f] for f in _ARM_FIELDS):
-            raise ValueError(f"{path}: arm {i} is the reference itself")
-    return h
-
-
-def hypothesis_runs(h: dict[str, Any], smoke: bool = False) -> list[tuple[int, int]]:
-    """``(student seed, teacher seed)`` of every run a hypothesis ``h`` names: seed ``s`` learns from
-    ``h["teachers"][s mod their number]``; ``smoke`` (the smoke scale) takes the first two seeds."""
-    seeds = h["seeds"][:2] if smoke else h["seeds"]
-    return [(s, h["teachers"][s % len(h["teachers"])]) for s in seeds]
-
-
-def confirmation_students(h: dict[str, Any], hidden: tuple[int, ...], smoke: bool = False
-                          ) -> list[StudentSpec]:
-    """The students of a hypothesis ``h`` (:func:`load_hypothesis`): for every seed (teacher
-    ``h["teachers"][seed mod their number]``) the reference, every arm and the student alone at the
-    reference's learning rate, of width ``hidden``, all with the file's ``optimizer`` (absent: the
-    profile's, SGD). ``smoke`` (the smoke scale) takes the first two seeds."""
-    optimizer = h.get("optimizer")  # absent in the SGD files, whose students keep their keys
-    students: list[StudentSpec] = []
-    for s, t in hypothesis_runs(h, smoke):
-        students.append(StudentSpec(alpha=1.0, T=1.0, beta=0.0, seed=s, hidden=hidden, label="alone",
-                                    teacher=t, lr=float(h["reference"]["lr"]), optimizer=optimizer))
-        for arm in [h["reference"], *h["arms"]]:
-            students.append(Arm.from_dict(arm).student(float(arm["T"]), float(arm["lr"]), s, hidden, t,
-                                                       optimizer))
-    return students
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise HypothesisFileError(f"{path} is not a readable JSON hypothesis file ({e})") from None
+    return Hypothesis.from_json(data, str(path))
 
 
 def confirmation_hypothesis(screen: Screen, sd: float, *, experiment: str = "renyi_confirm_tuned",
@@ -156,22 +331,17 @@ def confirmation_hypothesis(screen: Screen, sd: float, *, experiment: str = "ren
     n = max(needed, min_runs)
     n = -(-n // len(teachers)) * len(teachers)
 
-    ref = screen.reference_setting
-    return {
-        "experiment": experiment,
-        "reference": _arm_entry("KL", ref["lr"], ref["T"]),
-        "arms": [{**_arm_entry(r["arm"], r["lr"], r["T"]), "hypothesis": kind} for _, r in chosen.iterrows()],
-        "teachers": list(teachers), "seeds": list(range(first_seed, first_seed + n)),
-        "metric": metric, "smallest_effect": smallest_effect, "level": level,
-        "correction": "holm", "power": power, "sd": sd, "runs_needed": needed,
-    }
+    return Hypothesis(
+        experiment, _setting(screen.reference, screen.reference_setting),
+        tuple(_setting(r["arm"], r, kind) for _, r in chosen.iterrows()), tuple(teachers),
+        tuple(range(first_seed, first_seed + n)), metric, smallest_effect, level, "holm",
+        power=power, sd=sd, runs_needed=needed)
 
 
-def _arm_entry(name: str, lr: float, T: float) -> dict[str, Any]:
-    """A hypothesis file's entry for the arm called ``name`` (:attr:`Arm.name`) at ``lr`` and ``T``."""
-    a = {arm.name: arm for arm in ARMS}[name]
-    return {"arm": name, "alpha": "inf" if math.isinf(a.alpha) else a.alpha,
-            "normalize_by_alpha": a.normalize_by_alpha, "reverse": a.reverse, "lr": float(lr), "T": float(T)}
+def _setting(name: str, setting: Any, hypothesis: str | None = None) -> ArmSetting:
+    """The arm of :data:`~kdlib.lab.config.ARMS` called ``name`` at ``setting["lr"]`` and ``setting["T"]``."""
+    arm = {a.name: a for a in ARMS}[name]
+    return ArmSetting(arm, float(setting["lr"]), float(setting["T"]), hypothesis)
 
 
 def omitted_hypothesis(screen: Screen, *, teachers: Sequence[int] = (0, 1, 2), first_seed: int = 200,
@@ -218,15 +388,10 @@ def omitted_hypothesis(screen: Screen, *, teachers: Sequence[int] = (0, 1, 2), f
     if "reverse KL" not in by_name.index:
         raise ValueError(f"screen must hold the arm 'reverse KL', has {sorted(by_name.index)}")
     arms.append("reverse KL")
-    ref = screen.reference_setting
-    return {
-        "experiment": "omitted_class_tuned",
-        "reference": _arm_entry("KL", ref["lr"], ref["T"]),
-        "arms": [{**_arm_entry(n, by_name.loc[n, "lr"], by_name.loc[n, "T"]), "hypothesis": "two-sided"}
-                 for n in arms],
-        "teachers": list(teachers), "seeds": list(range(first_seed, first_seed + runs)),
-        "metric": metric, "smallest_effect": smallest_effect, "level": level, "correction": "holm",
-    }
+    return Hypothesis(
+        "omitted_class_tuned", _setting(screen.reference, screen.reference_setting),
+        tuple(_setting(n, by_name.loc[n], "two-sided") for n in arms), tuple(teachers),
+        tuple(range(first_seed, first_seed + runs)), metric, smallest_effect, level, "holm")
 
 
 def confirmation_sd(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, float]:
@@ -257,7 +422,7 @@ def confirmation_sd(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, fl
             "sd": max(pooled, float(kl12["std_diff"].iloc[0]))}
 
 
-def hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, Hypothesis]:
     """The hypothesis files derived from the exploration of the 2×800 student on all images, from
     its and the Hinton runs' :func:`student_frame`: ``{"renyi_confirm_tuned": ...,
     "omitted_class_tuned": ...}``, the first with the two estimates of :func:`confirmation_sd`
@@ -268,16 +433,15 @@ def hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, di
 
 
 def _sized_confirmation(screen: Screen, explore: pd.DataFrame, hinton: pd.DataFrame,
-                        **rule: Any) -> dict[str, Any]:
+                        **rule: Any) -> Hypothesis:
     """:func:`confirmation_hypothesis` of ``screen`` (with the keywords ``rule``), sized by
     :func:`confirmation_sd` of ``explore`` and ``hinton``, its two estimates recorded as ``sd_estimates``."""
     sd = confirmation_sd(explore, hinton)
     confirm = confirmation_hypothesis(screen, sd["sd"], **rule)
-    confirm["sd_estimates"] = {k: sd[k] for k in ("exploration", "hinton")}
-    return confirm
+    return replace(confirm, sd_estimates={k: sd[k] for k in ("exploration", "hinton")})
 
 
-def poor_hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def poor_hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, Hypothesis]:
     """The hypothesis file derived from the data-poor exploration (``renyi_explore_poor``) and the
     data-poor Hinton runs (``hinton_data_poor``): ``{"renyi_confirm_poor": ...}``, the rule of the
     confirmation on all images applied unchanged (:func:`confirmation_hypothesis` of
@@ -290,7 +454,7 @@ def poor_hypotheses_from(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[st
                                                       experiment="renyi_confirm_poor", first_seed=300)}
 
 
-def adam_poor_hypotheses_from(adam: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def adam_poor_hypotheses_from(adam: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, Hypothesis]:
     """The hypothesis file derived from the data-poor Adam check (``renyi_adam_poor``, the
     confirmed arms of ``renyi_confirm_poor`` with Adam at five learning rates on three teachers) and
     the data-poor Hinton runs: ``{"renyi_confirm_adam_poor": ...}``. The confirmation rule of
@@ -302,7 +466,7 @@ def adam_poor_hypotheses_from(adam: pd.DataFrame, hinton: pd.DataFrame) -> dict[
     pre-registered, the file is written from it before any confirmatory run."""
     confirm = _sized_confirmation(tuned_screen(adam), adam, hinton, experiment="renyi_confirm_adam_poor",
                                   first_seed=400)
-    return {"renyi_confirm_adam_poor": {**confirm, "optimizer": "adam"}}
+    return {"renyi_confirm_adam_poor": replace(confirm, optimizer="adam")}
 
 
 #: Verdicts of :func:`confirmatory_tests` by hypothesis: (rejected and the difference > 0, rejected
@@ -312,16 +476,16 @@ VERDICTS = {"greater": ("greater", "greater", "not shown greater"),
             "equivalent": ("equivalent", "equivalent", "equivalence not shown")}
 
 
-def confirmatory_tests(df: pd.DataFrame, h: dict[str, Any], metric: str | None = None) -> pd.DataFrame:
+def confirmatory_tests(df: pd.DataFrame, h: Hypothesis, metric: str | None = None) -> pd.DataFrame:
     """The confirmatory analysis that a hypothesis file ``h`` fixes
     (:func:`kdlib.lab.prereg.load_hypothesis`).
 
-    For each arm of ``h``, its runs in ``df`` (:func:`student_frame` rows with the arm's name,
+    For each arm of ``h``, its runs in ``df`` (:func:`~kdlib.lab.analysis.runs_of` the arm at its
     learning rate and T) are paired by seed with the reference's, and ``metric`` (default
-    ``h["metric"]``) is tested as the arm's ``hypothesis`` says: ``"greater"``, the one-sided
+    ``h.metric``) is tested as the arm's ``hypothesis`` says: ``"greater"``, the one-sided
     :func:`scipy.stats.ttest_rel` (H1: arm > reference); ``"two-sided"``, the two-sided one;
-    ``"equivalent"``, :func:`equivalence_test` with margin ``h["smallest_effect"]``. Holm's
-    correction over the arms (:func:`holm`) gives ``p_holm`` and the ``verdict`` at ``h["level"]``
+    ``"equivalent"``, :func:`equivalence_test` with margin ``h.smallest_effect``. Holm's
+    correction over the arms (:func:`holm`) gives ``p_holm`` and the ``verdict`` at ``h.level``
     (:data:`VERDICTS`). ``detectable`` is :func:`detectable_effect` at Holm's first level with the
     observed ``std_diff`` (one-sided for ``greater`` and ``equivalent``).
 
@@ -333,34 +497,33 @@ def confirmatory_tests(df: pd.DataFrame, h: dict[str, Any], metric: str | None =
         ValueError: an arm (or the reference) has no runs in ``df``, or an arm's seeds differ from
             the reference's.
     """
-    metric = metric or h["metric"]
-    level, k = float(h["level"]), len(h["arms"])
+    metric = metric or h.metric
+    level, k = h.level, len(h.arms)
 
-    def runs(arm: dict[str, Any]) -> tuple[str, pd.Series]:
-        name = Arm.from_dict(arm).name
-        sel = df[(df["arm"] == name) & np.isclose(df["lr"], float(arm["lr"])) & (df["T"] == float(arm["T"]))]
+    def runs(a: ArmSetting) -> pd.Series:
+        sel = runs_of(df, a.arm, lr=a.lr, T=a.T)
         if sel.empty:
-            raise ValueError(f"df has no runs of the arm {name!r} at lr {arm['lr']}, T {arm['T']}")
-        return name, sel.set_index("seed")[metric].sort_index()
+            raise ValueError(f"df has no runs of the arm {a.name!r} at lr {a.lr:g}, T {a.T:g}")
+        return sel.set_index("seed")[metric].sort_index()
 
-    _, ref = runs(h["reference"])
+    ref = runs(h.reference)
     rows = []
-    for arm in h["arms"]:
-        name, a = runs(arm)
+    for arm in h.arms:
+        a = runs(arm)
         if list(a.index) != list(ref.index):
-            raise ValueError(f"the seeds of {name!r} {list(a.index)} differ from the reference's "
+            raise ValueError(f"the seeds of {arm.name!r} {list(a.index)} differ from the reference's "
                              f"{list(ref.index)}")
-        kind = arm["hypothesis"]
+        kind = arm.hypothesis
         test = paired_test(a.tolist(), ref.tolist())
         if kind == "equivalent":
-            p = equivalence_test(a.tolist(), ref.tolist(), float(h["smallest_effect"]))["p"]
+            p = equivalence_test(a.tolist(), ref.tolist(), h.smallest_effect)["p"]
         elif kind == "greater":
             p = float(stats.ttest_rel(a, ref, alternative="greater").pvalue)
         else:
             p = test["p"]
         detectable = detectable_effect(test["std_diff"], test["n"], level / k,
                                        alternative="two-sided" if kind == "two-sided" else "greater")
-        rows.append({"arm": name, "lr": float(arm["lr"]), "T": float(arm["T"]), "hypothesis": kind,
+        rows.append({"arm": arm.name, "lr": arm.lr, "T": arm.T, "hypothesis": kind,
                      **{f: test[f] for f in ("n", "mean_diff", "std_diff", "ci_low", "ci_high")}, "p": p,
                      "detectable": detectable})
     out = pd.DataFrame(rows)

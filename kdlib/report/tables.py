@@ -30,6 +30,7 @@ import pandas as pd
 
 from kdlib.lab.analysis import summarize_frame
 from kdlib.lab.experiments import expected_keys, get_experiment
+from kdlib.lab.prereg import Hypothesis
 from kdlib.lab.results import CELL_FIELDS, ExperimentResults, provenance, student_frame
 from kdlib.lab.store import load_experiment_records
 
@@ -254,6 +255,14 @@ def book_table(frame: pd.DataFrame, caption: str = "", keep: Sequence[str] = (),
                 constants.append((str(c), df[c].iloc[0]))
                 df = df.drop(columns=c)
     return BookTable(df, caption, constants, group)
+
+
+def hypothesis_arms(h: Hypothesis, caption: str, reference: bool = True) -> BookTable:
+    """The arms of a hypothesis file as a page shows them (:func:`book_table`): ``arm``, ``lr``, ``T``
+    and ``hypothesis`` (``"reference"`` for the reference, listed first unless ``reference`` is false)."""
+    arms = ((h.reference,) if reference else ()) + h.arms
+    return book_table(pd.DataFrame([{"arm": a.name, "lr": f"{a.lr:g}", "T": f"{a.T:g}",
+                                     "hypothesis": a.hypothesis or "reference"} for a in arms]), caption)
 
 
 #: Metrics counted in units (errors, nats of logit shift), shown with one decimal; others are fractions.
