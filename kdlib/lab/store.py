@@ -664,7 +664,8 @@ class TeacherCache:
 
     :meth:`load` trusts nothing: an entry whose record is not JSON, names another key, lacks
     the checksums, or whose files do not match them, whose logits miss a split, have the wrong
-    shape or hold non-finite values, is *damaged*. It is moved aside (``<name>.damaged``, so
+    shape or hold non-finite values, is *damaged*. It is moved aside (``<name>.damaged``; when
+    that exists from an earlier damage, ``<name>.2.damaged``, ``<name>.3.damaged``, ..., so
     nothing is lost) and reported as absent, and the teacher is trained afresh.
     """
 
@@ -698,7 +699,7 @@ class TeacherCache:
         except Exception as e:  # anything unreadable is damage: never a different teacher under this key
             for p in paths:
                 if p.exists():
-                    os.replace(p, p.with_name(p.name + ".damaged"))
+                    os.replace(p, _free_name(p, ".damaged"))
             log(f"teacher cache entry {paths[2]} is damaged ({e}); moved aside as *.damaged, "
                 "the teacher is trained again")
             return None
@@ -785,6 +786,14 @@ class TeacherCache:
             raise CacheError(f"cannot write the teacher cache in {self.dir}: {e.strerror or e} "
                              "(choose another with --cache or KDLIB_CACHE_DIR)") from None
         return record
+
+
+def _free_name(path: Path, suffix: str) -> Path:
+    """``<name><suffix>``, else the first free ``<name>.<n><suffix>`` (n = 2, 3, ...), beside ``path``."""
+    candidate, n = path.with_name(path.name + suffix), 2
+    while candidate.exists() or candidate.is_symlink():
+        candidate, n = path.with_name(f"{path.name}.{n}{suffix}"), n + 1
+    return candidate
 
 
 def _torch_bytes(obj: Any) -> bytes:
