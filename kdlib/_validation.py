@@ -7,6 +7,7 @@ parameter and the allowed range, so that a caller sees at once what to fix.
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -16,16 +17,30 @@ def check_temperature(T: float, name: str = "T") -> float:
 
     Booleans and strings are refused even though ``float()`` would accept them (``True`` or ``"4"``
     as a temperature is a caller's mistake, not a number).
+    A one-element tensor is taken as its number, so it must not require grad (the gradient would
+    be lost silently); an integer beyond float's range is refused like ``inf``.
     """
     if isinstance(T, bool | str | bytes):
         raise ValueError(f"{name} must be a finite number > 0, got {type(T).__name__} {T!r}")
+    if isinstance(T, torch.Tensor) and T.requires_grad:
+        raise ValueError(f"{name} must not require grad here: it is used as a number, so its gradient "
+                         f"would be lost (pass a number, or a tensor that does not require grad)")
     try:
         value = float(T)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a finite number > 0, got {T!r}") from None
+    except OverflowError:  # e.g. 10**400: finite as an int, not as a float
+        raise ValueError(f"{name} must be a finite number > 0 (allowed range (0, inf)) that a float can "
+                         f"hold, got {short_repr(T)}") from None
+    except (TypeError, ValueError, RuntimeError):  # RuntimeError: a tensor of several elements
+        raise ValueError(f"{name} must be a finite number > 0, got {short_repr(T)}") from None
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0 (allowed range (0, inf)), got {T!r}")
     return value
+
+
+def short_repr(x: object, limit: int = 60) -> str:
+    """``repr(x)``, cut to about ``limit`` characters (an int of 400 digits, a large tensor)."""
+    text = repr(x)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-12:]} ({len(text)} characters)"
 
 
 def check_class_tensor(x: object, name: str, what: str = "") -> None:
@@ -198,7 +213,11 @@ def check_order(
                 f"{name} must be a number in [0, inf] (math.inf allowed) or a tensor, "
                 f"got {type(alpha).__name__}"
             ) from None
-    value = float(alpha)
+    try:
+        value = float(alpha)
+    except OverflowError:  # e.g. 10**400: an int beyond float's range (write math.inf for the limit)
+        raise ValueError(f"{name} must be in [0, inf] (math.inf allowed) and, if finite, at most "
+                         f"{sys.float_info.max:.4g}, got {short_repr(alpha)}") from None
     if math.isnan(value) or value < 0.0:
         raise ValueError(f"{name} must be in [0, inf] (math.inf allowed), got {alpha!r}")
     return value
@@ -240,8 +259,8 @@ def check_beta(beta: object, *, name: str = "beta", validate: bool = True):
         raise ValueError(f"{name} must be a number in [0, 1], got {type(beta).__name__} {beta!r}")
     try:
         value = float(beta)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1], got {beta!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be a number in [0, 1], got {short_repr(beta)}") from None
     if not (0.0 <= value <= 1.0):
         raise ValueError(f"{name} must be in [0, 1], got {beta!r}")
     return value
@@ -268,16 +287,15 @@ def _finite_message(name: str) -> str:
 
 
 def check_logits_pair(
-    a: object, b: object, name_a: str, name_b: str, targets: object = None, *, validate: bool = True
+    a: object, b: object, name_a: str, name_b: str, targets: object = None, *, validate: bool = True,
+    T: float | torch.Tensor | None = None, t_squared: bool = False, alpha_factor: float = 1.0,
 ) -> torch.Size:
     """Check two logits tensors (and optional class-index targets) with a single host sync.
 
     Structure (tensor, floating dtype, ``n >= 1`` classes, matching ``n``, broadcastable leading
     dimensions, targets an integer tensor broadcastable to the rows) is always checked. With
-    ``validate``, finiteness of the logits and the range ``[0, n)`` of the targets are checked by
-    one fused reduction: the float64 sums of the logits (finite exactly when every entry is, unless
-    the entries are beyond ~1e300, in which case the exact entry-wise check decides) and the
-    min/max of the targets. Returns the row shape.
+    ``validate``, the values are checked by :func:`check_logits_values` (``T``, ``t_squared`` and
+    ``alpha_factor`` are passed on). Returns the row shape.
     """
     _check_logits_structure(a, name_a)
     _check_logits_structure(b, name_b)
@@ -293,22 +311,87 @@ def check_logits_pair(
             )
         check_device(targets, "targets", a.device, name_a)  # type: ignore[union-attr]
         _check_broadcast_to(targets, rows, "targets")
-    if not validate:
-        return rows
-    total = torch.add(a.detach().sum(dtype=torch.float64), b.detach().sum(dtype=torch.float64))  # type: ignore[union-attr]
+    if validate:
+        check_logits_values(a, b, name_a, name_b, targets, T=T, t_squared=t_squared,  # type: ignore[arg-type]
+                            alpha_factor=alpha_factor)
+    return rows
+
+
+#: Headroom below the largest number of the computation's dtype that the tempered logits keep, so that
+#: no intermediate of the divergence (a difference of two log-probabilities, a scaled exponent) overflows.
+LOGITS_HEADROOM = 16.0
+
+
+def check_logits_values(
+    a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, targets: torch.Tensor | None = None, *,
+    T: float | torch.Tensor | None = None, t_squared: bool = False, alpha_factor: float = 1.0,
+) -> None:
+    """Check the values of two logits tensors of checked structure, with a single host sync.
+
+    One fused reduction per tensor gives each row's range ``max - min`` (NaN or ``inf`` exactly when
+    an entry is not finite, or when finite entries beyond ~1e308 overflow float64); the targets' min
+    and max (range ``[0, n)``) and a tensor ``T``'s min and max join the same sync.
+
+    With a (checked) temperature ``T``, the logits divided by ``T`` must stay inside the dtype the
+    divergence is computed in (float64 if ``a``, ``b`` or ``T`` is float64, else float32): every
+    row's range times ``max(1, 1/T)`` (times ``T`` too with ``t_squared``, for the loss's
+    ``T**2 D``, and times ``alpha_factor``, the order where the divergence forms ``alpha log p``
+    unscaled) must be at most that dtype's largest number over :data:`LOGITS_HEADROOM`. Beyond it
+    the tempered softmax is a one-hot vector whose divergence is not representable, and the value
+    would be NaN; the documented range (``|logits| <= 1e4``, ``T`` in ``[0.05, 1000]``) lies far
+    inside.
+
+    Raises:
+        ValueError: a logits tensor holds NaN or ``+-inf``; a target is outside ``[0, n)``; the
+            logits divided by ``T`` overflow as above.
+    """
+    n = a.shape[-1]
+    parts = [_row_range(a), _row_range(b)]
+    if isinstance(T, torch.Tensor) and T.numel():
+        parts += [v.to(torch.float64).to(parts[0].device) for v in torch.aminmax(T.detach())]
     if targets is not None and targets.numel():
-        # one host sync for everything: the logits' sum and the targets' range
-        lo, hi = (v.to(torch.float64) for v in torch.aminmax(targets))
-        total, lo, hi = torch.stack((total, lo, hi)).tolist()
+        parts += [v.to(torch.float64).to(parts[0].device) for v in torch.aminmax(targets)]
+    values = torch.stack(parts).tolist()  # the one host sync
+    span_a, span_b = values[:2]
+    if not (math.isfinite(span_a) and math.isfinite(span_b)):
+        for x, name in ((a, name_a), (b, name_b)):
+            if not all_finite(x):
+                raise ValueError(_finite_message(name))
+    if targets is not None and targets.numel():
+        lo, hi = values[-2:]
         if lo < 0 or hi >= n:
             raise ValueError(
                 f"targets must be class indices in [0, {n}) (allowed range [0, {n - 1}]), "
                 f"got values in [{int(lo)}, {int(hi)}]"
             )
+    if T is None:
+        return
+    if isinstance(T, torch.Tensor):
+        if not T.numel():
+            return
+        t_lo, t_hi = values[2:4]
     else:
-        total = total.item()
-    if not math.isfinite(total):
-        for x, name in ((a, name_a), (b, name_b)):
-            if not all_finite(x):  # type: ignore[arg-type]
-                raise ValueError(_finite_message(name))
-    return rows
+        t_lo = t_hi = float(T)
+    double = any(isinstance(x, torch.Tensor) and x.dtype == torch.float64 for x in (a, b, T))
+    dtype = torch.float64 if double else torch.float32
+    limit = torch.finfo(dtype).max / LOGITS_HEADROOM
+    for span, name in ((span_a, name_a), (span_b, name_b)):
+        span_a_ = span * alpha_factor
+        if not (span_a_ <= limit and span_a_ <= limit * t_lo and (not t_squared or span_a_ * t_hi <= limit)):
+            factor = "max(1, 1/T, T)" if t_squared else "max(1, 1/T)"
+            factor += f" times alpha = {alpha_factor:g}" if alpha_factor != 1.0 else ""
+            at = f"T = {t_lo:.3g}" if t_lo == t_hi else f"T in [{t_lo:.3g}, {t_hi:.3g}]"
+            raise ValueError(
+                f"{name} / T overflows {str(dtype).removeprefix('torch.')}: a row of {name} spans "
+                f"{span:.3g} (max - min) at {at}; allowed: that range times {factor} at most {limit:.3g} "
+                f"(the documented range is |logits| <= 1e4 with T in [0.05, 1000]; float64 logits "
+                f"reach further)"
+            )
+
+
+def _row_range(x: torch.Tensor) -> torch.Tensor:
+    """The largest ``max - min`` of a row of ``x``, as a float64 0-dim tensor (no host sync)."""
+    if x.numel() == 0:
+        return torch.zeros((), dtype=torch.float64, device=x.device)
+    lo, hi = torch.aminmax(x.detach(), dim=-1)
+    return (hi.to(torch.float64) - lo.to(torch.float64)).amax()

@@ -58,9 +58,12 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from kdlib._validation import (
+    all_finite,
+    check_class_tensor,
     check_device,
     check_finite_tensor,
     check_logits_pair,
+    check_logits_values,
     check_order,
     check_probabilities,
     check_row_shapes,
@@ -100,17 +103,30 @@ def softmax_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
     Returns:
         Probabilities of shape ``(..., n)`` that sum to 1 along the last dimension, in the dtype of
         ``logits``; float16 and bfloat16 logits are divided and normalised in float32 (``z / T``
-        overflows float16 at small ``T``) and the result is rounded to the input dtype.
+        overflows float16 at small ``T``) and the result is rounded to the input dtype. Where
+        ``z / T`` overflows (e.g. logits of 3e38 at ``T = 1e-3``, or any logits at ``T = 1e-320``)
+        each row is centred on its maximum before it is divided (in float64), so the result is the
+        limit, the arg-max vector (shared among tied maxima), never NaN.
 
     Raises:
-        ValueError: if ``T <= 0`` or ``T`` is not finite, or ``logits`` contain NaN or ``+-inf`` or
-            are a meta tensor.
+        ValueError: if ``T <= 0`` or ``T`` is not finite (a Python int beyond float's range
+            included), ``T`` is a tensor that requires grad (``softmax_t`` takes ``T`` as a number,
+            and its gradient would be lost: for a differentiable temperature use
+            :func:`renyi_divergence_logits` or :func:`kdlib.functional.distillation_loss`), or
+            ``logits`` contain NaN or ``+-inf`` or are a meta tensor.
     """
     T = check_temperature(T)
-    check_finite_tensor(logits, "logits")
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        return torch.softmax(logits.float() / T, dim=-1).to(logits.dtype)
-    return torch.softmax(logits / T, dim=-1)
+    check_class_tensor(logits, "logits")
+    z = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    x = z / T
+    if not all_finite(x):  # one host sync, as the check of the logits alone took
+        check_finite_tensor(logits, "logits")
+        # finite logits whose z / T overflows: centre each row first (its maximum becomes 0, the others
+        # <= 0, possibly -inf), and divide in float64, where T > 0 is never rounded to 0
+        zc = (z - z.amax(-1, keepdim=True)).to(torch.float64)
+        x = (zc / T).to(x.dtype)
+    p = torch.softmax(x, dim=-1)
+    return p if p.dtype == logits.dtype or not logits.is_floating_point() else p.to(logits.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -389,6 +405,10 @@ def _evaluate(t: torch.Tensor, s: torch.Tensor, alpha, T):
     (tensors with a trailing 1) and the centred logits.
     """
     cd = _compute_dtype(t, s, T)
+    if not isinstance(alpha, torch.Tensor) and math.isfinite(alpha) and alpha > torch.finfo(cd).max:
+        # an order beyond the computation's range (1e39 in float32) would be rounded to inf inside the
+        # kernels but taken as finite by them (NaN gradients); D_alpha equals D_inf to that precision
+        alpha = math.inf
     tt = t if t.dtype == cd else t.to(cd)
     ss = s if s.dtype == cd else s.to(cd)
     tc = tt - tt.amax(-1, keepdim=True)
@@ -707,7 +727,13 @@ def renyi_divergence(
     return _renyi_probs_entry(p, q, a, validate)
 
 
+def _check_flag(validate: object) -> None:
+    if not isinstance(validate, bool):  # a tensor of several elements has no truth value
+        raise ValueError(f"validate must be a bool, got {type(validate).__name__}")
+
+
 def _renyi_probs_entry(p, q, alpha: float, validate: bool) -> torch.Tensor:
+    _check_flag(validate)
     check_probabilities(p, "p", validate=validate)
     check_probabilities(q, "q", validate=validate)
     check_row_shapes(p, q, "p", "q")
@@ -752,10 +778,11 @@ def renyi_divergence_logits(
         T: temperature. A finite number ``> 0``, or a floating tensor broadcastable to the row shape
             with finite entries ``> 0`` (e.g. shape ``(S, 1)``). A tensor ``T`` that requires grad
             receives its gradient.
-        validate: check the values of the arguments. The finiteness of both logits costs two
-            float64 sums and one host sync per call; a tensor ``alpha`` or ``T`` one more sync
-            each. Pass ``False`` in hot training loops whose inputs are known to be valid: only the
-            shapes and dtypes are then checked, and invalid values yield NaN instead of an error.
+        validate: check the values of the arguments. The finiteness (and range) of both logits
+            costs two row-wise min/max reductions and one host sync per call; a tensor ``alpha`` or
+            ``T`` one more sync each. Pass ``False`` in hot training loops whose inputs are known
+            to be valid: only the shapes and dtypes are then checked, and invalid values yield NaN
+            instead of an error.
 
     Returns:
         Tensor of the row shape, in nats, ``>= 0`` and finite. Its dtype is the promoted dtype of the
@@ -778,21 +805,35 @@ def renyi_divergence_logits(
             do not broadcast; if ``alpha`` is NaN or negative (or a tensor that does not broadcast to
             the rows or requires grad); if ``T`` is not finite and ``> 0`` (or a tensor that does not
             broadcast to the rows); if a tensor argument is a meta tensor or lies on another device
-            than ``teacher_logits`` (0-dim CPU tensors excepted).
+            than ``teacher_logits`` (0-dim CPU tensors excepted); if ``alpha`` or ``T`` is a number
+            beyond float's range (e.g. the int ``10**400``; write ``math.inf`` for the order
+            infinity); if ``validate`` is not a bool; with ``validate``, if the logits divided by
+            ``T`` would overflow the computation's dtype: a row's range (max - min) times
+            ``max(1, 1/T)`` above its largest number over 16 (3.4e38 / 16 in float32, 1.8e308 / 16
+            in float64; e.g. logits of 3e38 at ``T = 1e-3`` in float32), far outside the documented
+            range, where the value would otherwise be NaN.
     """
     alpha, T = _check_logits_args(teacher_logits, student_logits, alpha, T, validate)
     return _RenyiLogits.apply(teacher_logits, student_logits, alpha, T)
 
 
 def _check_logits_args(teacher_logits, student_logits, alpha, T, validate):
-    rows = check_logits_pair(
-        teacher_logits, student_logits, "teacher_logits", "student_logits", validate=validate
-    )
+    _check_flag(validate)
+    names = ("teacher_logits", "student_logits")
+    rows = check_logits_pair(teacher_logits, student_logits, *names, validate=False)
     alpha = check_order(alpha, rows, validate=validate)
     T = check_temperature_arg(T, rows, validate=validate)
     check_device(alpha, "alpha", teacher_logits.device, "teacher_logits")
     check_device(T, "T", teacher_logits.device, "teacher_logits")
+    if validate:  # finite, and not overflowing when divided by T (one host sync)
+        check_logits_values(teacher_logits, student_logits, *names, T=T, alpha_factor=_alpha_factor(alpha))
     return alpha, T
+
+
+def _alpha_factor(alpha) -> float:
+    """How much larger than the tempered logits the kernels' intermediates get: ``alpha`` for a number
+    in ``(1, _HUGE_ORDER]`` (``alpha log p + (1 - alpha) log q`` is formed unscaled there), else 1."""
+    return alpha if not isinstance(alpha, torch.Tensor) and 1.0 < alpha <= _HUGE_ORDER else 1.0
 
 
 def renyi_gradient(teacher_logits: torch.Tensor, student_logits: torch.Tensor, alpha: float | torch.Tensor,

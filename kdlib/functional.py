@@ -27,8 +27,15 @@ from typing import NamedTuple
 
 import torch
 
-from kdlib._validation import check_beta, check_device, check_logits_pair, check_order, check_temperature_arg
-from kdlib.divergences import renyi_divergence_logits
+from kdlib._validation import (
+    check_beta,
+    check_device,
+    check_logits_pair,
+    check_logits_values,
+    check_order,
+    check_temperature_arg,
+)
+from kdlib.divergences import _alpha_factor, renyi_divergence_logits
 
 __all__ = ["distillation_loss", "LossComponents", "REDUCTIONS"]
 
@@ -121,14 +128,20 @@ def distillation_loss(
             ``[0, 1]``; an unknown ``reduction``; ``normalize_by_alpha`` with an order 0, ``inf`` or
             below the smallest normal number of the computation (``2.2e-308`` for float64 logits,
             ``1.2e-38`` otherwise); a meta tensor, or a tensor argument on another device than the
-            student logits (0-dim CPU tensors excepted).
+            student logits (0-dim CPU tensors excepted); ``validate`` or ``reverse`` not a bool; a
+            number beyond float's range (e.g. ``10**400``) as ``alpha``, ``T`` or ``beta``; with
+            ``validate``, logits so large for ``T`` that a row's range times ``max(1, 1/T, T)``
+            exceeds the computation dtype's largest number over 16 (far outside the documented
+            range of :func:`kdlib.divergences.renyi_divergence_logits`; the value would be NaN, see
+            :func:`kdlib._validation.check_logits_values`).
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not isinstance(reverse, bool):
-        raise ValueError(f"reverse must be a bool, got {type(reverse).__name__}")
+    for name, flag in (("reverse", reverse), ("validate", validate)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be a bool, got {type(flag).__name__}")
     rows = check_logits_pair(student_logits, teacher_logits, "student_logits", "teacher_logits", targets,
-                             validate=validate)
+                             validate=False)
     if rows != student_logits.shape[:-1]:
         # F.cross_entropy would refuse; broadcasting would silently repeat the student's rows
         raise ValueError(
@@ -143,6 +156,9 @@ def distillation_loss(
     for name, value in (("alpha", alpha), ("T", T), ("beta", beta),
                         ("normalize_by_alpha", normalize_by_alpha)):
         check_device(value, name, student_logits.device, "student_logits")
+    if validate:  # finite logits, targets in range, and T**2 D that cannot overflow (one host sync)
+        check_logits_values(student_logits, teacher_logits, "student_logits", "teacher_logits", targets, T=T,
+                            t_squared=True, alpha_factor=_alpha_factor(alpha))
     norm = _check_normalize(normalize_by_alpha, alpha, rows, validate, student_logits.dtype)
 
     s = student_logits if student_logits.dtype in (torch.float32, torch.float64) else student_logits.float()

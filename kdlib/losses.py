@@ -70,14 +70,14 @@ class DistillationLoss(nn.Module):
         T: temperature, a finite number ``> 0`` or a tensor of them broadcastable to the row shape.
         beta: weight :math:`\beta \in [0, 1]` of the soft term (a number, or a tensor broadcastable to
             the row shape).
-        normalize_by_alpha: divide the soft term by :math:`\alpha` (see above).
+        normalize_by_alpha: divide the soft term by :math:`\alpha` (see above); a bool.
         reverse: exchange the two distributions of the soft term,
             :math:`D_\alpha(\text{student}_T \| \text{teacher}_T)` (reverse KL at ``alpha = 1``;
             see :func:`kdlib.functional.distillation_loss`).
         reduction: ``"mean"`` (over all rows), ``"sum"`` or ``"none"`` (one value per row).
         validate: check the values of every call's arguments: finite logits and targets in
-            ``[0, n)``, at the cost of two float64 sums, one min/max and a single host sync per
-            call. Set ``False`` in hot loops whose inputs are known to be valid (shapes and dtypes
+            ``[0, n)``, at the cost of two row-wise min/max reductions, one min/max and a single host
+            sync per call. Set ``False`` in hot loops whose inputs are known to be valid (shapes and dtypes
             are still checked; invalid values then give NaN or an indexing error).
 
     Tensor hyperparameters are registered as buffers, so :meth:`~torch.nn.Module.to` moves them to
@@ -100,8 +100,11 @@ class DistillationLoss(nn.Module):
 
     Raises:
         ValueError: at construction, if ``alpha`` is NaN or negative, ``T`` is not finite and ``> 0``,
-            ``beta`` is outside ``[0, 1]``, a tensor hyperparameter requires grad, ``reduction`` is
-            unknown, or ``normalize_by_alpha`` is set with an order 0 or ``inf``; at call time, as
+            ``beta`` is outside ``[0, 1]`` (a number beyond float's range, such as ``10**400``, is
+            refused by name too), a tensor hyperparameter requires grad, ``reduction`` is unknown,
+            ``normalize_by_alpha`` or ``validate`` is not a bool (a per-row bool tensor is taken by
+            :func:`kdlib.functional.distillation_loss`), or ``normalize_by_alpha`` is set with an
+            order 0 or ``inf``; at call time, as
             :func:`kdlib.functional.distillation_loss`: a logits tensor holds NaN or ``+-inf`` or is
             not floating, the shapes do not match, ``targets`` is not an integer tensor of the row
             shape with values in ``[0, n)``, an order is below the smallest normal number where
@@ -128,6 +131,11 @@ class DistillationLoss(nn.Module):
         beta = check_beta(beta)
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        for name, flag in (("normalize_by_alpha", normalize_by_alpha), ("validate", validate)):
+            if not isinstance(flag, bool):  # a tensor of several elements has no truth value
+                hint = (" (for one flag per row, pass a bool tensor to kdlib.functional.distillation_loss)"
+                        if name == "normalize_by_alpha" and isinstance(flag, torch.Tensor) else "")
+                raise ValueError(f"{name} must be a bool (True or False), got {type(flag).__name__}{hint}")
         if normalize_by_alpha:
             if isinstance(alpha, torch.Tensor):
                 bad = bool(((alpha == 0) | torch.isinf(alpha)).any())

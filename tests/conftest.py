@@ -3,8 +3,10 @@
 - ``tests/fixtures`` is put on ``sys.path`` so that test modules can ``import mp_reference``, the
   mpmath reference formulas that also generate the committed fixture.
 - :func:`needs` skips a test whose optional system package (Debian's ``chromium``,
-  ``dataset-fashion-mnist``) is missing, saying how to get it; under CI (``CI=true``, where
-  ``.ci/run`` installs both) it fails instead, so CI never skips them silently.
+  ``dataset-fashion-mnist``, TeX) is missing, saying how to get it; under CI (``CI=true``, where
+  ``.ci/run`` installs them) it fails instead, so CI never skips them silently.
+  :func:`needs_fashion_mnist` is that check for the real Fashion-MNIST files. Every test that uses
+  one of these packages goes through them (``test_needs.py`` checks the test files for it).
 - Every test runs with one intra-op torch thread: the tests use tiny tensors, where a second
   thread only adds barrier waits (about 10 ms per operation on a busy two-core machine). No test
   result depends on the thread count; the setting is restored at the end of the session.
@@ -32,6 +34,15 @@ def needs(available: bool, what: str, how: str) -> None:
     if UNDER_CI:
         pytest.fail(f"{message} (.ci/run installs it; under CI this test must run)", pytrace=False)
     pytest.skip(message)
+
+
+def needs_fashion_mnist() -> None:
+    """:func:`needs` for the real Fashion-MNIST IDX files, wherever :mod:`kdlib.lab.data` looks for them."""
+    from kdlib.lab.data import _find_idx_dir, _idx_candidates
+
+    needs(_find_idx_dir(_idx_candidates("fashion_mnist")) is not None,
+          "Fashion-MNIST (Debian's dataset-fashion-mnist)",
+          "`sudo apt-get install dataset-fashion-mnist`, or set KDLIB_FASHION_MNIST_DIR to the IDX files")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -66,6 +66,34 @@ def test_default_threads(monkeypatch):
     monkeypatch.delenv("KDLIB_THREADS")
     assert C.default_threads() >= 1
 
+    monkeypatch.setenv("KDLIB_THREADS", "99999999999999999999")  # torch.set_num_threads would overflow
+    with pytest.raises(ValueError, match=f"KDLIB_THREADS must be an integer >= 1 and <= {C.MAX_THREADS}"):
+        C.default_threads()
+
+
+@pytest.mark.parametrize("threads", [0, -1, C.MAX_THREADS + 1, 99999999999999999999, 2.0, True, "4", None])
+def test_check_threads_refuses_what_torch_set_num_threads_cannot_take(threads):
+    with pytest.raises(ValueError, match=f"threads must be an integer >= 1 and <= {C.MAX_THREADS}, got"):
+        C.check_threads(threads)
+
+
+def test_check_threads_returns_an_int_in_range():
+    assert C.check_threads(1) == 1 and C.check_threads(C.MAX_THREADS) == C.MAX_THREADS
+    assert type(C.check_threads(torch.tensor(3).item())) is int
+
+
+@pytest.mark.parametrize("device, want", [("auto", None), ("cpu", torch.device("cpu")),
+                                          ("cuda", torch.device("cuda")), ("cuda:7", torch.device("cuda:7"))])
+def test_check_device_does_not_need_the_device_here(device, want):
+    assert C.check_device(device) == want  # cuda:7 is fine: the jobs that use it run elsewhere
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "meta", "CPU", "cuda:-1", "", None])
+def test_check_device_and_resolve_device_refuse_unknown_and_non_cpu_cuda_devices(device):
+    for check in (C.check_device, C.resolve_device):
+        with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got"):
+            check(device)
+
 
 def test_bf16_training_keeps_fp32_weights_and_learns():
     s = load_dataset("digits")

@@ -279,3 +279,58 @@ def test_check_writable_refuses_a_path_below_a_file(tmp_path):
     with pytest.raises(R.ResultsFileError, match="MiB free"):
         monkey_free.check_writable(min_free=1 << 62)
 
+
+
+def test_merge_writes_through_a_symlinked_results_file(tmp_path):
+    """The link stays a link and its target gets the shard records (replacing the link lost them)."""
+    target = tmp_path / "elsewhere" / "cpu.jsonl"
+    R.ResultsStore(target).append(record("k0"))
+    target.chmod(0o640)
+    link = R.results_path(tmp_path / "out", "exp", "cpu")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(target)
+    R.ResultsStore(R.results_path(tmp_path / "out", "exp", "cpu", R.Shard(0, 2))).append(record("k1"))
+    R.ResultsStore(R.results_path(tmp_path / "out", "exp", "cpu", R.Shard(1, 2))).append(record("k2"))
+    added, removed = R.merge_shard_files(link)
+    assert added == 2 and len(removed) == 2
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert [r["key"] for r in R.load_records(target)] == ["k0", "k1", "k2"]
+    assert target.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in target.parent.iterdir()) == ["cpu.jsonl"]  # no temporary left
+
+
+def test_atomic_write_through_a_symlink_replaces_the_target_and_refuses_a_dangling_one(tmp_path):
+    target, link = tmp_path / "t" / "f.json", tmp_path / "f.json"
+    R.atomic_write(target, b"old")
+    link.symlink_to(target)
+    R.atomic_write(link, b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    target.unlink()
+    with pytest.raises(FileNotFoundError, match="a symbolic link to .*which does not exist"):
+        R.atomic_write(link, b"newer")
+    assert link.is_symlink() and not target.exists()
+
+
+def test_a_dangling_symlink_as_results_file_is_refused_before_any_work(tmp_path):
+    link = R.results_path(tmp_path, "exp", "cpu")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / "gone" / "cpu.jsonl")
+    with pytest.raises(R.ResultsFileError, match="symbolic link to .*which does not exist"):
+        R.ResultsStore(link).check_writable()
+    R.ResultsStore(R.results_path(tmp_path, "exp", "cpu", R.Shard(0, 2))).append(record("k1"))
+    with pytest.raises(R.ResultsFileError, match="which does not exist; the shard files are kept"):
+        R.merge_shard_files(link)
+    assert link.is_symlink() and R.shard_files(link)
+
+
+def test_a_run_into_a_dangling_symlink_stops_before_its_teacher(tmp_path, capsys):
+    from kdlib.cli import main
+
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    link = R.results_path(out, "hinton", "smoke")
+    link.parent.mkdir(parents=True)
+    link.symlink_to(tmp_path / "gone" / "smoke.jsonl")
+    assert main(["run", "hinton", "--profile", "smoke", "--device", "cpu", "--out", str(out),
+                 "--cache", str(cache)]) == 2
+    assert "which does not exist" in capsys.readouterr().err
+    assert not list(cache.rglob("*.pt"))  # no teacher was trained

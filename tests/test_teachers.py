@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import needs_fashion_mnist
 
 from kdlib.lab.analysis import gap_closed
 from kdlib.lab.config import StudentSpec, TrainConfig
@@ -271,6 +272,7 @@ def test_a_committed_full_scale_student_reruns_exactly_from_the_committed_logits
     same = all(here.get(k) == there.get(k) for k in ("torch", "cpu_capability", "cpu_isa", "threads"))
     if not same or there.get("device") != "cpu":
         pytest.skip("the record comes from another kind of machine; see the README for the tolerance")
+    needs_fashion_mnist()  # the rerun trains on the real data
     before, after = rerun_student(target["key"], tmp_path / "rerun", cache_dir=tmp_path / "cache",
                                   log=lambda m: None)
     assert not (tmp_path / "cache" / "teachers").exists(), "the teacher came from the committed logits"

@@ -356,6 +356,20 @@ def test_a_damaged_cache_entry_is_moved_aside_and_reported(tmp_path, which, dama
     assert any(p.name.endswith(".damaged") for p in cache.dir.iterdir())  # nothing deleted
 
 
+
+def test_a_second_damage_to_the_same_key_keeps_the_first_damaged_copy(tmp_path):
+    """Three damages: three sets of *.damaged files, each with the bytes it had (nothing lost)."""
+    damaged = []
+    for i in range(3):
+        cache, *_ = cached_teacher(tmp_path)
+        cache.paths("k")[2].write_text(f"garbage {i}")
+        assert cache.load("k", ROWS, 10, log=lambda m: None) is None
+        damaged.append(f"garbage {i}")
+    records = sorted(cache.dir.glob("k.json*.damaged"))
+    assert [p.name for p in records] == ["k.json.2.damaged", "k.json.3.damaged", "k.json.damaged"]
+    assert sorted(p.read_text() for p in records) == damaged
+    assert len(list(cache.dir.glob("k.pt*.damaged"))) == 3 and len(list(cache.dir.glob("k.logits.pt*"))) == 3
+
 def test_a_kill_during_save_leaves_no_temporary_files(tmp_path):
     cache, *_ = cached_teacher(tmp_path)
     (cache.dir / ".k.pt.abc123.tmp").write_bytes(b"half")

@@ -29,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+import torch
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable
 
+from kdlib.lab.config import PRECISIONS, check_device, check_threads, default_threads
 from kdlib.lab.experiments import get_experiment
 from kdlib.lab.run import run_experiment
 from kdlib.lab.shards import experiment_status, plan_shards
@@ -98,6 +100,11 @@ class Resources:
         time_min: time limit in minutes (:func:`parse_time`).
         array_parallelism: most shards running at once.
         slurm_options: further ``#SBATCH`` options, e.g. ``{"account": "proj", "qos": "high"}``.
+
+    Raises:
+        ValueError: a count below its minimum (``gpus_per_task >= 0``, ``cpus_per_task``, ``time_min``
+            and ``array_parallelism >= 1``, all integers), an empty ``partition``, or an option whose
+            key or value is not a string.
     """
 
     partition: str | None = None
@@ -107,14 +114,27 @@ class Resources:
     array_parallelism: int = 64
     slurm_options: dict[str, str] = field(default_factory=dict)
 
-    def parameters(self, name: str) -> dict[str, Any]:
-        """``update_parameters`` keywords of a :class:`submitit.AutoExecutor` (job name ``name``).
+    def __post_init__(self) -> None:  # checked here, so submit() refuses before it creates or submits
+        for name, option, low in (("gpus_per_task", "--gpus-per-task", 0),
+                                  ("cpus_per_task", "--cpus-per-task", 1),
+                                  ("time_min", "--time (in minutes)", 1),
+                                  ("array_parallelism", "--array-parallelism", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{option} must be an integer >= {low}, got {value!r}")
+        if self.partition is not None and not (isinstance(self.partition, str) and self.partition.strip()):
+            raise ValueError(f"--partition must name a partition (or be left out), got {self.partition!r}")
+        if not all(isinstance(k, str) and k and isinstance(v, str) for k, v in self.slurm_options.items()):
+            raise ValueError(f"--slurm-option must be KEY=VALUE strings, got {self.slurm_options!r}")
 
-        Raises:
-            ValueError: a count below its minimum.
-        """
-        if self.gpus_per_task < 0 or self.cpus_per_task < 1 or self.array_parallelism < 1:
-            raise ValueError("--gpus-per-task must be >= 0, --cpus-per-task and --array-parallelism >= 1")
+    def requests_gpus(self) -> bool:
+        """Whether each job is given GPUs: ``gpus_per_task``, or a Slurm option such as ``gres=gpu:1``."""
+        keys = {k.replace("_", "-"): v for k, v in self.slurm_options.items()}
+        return bool(self.gpus_per_task or any(k.startswith("gpus") for k in keys)
+                    or "gpu" in keys.get("gres", "") or "gpu" in keys.get("tres-per-task", ""))
+
+    def parameters(self, name: str) -> dict[str, Any]:
+        """``update_parameters`` keywords of a :class:`submitit.AutoExecutor` (job name ``name``)."""
         params: dict[str, Any] = {"name": name, "timeout_min": self.time_min,
                                   "cpus_per_task": self.cpus_per_task,
                                   "slurm_array_parallelism": self.array_parallelism,
@@ -149,9 +169,18 @@ def submit(name: str, profile: str, shards: int, *, cluster: str, out: str | os.
     ``<out>/<name>/<profile>.logs``. With ``cluster="local"`` the jobs run on this machine and
     this function returns when they have ended.
 
+    Everything the jobs are given is checked before any directory is made or any job submitted:
+    ``threads`` (:func:`~kdlib.lab.config.check_threads`; when ``None``, ``$KDLIB_THREADS``),
+    ``precision``, ``device`` (:func:`~kdlib.lab.config.check_device`: torch must know it, and a
+    ``cuda`` device needs GPUs in each job, ``resources.gpus_per_task`` or a Slurm ``gres``/``gpus``
+    option; it need not be present on this machine unless ``cluster="local"``), the shard count
+    and the directories.
+
     Raises:
         ValueError: unknown cluster, a bad shard count (:func:`~kdlib.lab.shards.plan_shards`), a
-            directory that is a file.
+            directory that is a file, ``threads`` not in ``[1, MAX_THREADS]``, an unknown
+            ``precision`` or ``device``, a ``cuda`` device for jobs given no GPU (or an index beyond
+            their GPUs), or (local) more GPUs per job than this machine has.
         kdlib.lab.experiments.UnknownExperimentError: unknown experiment or profile.
         kdlib.lab.store.CacheError: the cache is not a directory.
         ClusterError: ``cluster="slurm"`` on a machine without ``sbatch``; (local) the teacher job or
@@ -160,6 +189,7 @@ def submit(name: str, profile: str, shards: int, *, cluster: str, out: str | os.
     if cluster not in CLUSTERS:
         raise ValueError(f"cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}")
     p = get_experiment(name).profile(profile)
+    _check_job_arguments(cluster, resources, device, threads, precision, p.threads)
     plan_shards(p.students, p.max_group, shards)  # refuse a bad count before submitting anything
     out = _absolute_dir(out, "out")
     cache_dir = TeacherCache(_absolute_dir(cache, "cache") if cache is not None else None).root.resolve()
@@ -207,6 +237,36 @@ def submit(name: str, profile: str, shards: int, *, cluster: str, out: str | os.
     if cluster == "local":
         _wait(jobs, "shard job")
     return Submission(teacher, dict(zip(todo, jobs, strict=True)), logs)
+
+
+def _check_job_arguments(cluster: str, resources: Resources, device: str, threads: int | None,
+                         precision: str | None, profile_threads: int | None) -> None:
+    """Refuse, before anything is created or submitted, what would make every job fail when it starts.
+
+    The jobs run elsewhere (Slurm) or with only the GPUs they ask for (local: ``CUDA_VISIBLE_DEVICES``
+    lists ``gpus_per_task`` of this machine's GPUs), so a ``cuda`` device is checked against the GPUs
+    each job is given rather than against this machine (except locally, where the jobs take this
+    machine's GPUs).
+    """
+    if not isinstance(resources, Resources):
+        raise ValueError(f"resources must be a Resources, got {type(resources).__name__}")
+    if threads is not None:
+        check_threads(threads, "--threads")
+    elif profile_threads is None:
+        default_threads()  # the jobs read $KDLIB_THREADS (Slurm passes the environment on): check it here
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    dev = check_device(device)
+    if dev is not None and dev.type == "cuda":
+        if not (resources.gpus_per_task if cluster == "local" else resources.requests_gpus()):
+            raise ValueError(f"--device {device} needs GPUs in each job, but the jobs ask for none: "
+                             "pass --gpus-per-task N (or use --device auto or cpu)")
+        if resources.gpus_per_task and (dev.index or 0) >= resources.gpus_per_task:
+            raise ValueError(f"--device {device}: each job sees its {resources.gpus_per_task} GPU(s) as "
+                             f"cuda:0 to cuda:{resources.gpus_per_task - 1}")
+    if cluster == "local" and resources.gpus_per_task > torch.cuda.device_count():
+        raise ValueError(f"--gpus-per-task {resources.gpus_per_task}: the local jobs run on this machine, "
+                         f"which has {torch.cuda.device_count()} GPU(s)")
 
 
 def _absolute_dir(path: str | os.PathLike, name: str) -> Path:

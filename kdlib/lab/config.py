@@ -16,6 +16,7 @@ existed, so their keys stay valid) or ``"bf16-autocast"``.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,6 +26,9 @@ import torch
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
+#: The most CPU threads a run may ask for (more than the largest machines have cores; a count beyond
+#: it is a typo, and ``torch.set_num_threads`` cannot take an arbitrarily large one).
+MAX_THREADS = 1024
 #: ``"dtype"`` recorded in a run's config for each resolved precision.
 PRECISION_DTYPE = {"fp32": "float32", "bf16": "bf16-autocast"}
 #: The scales every experiment runs at (:data:`kdlib.lab.experiments.SCALES`), smallest first.
@@ -37,19 +41,34 @@ class DeviceUnavailableError(RuntimeError):
     """The requested device (e.g. ``cuda``) is not available on this machine."""
 
 
+def check_device(device: str | torch.device) -> torch.device | None:
+    """Parse ``device`` without looking at this machine's hardware: ``None`` for ``"auto"``, else a
+    ``cpu`` or ``cuda[:N]`` device (for jobs that run elsewhere: :func:`kdlib.lab.cluster.submit`).
+
+    Raises:
+        ValueError: a device string torch does not know, or a device type other than ``cpu`` and ``cuda``.
+    """
+    if isinstance(device, str) and device == "auto":
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({e})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return dev
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> ``cuda`` when available, else ``cpu``; ``"cpu"``/``"cuda"``/``"cuda:N"`` checked.
 
     Raises:
         DeviceUnavailableError: ``cuda`` requested but no usable GPU (or index out of range).
-        ValueError: a device string torch does not know.
+        ValueError: a device string torch does not know (:func:`check_device`).
     """
-    if isinstance(device, str) and device == "auto":
+    dev = check_device(device)
+    if dev is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r} ({e})") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceUnavailableError(
@@ -59,8 +78,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceUnavailableError(f"device {device!r} requested but only "
                                          f"{torch.cuda.device_count()} GPU(s) are present")
-    elif dev.type != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     return dev
 
 
@@ -96,13 +113,30 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+def check_threads(threads: object, name: str = "threads") -> int:
+    """``threads`` as an ``int`` in ``[1, MAX_THREADS]``: what ``torch.set_num_threads`` may be given.
+
+    Call it before anything is done with the count (a huge one makes ``torch.set_num_threads``
+    raise an ``OverflowError``, or start that many threads). ``name`` is the parameter named in the error.
+
+    Raises:
+        ValueError: ``threads`` is not an integer (``bool`` included) from 1 to :data:`MAX_THREADS`.
+    """
+    if (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+            or not 1 <= threads <= MAX_THREADS):
+        raise ValueError(f"{name} must be an integer >= 1 and <= {MAX_THREADS}, got {threads!r}")
+    return int(threads)
+
+
 def default_threads() -> int:
-    """The CPU threads a run uses unless told otherwise: ``$KDLIB_THREADS``, else the usable cores."""
+    """The CPU threads a run uses unless told otherwise: ``$KDLIB_THREADS``, else the usable cores.
+
+    Raises:
+        ValueError: ``$KDLIB_THREADS`` is set but not an integer from 1 to :data:`MAX_THREADS`.
+    """
     env = os.environ.get("KDLIB_THREADS", "").strip()
     if env:
-        if not env.isdigit() or int(env) < 1:
-            raise ValueError(f"KDLIB_THREADS must be an integer >= 1, got {env!r}")
-        return int(env)
+        return check_threads(int(env) if env.isdecimal() else env, "KDLIB_THREADS")
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 

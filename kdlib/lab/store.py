@@ -123,9 +123,20 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: a temporary file beside it, ``fsync``, ``os.replace``.
 
     A reader sees the old file or the new one, never a part; a crash leaves at most the
-    temporary file (named ``.<name>.*.tmp``).
+    temporary file (named ``.<name>.*.tmp``). A ``path`` that is a symbolic link is written
+    through: its target is replaced (the temporary file beside the target), the link kept.
+
+    Raises:
+        FileNotFoundError: ``path`` is a symbolic link to nothing (or a loop of links).
+        OSError: the file cannot be written.
     """
     path = Path(path)
+    if path.is_symlink():  # replacing the link itself would leave its target stale
+        try:
+            path = Path(os.path.realpath(path, strict=True))
+        except OSError:
+            raise FileNotFoundError(errno.ENOENT, f"a symbolic link to {os.readlink(path)}, which does not "
+                                    "exist", str(path)) from None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -422,9 +433,13 @@ class ResultsStore:
 
         Raises:
             ResultsFileError: the nearest existing directory above the file is not writable (or
-                is a file), the file cannot be opened for appending, or its file system has less
-                than ``min_free`` bytes free.
+                is a file), the file cannot be opened for appending, it is a symbolic link to
+                nothing, or its file system has less than ``min_free`` bytes free.
         """
+        if self.path.is_symlink() and not self.path.exists():  # appending would fail, after the training
+            raise ResultsFileError(f"cannot write results file {self.path}: it is a symbolic link to "
+                                   f"{os.readlink(self.path)}, which does not exist (remove the link or "
+                                   "create its target)")
         try:
             if self.path.exists():
                 os.close(os.open(self.path, os.O_WRONLY | os.O_APPEND))
@@ -598,14 +613,16 @@ def merge_shard_files(path: str | os.PathLike) -> tuple[int, list[Path]]:
     The merged file is the old one (byte for byte) followed by every shard record whose key it
     lacks, written atomically (:func:`atomic_write`): a crash leaves the old file and every
     shard file as they were, and merging again finishes the job. Only after the merged file is
-    on disk are the shard files removed. Runs into the file or a shard are refused meanwhile.
+    on disk are the shard files removed. Runs into the file or a shard are refused meanwhile. A
+    results file that is a symbolic link stays one: its target gets the merged records.
 
     Returns:
         ``(records added, shard files removed)``; ``(0, [])`` when there are no shard files.
 
     Raises:
         RunInProgressError: a run (a shard job, or an unsharded run) is writing one of the files.
-        ResultsFileError: a file is not a results file (nothing is changed).
+        ResultsFileError: a file is not a results file, or the results file is a symbolic link
+            to nothing (nothing is changed).
     """
     path = Path(path)
     shards = list(shard_files(path).values())
@@ -647,7 +664,8 @@ class TeacherCache:
 
     :meth:`load` trusts nothing: an entry whose record is not JSON, names another key, lacks
     the checksums, or whose files do not match them, whose logits miss a split, have the wrong
-    shape or hold non-finite values, is *damaged*. It is moved aside (``<name>.damaged``, so
+    shape or hold non-finite values, is *damaged*. It is moved aside (``<name>.damaged``; when
+    that exists from an earlier damage, ``<name>.2.damaged``, ``<name>.3.damaged``, ..., so
     nothing is lost) and reported as absent, and the teacher is trained afresh.
     """
 
@@ -681,7 +699,7 @@ class TeacherCache:
         except Exception as e:  # anything unreadable is damage: never a different teacher under this key
             for p in paths:
                 if p.exists():
-                    os.replace(p, p.with_name(p.name + ".damaged"))
+                    os.replace(p, _free_name(p, ".damaged"))
             log(f"teacher cache entry {paths[2]} is damaged ({e}); moved aside as *.damaged, "
                 "the teacher is trained again")
             return None
@@ -768,6 +786,14 @@ class TeacherCache:
             raise CacheError(f"cannot write the teacher cache in {self.dir}: {e.strerror or e} "
                              "(choose another with --cache or KDLIB_CACHE_DIR)") from None
         return record
+
+
+def _free_name(path: Path, suffix: str) -> Path:
+    """``<name><suffix>``, else the first free ``<name>.<n><suffix>`` (n = 2, 3, ...), beside ``path``."""
+    candidate, n = path.with_name(path.name + suffix), 2
+    while candidate.exists() or candidate.is_symlink():
+        candidate, n = path.with_name(f"{path.name}.{n}{suffix}"), n + 1
+    return candidate
 
 
 def _torch_bytes(obj: Any) -> bytes:
