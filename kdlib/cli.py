@@ -133,64 +133,91 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 error)."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "list":
-            for exp in EXPERIMENTS.values():
-                print(f"{exp.name}\t{exp.description}")
-            return 0
-        if args.command == "rerun":
-            return _rerun(args.key, args.out, args.cache)
-        if args.command == "hypotheses":
-            return _hypotheses(args.write, args.dir)
-        exp = get_experiment(args.name)
-        if args.command == "report":
-            return _report(exp, args.profile, args.out, args.all)
-        exp.profile(args.profile)  # validate before touching anything
-        default_out = Path("results") / SCRATCH if args.profile == "smoke" else Path("results")
-        out = args.out if args.out is not None else default_out
-        if args.command == "run":
-            shard = Shard.parse(args.shard) if args.shard is not None else None
-            path = run_experiment(exp.name, args.profile, device=args.device, out=out, cache_dir=args.cache,
-                                  threads=args.threads, precision=args.precision, shard=shard,
-                                  teachers_only=args.teachers_only,
-                                  log=lambda msg: print(msg, file=sys.stderr))
-            print(f"{'teacher' if args.teachers_only else 'results'}: {path}")
-        elif args.command == "submit":
-            resources = Resources(args.partition, args.gpus_per_task, args.cpus_per_task,
-                                  parse_time(args.time), args.array_parallelism,
-                                  dict(_key_value(o) for o in args.slurm_option))
-            submit(exp.name, args.profile, args.shards, cluster=args.cluster, out=out, cache=args.cache,
-                   logs=args.logs, resources=resources, device=args.device, threads=args.threads,
-                   precision=args.precision)
-            if args.cluster == "local":
-                _status(exp.name, args.profile, out, args.shards, args.cache)
-        elif args.command == "status":
-            _status(exp.name, args.profile, out, args.shards, args.cache)
+#: Options whose value may begin with "-" (``--shard -1/2``): argparse would take the value for an
+#: option and say "expected one argument"; joined as ``--shard=-1/2`` the value reaches its own check.
+_DASHED_VALUES = ("--shard",)
+
+
+def _join_dashed_values(argv: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _DASHED_VALUES and arg.startswith("-") and arg != "--":
+            out[-1] = f"{out[-1]}={arg}"
         else:
-            target = results_path(out, exp.name, args.profile)
-            added, removed = merge_shard_files(target)
-            print(f"{target}: merged {len(removed)} shard files ({added} new records) and removed them"
-                  if removed else f"{target}: no shard files to merge")
-            _status(exp.name, args.profile, out, 1)
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 error, 130 interrupted).
+
+    Output cut short by its reader (``kdlib report ... | head -1``) stops quietly with status 0.
+    """
+    args = _parser().parse_args(_join_dashed_values(sys.argv[1:] if argv is None else argv))
+    try:
+        status = _dispatch(args)
+        sys.stdout.flush()  # inside the try: a reader that went away is a broken pipe here, not at exit
+        return status
+    except BrokenPipeError:  # e.g. `report ... | head`: stop quietly (a subclass of OSError: caught first)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (UnknownExperimentError, ResultsFileError, DatasetNotFoundError, DeviceUnavailableError,
             RunInProgressError, LookupError, ClusterError, ValueError) as e:
         print(f"kdlib: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. a full disk while the teacher is saved: one line, finished runs are kept
-        print(f"kdlib: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}; finished runs are "
-              "saved, rerun the same command to resume", file=sys.stderr)
+        hint = ("; finished runs are saved, rerun the same command to resume"
+                if args.command in ("run", "submit", "merge", "rerun") else "")
+        print(f"kdlib: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}{hint}",
+              file=sys.stderr)
         return 2
-    except BrokenPipeError:  # e.g. `report ... | head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
     except KeyboardInterrupt:
         print("kdlib: interrupted; finished runs are saved, rerun the same command to resume",
               file=sys.stderr)
         return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Carry out the parsed command; errors propagate to :func:`main`."""
+    if args.command == "list":
+        for exp in EXPERIMENTS.values():
+            print(f"{exp.name}\t{exp.description}")
+        return 0
+    if args.command == "rerun":
+        return _rerun(args.key, args.out, args.cache)
+    if args.command == "hypotheses":
+        return _hypotheses(args.write, args.dir)
+    exp = get_experiment(args.name)
+    if args.command == "report":
+        return _report(exp, args.profile, args.out, args.all)
+    exp.profile(args.profile)  # validate before touching anything
+    default_out = Path("results") / SCRATCH if args.profile == "smoke" else Path("results")
+    out = args.out if args.out is not None else default_out
+    if args.command == "run":
+        shard = Shard.parse(args.shard) if args.shard is not None else None
+        path = run_experiment(exp.name, args.profile, device=args.device, out=out, cache_dir=args.cache,
+                              threads=args.threads, precision=args.precision, shard=shard,
+                              teachers_only=args.teachers_only,
+                              log=lambda msg: print(msg, file=sys.stderr))
+        print(f"{'teacher' if args.teachers_only else 'results'}: {path}")
+    elif args.command == "submit":
+        resources = Resources(args.partition, args.gpus_per_task, args.cpus_per_task,
+                              parse_time(args.time), args.array_parallelism,
+                              dict(_key_value(o) for o in args.slurm_option))
+        submit(exp.name, args.profile, args.shards, cluster=args.cluster, out=out, cache=args.cache,
+               logs=args.logs, resources=resources, device=args.device, threads=args.threads,
+               precision=args.precision)
+        if args.cluster == "local":
+            _status(exp.name, args.profile, out, args.shards, args.cache)
+    elif args.command == "status":
+        _status(exp.name, args.profile, out, args.shards, args.cache)
+    else:
+        target = results_path(out, exp.name, args.profile)
+        added, removed = merge_shard_files(target)
+        print(f"{target}: merged {len(removed)} shard files ({added} new records) and removed them"
+              if removed else f"{target}: no shard files to merge")
+        _status(exp.name, args.profile, out, 1)
+    return 0
 
 
 def _report(exp: Experiment, profile: str | None, out: str, include_stale: bool) -> int:
@@ -209,6 +236,8 @@ def _report(exp: Experiment, profile: str | None, out: str, include_stale: bool)
 def _hypotheses(write: bool, directory: str | None) -> int:
     """``hypotheses``: print the derived hypothesis files; with ``write``, write those not yet there."""
     target = Path(directory) if directory is not None else hypotheses_dir()
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"--dir must be a directory, but {target} exists and is not one")
     for name, h in derive_hypotheses().items():
         text = h.dumps()
         path = target / f"{name}.json"

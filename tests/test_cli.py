@@ -80,7 +80,8 @@ def test_list(capsys):
 @pytest.mark.parametrize("argv,message", [
     (["run", "nope", "--profile", "smoke"], "experiment must be one of"),
     (["run", "hinton", "--profile", "huge"], "profile must be one of"),
-    (["run", "hinton", "--profile", "smoke", "--threads", "0"], "threads must be >= 1"),
+    (["run", "hinton", "--profile", "smoke", "--threads", "0"], "threads must be an integer >= 1"),
+    (["run", "hinton", "--profile", "smoke", "--threads", "9" * 20], "threads must be an integer"),
     (["report", "hinton"], "no results for hinton"),
     (["report", "hinton", "--profile", "huge"], "profile must be one of"),
 ])
@@ -272,3 +273,35 @@ def test_hypotheses_prints_writes_once_and_never_overwrites(tmp_path, capsys, mo
     assert json.loads((tmp_path / "omitted_class_tuned.json").read_text()) == {"arms": [2]}
     monkeypatch.setattr(cli, "derive_hypotheses", lambda: (_ for _ in ()).throw(ValueError("not complete")))
     assert main(["hypotheses"]) == 2 and "not complete" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["report", "renyi_grid"], ["list"]])
+def test_a_closed_pipe_stops_the_output_quietly(argv):
+    """`kdlib report ... | head -1`: the reader goes away, so the next write fails with EPIPE; the
+    command stops with status 0 and says nothing (the reader is closed here before the first write,
+    which makes the broken pipe certain whatever the output's size)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "kdlib", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == ""
+
+
+def test_a_shard_given_with_a_minus_sign_names_the_shard_rule(tmp_path, capsys):
+    rc = main(["run", "hinton", "--profile", "smoke", "--shard", "-1/2", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("kdlib: error:") and "a shard is I/N" in err and "-1/2" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_hypotheses_into_a_file_says_dir_must_be_a_directory(tmp_path, capsys, monkeypatch):
+    import kdlib.cli as cli
+
+    monkeypatch.setattr(cli, "derive_hypotheses", lambda: {})
+    (tmp_path / "file").write_text("x")
+    assert main(["hypotheses", "--write", "--dir", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert "--dir must be a directory" in err and "rerun" not in err and len(err.splitlines()) == 1

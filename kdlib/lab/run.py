@@ -18,6 +18,7 @@ import torch
 
 from kdlib.lab.config import (
     PRECISION_DTYPE,
+    check_threads,
     default_threads,
     requested_profile,
     resolve_device,
@@ -190,9 +191,7 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
         p = shard_profile(p, shard)
     dev = resolve_device(device)
     prec = resolve_precision(precision if precision is not None else p.precision, dev)
-    threads = threads if threads is not None else (p.threads or default_threads())
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    threads = check_threads(threads if threads is not None else (p.threads or default_threads()))
     before = torch.get_num_threads()
     if dev.type == "cpu":
         torch.set_num_threads(threads)
