@@ -55,7 +55,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from kdlib.lab.config import StudentSpec, TrainConfig, cpu_flags, resolve_precision
-from kdlib.lab.experiments import SCALES, renyi_grid
+from kdlib.lab.experiments import get_experiment
 from kdlib.lab.models import StackedMLP, hinton_teacher, init_mlp_params
 from kdlib.lab.store import ISA_FLAGS, device_name
 from kdlib.lab.train import (
@@ -97,7 +97,7 @@ def student_specs(n: int, hidden: tuple[int, ...]) -> tuple[StudentSpec, ...]:
 
 def configs(quick: bool) -> list[Config]:
     """The four configurations of the issue (fewer steps and naive models with ``quick``)."""
-    grid = tuple(renyi_grid(SCALES["cpu"]).students)  # 303 students 2x100, orders 0.25 ... inf
+    grid = get_experiment("renyi_grid").profile("cpu").students  # 303 students 2x100, orders 0.25 ... inf
     students = student_specs(60, (800, 800))
     if quick:
         return [Config("students-2x800x60", 128, (800, 800), students, 2, 4),

@@ -45,17 +45,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kdlib.lab.cluster import CLUSTERS, ClusterError, Resources, parse_time, submit
-from kdlib.lab.config import PRECISIONS, DeviceUnavailableError
+from kdlib.lab.config import PRECISIONS, PROFILES, DeviceUnavailableError
 from kdlib.lab.data import DatasetNotFoundError
 from kdlib.lab.experiments import (
     EXPERIMENTS,
-    PROFILES,
     Experiment,
     UnknownExperimentError,
     derive_hypotheses,
     get_experiment,
-    hypotheses_dir,
 )
+from kdlib.lab.prereg import HYPOTHESES, hypotheses_dir
 from kdlib.lab.run import rerun_student, run_experiment
 from kdlib.lab.shards import experiment_status, teacher_keys
 from kdlib.lab.store import (
@@ -181,7 +180,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     """Carry out the parsed command; errors propagate to :func:`main`."""
     if args.command == "list":
         for exp in EXPERIMENTS.values():
-            print(f"{exp.name}\t{exp.description}")
+            note = "" if exp.ready else f" (runs once {HYPOTHESES}/{exp.hypothesis}.json is committed)"
+            print(f"{exp.name}\t{exp.description}{note}")
         return 0
     if args.command == "rerun":
         return _rerun(args.key, args.out, args.cache)

@@ -304,4 +304,4 @@ def test_hypotheses_into_a_file_says_dir_must_be_a_directory(tmp_path, capsys, m
     (tmp_path / "file").write_text("x")
     assert main(["hypotheses", "--write", "--dir", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err
-    assert "--dir must be a directory" in err and "rerun" not in err and len(err.splitlines()) == 1
+    assert "--dir must be a directory" in err and "finished runs" not in err and len(err.splitlines()) == 1

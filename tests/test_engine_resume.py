@@ -20,14 +20,14 @@ import textwrap
 import time
 from pathlib import Path
 
-from kdlib.lab.experiments import student_config, teacher_config
+from kdlib.lab.profile import student_config, teacher_config
 from kdlib.lab.run import run_experiment
 from kdlib.lab.store import ResultsStore, run_key
 
 PROFILE = textwrap.dedent('''
     import math
     from kdlib.lab.config import StudentSpec, TrainConfig
-    from kdlib.lab.experiments import Profile
+    from kdlib.lab.profile import Profile
 
     students = tuple(StudentSpec(alpha=a, T=T, beta=0.9, seed=s, hidden=(8,))
                      for s in (0, 1) for a in (0.5, 1.0, math.inf) for T in (2.0, 8.0))

@@ -10,9 +10,20 @@ import pytest
 import torch
 
 import kdlib.lab.config as C
+from kdlib.lab.config import PROFILES
 from kdlib.lab.data import load_dataset
-from kdlib.lab.experiments import EXPERIMENTS, PROFILES, SCALES, expected_keys, student_config, teacher_config
+from kdlib.lab.experiments import (
+    BIG,
+    DATA_POOR,
+    EXPERIMENTS,
+    EXPLORE_SEEDS,
+    OMIT_WIDTH,
+    SCALES,
+    expected_keys,
+    get_experiment,
+)
 from kdlib.lab.models import StackedMLP
+from kdlib.lab.profile import student_config, teacher_config
 from kdlib.lab.store import run_key
 from kdlib.lab.train import distillation_objective, fit
 
@@ -129,14 +140,13 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     import json
     import math
 
-    from kdlib.lab.experiments import renyi_confirm_tuned
     from kdlib.lab.prereg import load_hypothesis
 
     monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="write and commit the hypotheses"):
-        renyi_confirm_tuned(SCALES["full"])
+        get_experiment("renyi_confirm_tuned").profile("full")
     (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps(HYPOTHESIS))
-    p = renyi_confirm_tuned(SCALES["full"])
+    p = get_experiment("renyi_confirm_tuned").profile("full")
     assert p.teacher_seeds == (4, 5, 3)  # seed 100 -> teacher 100 % 3 = 1 -> seed 4, ...
     assert len(p.students) == 4 * 4  # per seed: alone, the reference and two arms
     inf = [s for s in p.students if math.isinf(s.alpha)]
@@ -145,29 +155,27 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     assert p.student_train.warmup_epochs == 1.0 and p.gradient_probe > 0
     assert len(load_hypothesis("renyi_confirm_tuned").students((32, 32), smoke=True)) == 2 * 4
     # the data-poor confirmation: the same students as the big student on the data-poor transfer set
-    from kdlib.lab.experiments import renyi_confirm_poor
 
     with pytest.raises(FileNotFoundError, match="write and commit the hypotheses of 'renyi_confirm_poor'"):
-        renyi_confirm_poor(SCALES["full"])
+        get_experiment("renyi_confirm_poor").profile("full")
     poor_file = {**HYPOTHESIS, "experiment": "renyi_confirm_poor"}
     (tmp_path / "renyi_confirm_poor.json").write_text(json.dumps(poor_file))
-    poor = renyi_confirm_poor(SCALES["full"])
-    big = SCALES["full"].hidden["big"]
+    poor = get_experiment("renyi_confirm_poor").profile("full")
+    big = BIG.full
     assert poor.teacher_seeds == p.teacher_seeds and len(poor.students) == len(p.students)
     assert [(s.alpha, s.T, s.lr, s.seed, s.teacher) for s in poor.students] == [
         (s.alpha, s.T, s.lr, s.seed, s.teacher) for s in p.students]
     assert {s.hidden for s in poor.students} == {big}
-    assert poor.transfer_size == SCALES["full"].data_poor_size == 1_620
-    assert poor.student_train.epochs == SCALES["full"].data_poor_epochs == 100
+    assert poor.transfer_size == DATA_POOR.transfer_size.full == 1_620
+    assert poor.student_train.epochs == DATA_POOR.epochs.full == 100
     assert {s.optimizer for s in poor.students} == {None}  # no optimizer field: SGD, keys as before
     # the Adam confirmation of the data-poor student: the same students, every one with Adam
-    from kdlib.lab.experiments import renyi_confirm_adam_poor
 
     with pytest.raises(FileNotFoundError, match="renyi_confirm_adam_poor"):
-        renyi_confirm_adam_poor(SCALES["full"])
+        get_experiment("renyi_confirm_adam_poor").profile("full")
     adam_file = {**HYPOTHESIS, "experiment": "renyi_confirm_adam_poor", "optimizer": "adam"}
     (tmp_path / "renyi_confirm_adam_poor.json").write_text(json.dumps(adam_file))
-    adam = renyi_confirm_adam_poor(SCALES["full"])
+    adam = get_experiment("renyi_confirm_adam_poor").profile("full")
     assert [(s.alpha, s.T, s.lr, s.seed, s.teacher, s.hidden) for s in adam.students] == [
         (s.alpha, s.T, s.lr, s.seed, s.teacher, s.hidden) for s in poor.students]
     assert {s.optimizer for s in adam.students} == {"adam"}
@@ -175,7 +183,7 @@ def test_a_confirmation_builds_exactly_the_students_of_its_hypothesis_file(tmp_p
     assert (adam.transfer_size, adam.student_train.epochs) == (1_620, 100)
     (tmp_path / "renyi_confirm_adam_poor.json").write_text(json.dumps({**adam_file, "optimizer": "rmsprop"}))
     with pytest.raises(ValueError, match="'optimizer' must be one of sgd, adam"):
-        renyi_confirm_adam_poor(SCALES["full"])
+        get_experiment("renyi_confirm_adam_poor").profile("full")
 
 
 _REF, _ARM = HYPOTHESIS["reference"], HYPOTHESIS["arms"][0]
@@ -255,49 +263,109 @@ def test_the_adam_check_and_the_tuned_omitted_class_follow_their_hypothesis_file
     from kdlib.lab import experiments as E
 
     monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))
-    for build in (E.renyi_adam, E.omitted_class_tuned):
+    for name in ("renyi_adam", "omitted_class_tuned"):
+        assert not E.get_experiment(name).ready
         with pytest.raises(FileNotFoundError, match="write and commit the hypotheses"):
-            build(SCALES["full"])
+            E.get_experiment(name).profile("full")
     (tmp_path / "renyi_confirm_tuned.json").write_text(json.dumps(HYPOTHESIS))
-    adam = E.renyi_adam(SCALES["full"])
+    adam = E.get_experiment("renyi_adam").profile("full")
     # the reference and two arms, at their own T, each at the three Adam rates, on the exploration's teachers
-    assert len(adam.students) == 3 * 3 * len(SCALES["full"].seeds["explore"])
+    assert len(adam.students) == 3 * 3 * len(EXPLORE_SEEDS.full)
     assert {s.optimizer for s in adam.students} == {"adam"}
     assert {s.lr for s in adam.students} == set(E.ADAM_LRS)
     assert {(s.alpha, s.T) for s in adam.students} == {(1.0, 2.0), (4.0, 2.0), (float("inf"), 4.0)}
     assert adam.teacher_seeds == (0, 1, 2)
     # the data-poor twin: the same students from its own file, as big students on the data-poor transfer set
     with pytest.raises(FileNotFoundError, match="renyi_confirm_poor"):
-        E.renyi_adam_poor(SCALES["full"])
+        E.get_experiment("renyi_adam_poor").profile("full")
     (tmp_path / "renyi_confirm_poor.json").write_text(json.dumps(HYPOTHESIS))
-    poor = E.renyi_adam_poor(SCALES["full"])
+    poor = E.get_experiment("renyi_adam_poor").profile("full")
     # the same students at the three rates (their records keep their keys), and two larger rates
     def fields(students):
         return [(s.alpha, s.T, s.lr, s.seed, s.teacher, s.optimizer) for s in students]
 
     assert fields(s for s in poor.students if s.lr in E.ADAM_LRS) == fields(adam.students)
     assert E.ADAM_LRS_POOR[:3] == E.ADAM_LRS and min(E.ADAM_LRS_POOR[3:]) > max(E.ADAM_LRS)
-    assert len(poor.students) == 3 * len(E.ADAM_LRS_POOR) * len(SCALES["full"].seeds["explore"])
-    assert {s.hidden for s in poor.students} == {SCALES["full"].hidden["big"]}
+    assert len(poor.students) == 3 * len(E.ADAM_LRS_POOR) * len(EXPLORE_SEEDS.full)
+    assert {s.hidden for s in poor.students} == {BIG.full}
     assert (poor.transfer_size, poor.student_train.epochs) == (1_620, 100)
     (tmp_path / "omitted_class_tuned.json").write_text(json.dumps({**HYPOTHESIS, "teachers": [0, 1, 2],
                                                                    "metric": "omitted_class_auroc"}))
-    omit = E.omitted_class_tuned(SCALES["full"])
+    omit = E.get_experiment("omitted_class_tuned").profile("full")
     assert omit.omit_class == 3 and omit.bias_shifts == E.BIAS_SHIFTS
     assert len(omit.students) == 4 * 4
-    assert {s.hidden for s in omit.students} == {SCALES["full"].hidden["omit"]}
+    assert {s.hidden for s in omit.students} == {OMIT_WIDTH.full}
     assert omit.student_train.warmup_epochs == 1.0
-    control = E.omitted_class_kl_temperature(SCALES["full"])
+    control = E.get_experiment("omitted_class_kl_T").profile("full")
     # KL at its lr at the arms' other temperature (4; the file's KL is at 2), every seed, its teacher
     assert [(s.alpha, s.T, s.lr, s.seed, s.teacher) for s in control.students] == [
         (1.0, 4.0, 0.05, seed, [0, 1, 2][seed % 3]) for seed in HYPOTHESIS["seeds"]]
-    assert control.omit_class == 3 and {s.hidden for s in control.students} == {SCALES["full"].hidden["omit"]}
+    assert control.omit_class == 3 and {s.hidden for s in control.students} == {OMIT_WIDTH.full}
 
 
-def test_a_planned_experiment_without_its_hypothesis_file_is_refused_by_name(monkeypatch):
+def test_a_file_defined_experiment_is_resolved_when_asked_for_not_at_import(tmp_path, monkeypatch, capsys):
+    from kdlib.cli import main
     from kdlib.lab import experiments as E
 
-    for name, (file, _) in E.PLANNED.items():
-        monkeypatch.delitem(E.EXPERIMENTS, name, raising=False)
-        with pytest.raises(E.UnknownExperimentError, match=f"after hypotheses/{file}.json is written"):
-            E.get_experiment(name)
+    defined = {e.name: e.hypothesis for e in E.EXPERIMENTS.values() if e.hypothesis is not None}
+    assert set(defined) >= {"renyi_confirm_tuned", "renyi_adam", "renyi_confirm_poor", "renyi_adam_poor",
+                            "renyi_confirm_adam_poor", "omitted_class_tuned", "omitted_class_kl_T"}
+    before = dict(E.EXPERIMENTS)
+    monkeypatch.setenv("KDLIB_HYPOTHESES_DIR", str(tmp_path))  # a clone before any file is written
+    assert E.EXPERIMENTS == before, "the registry does not depend on which files exist"
+    for name, file in defined.items():
+        e = E.get_experiment(name)  # known, and says what it needs when built
+        assert not e.ready
+        with pytest.raises(FileNotFoundError, match=f"{file}.json does not exist: write and commit"):
+            e.profile("smoke")
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert f"(runs once hypotheses/{defined['renyi_adam']}.json is committed)" in out
+    assert {e.name for e in E.experiments_ready()} == set(E.EXPERIMENTS) - set(defined)
+
+
+def test_a_new_experiment_is_one_declaration(tmp_path, monkeypatch):
+    """A throwaway experiment, declared in a few lines (its arms, sizes per scale, data regime and
+    training), runs its smoke profile through the one engine and store, with nothing else edited."""
+    from kdlib.lab import experiments as E
+    from kdlib.lab.config import ARMS
+    from kdlib.lab.results import load_results
+    from kdlib.lab.run import run_experiment
+
+    throwaway = E.Experiment(
+        "throwaway", "two arms at two learning rates, data-poor", E.tuned_students,
+        {"arms": E.same(ARMS[:2]), "temperatures": E.same((2.0,)), "lrs": E.same((0.05, 0.1)),
+         "seeds": E.same((0,)), "hidden": E.same((8,))},
+        regime=E.DataRegime(transfer_size=E.PerScale(300, 3000, 3000), epochs=E.same(2)), training=E.TUNED)
+    monkeypatch.setitem(E.EXPERIMENTS, throwaway.name, throwaway)
+    p = E.get_experiment("throwaway").profile("smoke")
+    assert (p.transfer_size, p.student_train.epochs, p.student_train.warmup_epochs) == (300, 2, 1.0)
+    assert len(p.students) == 2 * (1 + 2)  # per learning rate: the student alone and the two arms
+    run_experiment("throwaway", "smoke", device="cpu", out=tmp_path, cache_dir=tmp_path, log=lambda m: None)
+    res = load_results("throwaway", "smoke", tmp_path)
+    assert {r["key"] for r in res.records} == E.expected_keys("throwaway", "smoke", precisions=("fp32",))
+    assert set(res.frame()["arm"]) == {"alone", "KL", "reverse KL"}
+
+
+def test_run_keys_drop_a_new_fields_default_in_one_place():
+    """key_fields is the one rule: fields marked ALWAYS_KEYED are always in a config, fields reaching the
+    key elsewhere never, and any other (every field added after the first records) only when it
+    differs from its default, so a new option leaves every committed key as it was."""
+    from dataclasses import dataclass, field
+
+    from kdlib.lab.config import ALWAYS_KEYED, KEYED_ELSEWHERE, StudentSpec, TrainConfig, key_fields
+
+    @dataclass(frozen=True)
+    class Config:
+        old: int = field(default=1, metadata=ALWAYS_KEYED)
+        via: int = field(default=2, metadata=KEYED_ELSEWHERE)
+        new: float = 0.0
+        widths: tuple[int, ...] = (3,)
+
+    assert key_fields(Config()) == {"old": 1}
+    assert key_fields(Config(new=0.5, via=9, widths=(4, 4))) == {"old": 1, "new": 0.5, "widths": [4, 4]}
+    assert set(key_fields(TrainConfig(epochs=3))) == {"epochs", "batch_size", "lr", "optimizer", "momentum",
+                                                       "weight_decay", "schedule"}
+    assert key_fields(TrainConfig(epochs=3, jitter=2))["jitter"] == 2
+    assert set(key_fields(StudentSpec())) == {"alpha", "T", "beta", "seed", "normalize_by_alpha", "label"}
+    assert key_fields(StudentSpec(reverse=True))["reverse"] is True

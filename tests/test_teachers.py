@@ -16,8 +16,9 @@ from conftest import needs_fashion_mnist
 from kdlib.lab.analysis import gap_closed
 from kdlib.lab.config import StudentSpec, TrainConfig
 from kdlib.lab.data import random_translate
-from kdlib.lab.experiments import EXPERIMENTS, SCALES, Profile, student_config, teacher_config
+from kdlib.lab.experiments import EXPERIMENTS
 from kdlib.lab.metrics import evaluate_logits, expected_calibration_error
+from kdlib.lab.profile import Profile, student_config, teacher_config
 from kdlib.lab.results import student_frame, teacher_frame
 from kdlib.lab.run import run_experiment
 from kdlib.lab.shards import stack_groups
@@ -76,12 +77,13 @@ def test_full_hinton_has_three_teachers_of_five_seeds_each():
 
 def test_budget_study_students_differ_only_in_epochs():
     p = EXPERIMENTS["hinton_budget"].profile("full")
-    assert sorted({s.epochs for s in p.students}) == list(SCALES["full"].budgets)
+    budgets = EXPERIMENTS["hinton_budget"].sizes["budgets"].full
+    assert sorted({s.epochs for s in p.students}) == list(budgets) == [10, 20, 30, 40]
     tkey = run_key(teacher_config(p, "bf16"))
     configs = [student_config("hinton_budget", "full", p, s, tkey, "bf16") for s in p.students]
     assert [c["epochs"] for c in configs] == [s.epochs for s in p.students]
     assert len({run_key(c) for c in configs}) == len(configs)
-    assert len(stack_groups(p.students, p.max_group)) == len(SCALES["full"].budgets)
+    assert len(stack_groups(p.students, p.max_group)) == len(budgets)
     with pytest.raises(ValueError, match="epochs"):
         StudentSpec(epochs=0)
 

@@ -139,11 +139,12 @@ def test_student_spec_checks():
 
 
 def test_a_students_own_learning_rate_and_optimiser_make_its_stack_and_key():
-    from kdlib.lab.experiments import SCALES, hinton, student_config
+    from kdlib.lab.experiments import get_experiment
+    from kdlib.lab.profile import student_config
     from kdlib.lab.shards import stack_groups
     from kdlib.lab.store import run_key
 
-    p = hinton(SCALES["smoke"])
+    p = get_experiment("hinton").profile("smoke")
     base = C.StudentSpec(alpha=2.0, T=4.0, seed=0, hidden=(16, 16))
     specs = [base, C.StudentSpec(alpha=2.0, T=4.0, seed=0, hidden=(16, 16), lr=0.2),
              C.StudentSpec(alpha=1.0, T=4.0, seed=0, hidden=(16, 16), lr=0.2),
@@ -493,7 +494,7 @@ def test_gradient_ratio_monitor_is_alpha_near_the_fit(T, offset, near):
 
 def test_the_tuned_exploration_runs_at_smoke_scale_and_records_the_gradient_ratio(tmp_path):
     from kdlib.lab.config import ARMS, Arm
-    from kdlib.lab.experiments import SCALES, get_experiment
+    from kdlib.lab.experiments import get_experiment
     from kdlib.lab.run import run_experiment
     from kdlib.lab.store import load_records
 
@@ -502,7 +503,7 @@ def test_the_tuned_exploration_runs_at_smoke_scale_and_records_the_gradient_rati
                           log=lambda m: None)
     students = load_records(path, kind="student")
     assert len(students) == len(p.students) == len(ARMS) * 2 + 2  # 2 learning rates, 1 T, 1 seed
-    assert {r["config"]["lr"] for r in students} == set(SCALES["smoke"].lrs)
+    assert {r["config"]["lr"] for r in students} == set(get_experiment("renyi_explore").sizes["lrs"].smoke)
     arms = {Arm(float(r["config"]["alpha"]), r["config"]["normalize_by_alpha"],
                 r["config"].get("reverse", False)) for r in students if r["config"]["label"] == "distilled"}
     assert arms == set(ARMS)

@@ -11,7 +11,8 @@ Data flows one way through its modules::
     results     which results (the best committed profile), records as frames, provenance
     analysis    summaries over seeds, paired comparisons, tuned screens (kdlib.stats underneath)
     prereg      hypothesis files: the rules that derive them, their students, the confirmatory tests
-    experiments the table of scales and the named experiments, each a function of a scale
+    profile     an experiment at one scale (Profile), the configs of its runs and their keys
+    experiments the table of scales and the experiments, each one declaration
     shards      an experiment's students in N parts of whole stack groups, balanced by cost; status
     run         run_experiment(): teacher stage, then students in stacked groups, into the store
     cluster     submit(): a teacher job, then a job array over the shards, through submitit

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -140,6 +140,37 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+#: Field metadata: the field enters every run key, even at its default (the fields every committed
+#: record has). A field without it enters a key only when it differs from its declared default, so a
+#: field added later changes no existing key (:func:`key_fields`).
+ALWAYS_KEYED = {"key": "always"}
+#: Field metadata: the field reaches a run key through another part of the config (a student's
+#: ``hidden`` through ``model``, its ``teacher`` through ``teacher_key``, its ``epochs``, ``lr`` and
+#: ``optimizer`` through its training config), so :func:`key_fields` leaves it out.
+KEYED_ELSEWHERE = {"key": "elsewhere"}
+
+
+def key_fields(obj: Any) -> dict[str, Any]:
+    """The fields of a config dataclass as they enter a run's config and key: the one rule, so that no
+    new field needs an exception. A field marked :data:`ALWAYS_KEYED` is always there, one marked
+    :data:`KEYED_ELSEWHERE` never, and any other only when its value differs from its declared default.
+
+    Raises:
+        TypeError: ``obj`` is not a dataclass instance.
+    """
+    out = {}
+    for f in fields(obj):
+        how = f.metadata.get("key")
+        value = getattr(obj, f.name)
+        if how == "elsewhere":
+            continue
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        if how == "always" or default is MISSING or value != default:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
 def requested_profile() -> str | None:
     """The profile named by ``$KDLIB_PROFILE`` (``None`` when unset or empty): the rerun switch.
 
@@ -180,13 +211,13 @@ class TrainConfig:
         ValueError: a field outside the range given above.
     """
 
-    epochs: int
-    batch_size: int = 128
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
+    epochs: int = field(metadata=ALWAYS_KEYED)
+    batch_size: int = field(default=128, metadata=ALWAYS_KEYED)
+    lr: float = field(default=0.05, metadata=ALWAYS_KEYED)
+    optimizer: str = field(default="sgd", metadata=ALWAYS_KEYED)
+    momentum: float = field(default=0.9, metadata=ALWAYS_KEYED)
+    weight_decay: float = field(default=0.0, metadata=ALWAYS_KEYED)
+    schedule: str = field(default="cosine", metadata=ALWAYS_KEYED)
     warmup_steps: int = 0
     clip_norm: float | None = None
     jitter: int = 0
@@ -213,13 +244,8 @@ class TrainConfig:
             raise ValueError(f"jitter must be an integer >= 0 (pixels), got {self.jitter!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields. ``warmup_steps``, ``warmup_epochs``, ``clip_norm`` and ``jitter`` appear
-        only when set, so the run keys of configs from before these options existed stay valid."""
-        d = asdict(self)
-        for name, off in (("warmup_steps", 0), ("warmup_epochs", 0.0), ("clip_norm", None), ("jitter", 0)):
-            if d[name] == off:
-                del d[name]
-        return d
+        """The fields as they enter a run's config and key (:func:`key_fields`)."""
+        return key_fields(self)
 
     def lr_at(self, step: int, total_steps: int) -> float:
         """Learning rate of step ``step`` (0-based) of ``total_steps``: the schedule times the warmup
@@ -265,17 +291,17 @@ class StudentSpec:
             ``> 0``, or an unknown ``optimizer``.
     """
 
-    alpha: float = 1.0
-    T: float = 4.0
-    beta: float = 0.9
-    seed: int = 0
-    normalize_by_alpha: bool = False
-    hidden: tuple[int, ...] = (800, 800)
-    label: str = "distilled"
-    teacher: int = 0
-    epochs: int | None = None
-    lr: float | None = None
-    optimizer: str | None = None
+    alpha: float = field(default=1.0, metadata=ALWAYS_KEYED)
+    T: float = field(default=4.0, metadata=ALWAYS_KEYED)
+    beta: float = field(default=0.9, metadata=ALWAYS_KEYED)
+    seed: int = field(default=0, metadata=ALWAYS_KEYED)
+    normalize_by_alpha: bool = field(default=False, metadata=ALWAYS_KEYED)
+    hidden: tuple[int, ...] = field(default=(800, 800), metadata=KEYED_ELSEWHERE)
+    label: str = field(default="distilled", metadata=ALWAYS_KEYED)
+    teacher: int = field(default=0, metadata=KEYED_ELSEWHERE)
+    epochs: int | None = field(default=None, metadata=KEYED_ELSEWHERE)
+    lr: float | None = field(default=None, metadata=KEYED_ELSEWHERE)
+    optimizer: str | None = field(default=None, metadata=KEYED_ELSEWHERE)
     reverse: bool = False
 
     def __post_init__(self) -> None:

@@ -395,8 +395,8 @@ def omitted_hypothesis(screen: Screen, *, teachers: Sequence[int] = (0, 1, 2), f
 
 
 def confirmation_sd(explore: pd.DataFrame, hinton: pd.DataFrame) -> dict[str, float]:
-    """The standard deviation of one paired difference that sizes a confirmation (the rule in
-    :func:`kdlib.lab.experiments.renyi_confirm_tuned`'s docstring), the larger of two estimates:
+    """The standard deviation of one paired difference that sizes a confirmation
+    (:func:`confirmation_hypothesis`), the larger of two estimates (the larger sd needs more runs):
 
     * ``exploration``: the pooled sd (root of the mean variance) of the paired validation
       differences from KL of the arms of :func:`tuned_screen` whose runs at their tuned setting

@@ -25,15 +25,10 @@ from kdlib.lab.config import (
     resolve_precision,
 )
 from kdlib.lab.data import load_dataset
-from kdlib.lab.experiments import (
-    Profile,
-    expected_keys,
-    get_experiment,
-    student_config,
-    teacher_config,
-)
+from kdlib.lab.experiments import expected_keys, get_experiment
 from kdlib.lab.metrics import bias_shift, evaluate_logits, predict_logits
 from kdlib.lab.models import StackedMLP, build_model
+from kdlib.lab.profile import Profile, student_config, teacher_config
 from kdlib.lab.shards import shard_profile, stack_groups
 from kdlib.lab.store import (
     SCRATCH,

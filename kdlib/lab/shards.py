@@ -19,7 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from kdlib.lab.config import PRECISION_DTYPE, StudentSpec
-from kdlib.lab.experiments import Profile, get_experiment, student_config, teacher_config
+from kdlib.lab.experiments import get_experiment
+from kdlib.lab.profile import Profile, student_config, teacher_config
 from kdlib.lab.store import (
     Shard,
     experiment_files,

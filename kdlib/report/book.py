@@ -12,7 +12,8 @@ Chapter 2 (experiments):
     :func:`smoke_run` runs an experiment at the ``smoke`` scale into a temporary folder and checks
     that every run was recorded; :func:`results_page` reruns the experiment if ``$KDLIB_PROFILE``
     asks for it, loads the committed results and prints the page header (:func:`page_header`:
-    results and provenance, data, teacher, as short ``name: value`` lines).
+    results and provenance, data, teacher, as short ``name: value`` lines);
+    :func:`confirmation_results` does so for a confirmation and checks it against its hypothesis file.
 
 Both:
     :func:`glue_many` glues many numbers for the prose (``{glue:text}`key``` in MyST) in one call,
@@ -39,6 +40,7 @@ from tqdm import TqdmWarning
 
 from kdlib.lab.data import CLASS_NAMES
 from kdlib.lab.experiments import expected_keys, get_experiment
+from kdlib.lab.prereg import Hypothesis, check_hypothesis_preceded, hypotheses_dir
 from kdlib.lab.results import PROFILE_PREFERENCE, ExperimentResults, load_results
 from kdlib.lab.run import rerun_if_requested, run_experiment
 from kdlib.report.figures import use_book_style
@@ -329,4 +331,31 @@ def results_page(experiment: str, details: bool = True) -> ExperimentResults:
     diverged = [bool(r["metrics"].get("diverged")) for r in res.students]
     assert not diverged or not all(diverged), f"every student of {experiment} diverged"
     display(page_header(res, details))
+    return res
+
+
+def confirmation_results(h: Hypothesis, *, page: bool = True,
+                         teachers_too: bool = False) -> ExperimentResults:
+    """The full-scale results of the confirmation that the hypothesis file ``h`` defines, checked
+    against the file, with their header displayed.
+
+    With ``page`` the experiment is the page's own (:func:`results_page`: the rerun switch, the header
+    with data and teachers); otherwise a short header (:func:`page_header` without details) for a
+    confirmation shown on another experiment's page. Then one line says that the file, as committed
+    now, preceded every run (:func:`~kdlib.lab.prereg.check_hypothesis_preceded`) of the students, or of
+    the teachers too with ``teachers_too`` (teachers trained for the confirmation after the file).
+
+    Raises:
+        AssertionError: the results are not full-scale, or a run the file names has not finished.
+        ValueError: a run started from a commit that did not hold the file as it is now.
+    """
+    if page:
+        res = results_page(h.experiment)
+    else:
+        res = load_results(h.experiment, "full")
+        display(page_header(res, details=False))
+    assert res.profile == "full", "the confirmation is shown at full scale"
+    print(check_hypothesis_preceded(res.records if teachers_too else res.students,
+                                    hypotheses_dir() / f"{h.experiment}.json"))
+    assert len(res.students) == len(h.seeds) * (2 + len(h.arms)), "every run of the file has finished"
     return res

@@ -21,7 +21,7 @@ import html
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +255,20 @@ def book_table(frame: pd.DataFrame, caption: str = "", keep: Sequence[str] = (),
                 constants.append((str(c), df[c].iloc[0]))
                 df = df.drop(columns=c)
     return BookTable(df, caption, constants, group)
+
+
+def metric_means(groups: Iterable[tuple[str, pd.DataFrame]], metrics: Mapping[str, tuple[str, float, int]],
+                 label: str = "arm", count: bool = True) -> pd.DataFrame:
+    """One row of strings per group: its ``label`` column, ``n`` (its rows, with ``count``) and, for each
+    metric ``m`` of ``metrics`` (``m -> (title, scale, digits)``), the column ``title`` holding
+    :func:`fmt_mean_std` of the group's ``m`` (mean ± sample std, times ``scale``)."""
+    rows = []
+    for name, g in groups:
+        row = {label: name, **({"n": str(len(g))} if count else {})}
+        for m, (title, scale, digits) in metrics.items():
+            row[title] = fmt_mean_std(g[m].mean(), g[m].std(), scale, digits)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def hypothesis_arms(h: Hypothesis, caption: str, reference: bool = True) -> BookTable:
