@@ -57,7 +57,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from kdlib.lab.config import StudentSpec, TrainConfig, cpu_flags, resolve_precision
 from kdlib.lab.experiments import get_experiment
 from kdlib.lab.models import StackedMLP, hinton_teacher, init_mlp_params
-from kdlib.lab.store import ISA_FLAGS, device_name
+from kdlib.lab.provenance import ISA_FLAGS, device_name
 from kdlib.lab.train import (
     autocast,
     cross_entropy_objective,

@@ -38,7 +38,7 @@ from kdlib.lab.config import StudentSpec, TrainConfig, resolve_device
 from kdlib.lab.data import DatasetNotFoundError, load_dataset
 from kdlib.lab.metrics import accuracy, predict_logits
 from kdlib.lab.models import MLP, StackedMLP, hinton_teacher, init_mlp_params
-from kdlib.lab.store import device_name
+from kdlib.lab.provenance import device_name
 from kdlib.lab.train import cross_entropy_objective, distillation_objective, fit
 from kdlib.losses import DistillationLoss
 

@@ -44,6 +44,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kdlib.lab.cache import TeacherCache
 from kdlib.lab.cluster import CLUSTERS, ClusterError, Resources, parse_time, submit
 from kdlib.lab.config import PRECISIONS, PROFILES, DeviceUnavailableError
 from kdlib.lab.data import DatasetNotFoundError
@@ -62,7 +63,6 @@ from kdlib.lab.store import (
     ResultsFileError,
     RunInProgressError,
     Shard,
-    TeacherCache,
     atomic_write,
     experiment_files,
     merge_shard_files,

@@ -113,7 +113,8 @@ def test_missing_dataset(tmp_path, capsys, monkeypatch):
 def test_unreadable_results_file_is_left_alone(tmp_path, capsys):
     path = tmp_path / "out" / "hinton" / "smoke.jsonl"
     path.parent.mkdir(parents=True)
-    good = json.dumps({"schema": 1, "key": "a", "kind": "student", "config": {},
+    good = json.dumps({"schema": 1, "key": "a", "kind": "student",
+                       "config": {"alpha": 1.0, "T": 2.0, "beta": 0.9, "seed": 0},
                        "metrics": {"test_accuracy": 0.5}, "provenance": {}}).encode()
     damaged = good + b"\nthis is not json\n" + good + b"\n"
     path.write_bytes(damaged)
@@ -221,12 +222,14 @@ def test_read_only_out_is_refused_before_training_and_fine_when_nothing_is_left(
 
 
 def test_a_full_disk_while_the_teacher_is_saved_is_one_line(tmp_path, capsys, monkeypatch):
+    import kdlib.lab.cache as cache_module
     import kdlib.lab.store as store_module
 
     def full(path, data):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store_module, "atomic_write", full)
+    for module in (store_module, cache_module):  # every atomic write fails
+        monkeypatch.setattr(module, "atomic_write", full)
     rc = main(["run", "hinton", "--profile", "smoke", "--out", str(tmp_path / "out"),
                "--cache", str(tmp_path / "cache")])
     assert rc == 2 and "cannot write the teacher cache" in one_error_line(capsys)

@@ -343,7 +343,7 @@ def test_a_new_experiment_is_one_declaration(tmp_path, monkeypatch):
     assert len(p.students) == 2 * (1 + 2)  # per learning rate: the student alone and the two arms
     run_experiment("throwaway", "smoke", device="cpu", out=tmp_path, cache_dir=tmp_path, log=lambda m: None)
     res = load_results("throwaway", "smoke", tmp_path)
-    assert {r["key"] for r in res.records} == E.expected_keys("throwaway", "smoke", precisions=("fp32",))
+    assert {r.key for r in res.records} == E.expected_keys("throwaway", "smoke", precisions=("fp32",))
     assert set(res.frame()["arm"]) == {"alone", "KL", "reverse KL"}
 
 

@@ -39,6 +39,8 @@ STAND_INS = {
     ("test_data.py", "no_data"): "hides every dataset; its tests make tiny IDX files or expect the error",
     ("test_cli.py", "test_missing_dataset"): "MNIST in an empty directory: the error is the point",
     ("test_report.py", "test_page_header_and_results_page"): "reads the committed records only",
+    ("test_precision.py", "test_the_report_keeps_precisions_apart"):
+        "reports synthetic records under the name of the cpu profile; trains nothing",
 }
 
 

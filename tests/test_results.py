@@ -9,11 +9,13 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import socket
 import subprocess
 
 import pytest
 
+import kdlib.lab.provenance as P
 import kdlib.lab.store as R
 
 
@@ -116,7 +118,7 @@ def test_a_hypothesis_file_is_checked_against_the_commits_the_records_ran_from(t
         subprocess.run(["git", "add", "-A"], cwd=repo, check=True, capture_output=True)
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", message],
                        cwd=repo, check=True, capture_output=True)
-        return R.git_state(repo)["commit"]
+        return P.git_state(repo)["commit"]
 
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True, capture_output=True)
     (repo / "code.py").write_text("x = 1\n")
@@ -126,20 +128,24 @@ def test_a_hypothesis_file_is_checked_against_the_commits_the_records_ran_from(t
     written = commit("hypotheses")
     (repo / "code.py").write_text("x = 2\n")
     later = commit("more code")
-    assert R.file_at_commit(h, written) == b'{"arms": 1}' and R.file_at_commit(h, before) is None
+    assert P.file_at_commit(h, written) == b'{"arms": 1}' and P.file_at_commit(h, before) is None
     with pytest.raises(LookupError, match="cannot read commit"):
-        R.file_at_commit(h, "0" * 40)
-    records = [{"provenance": {"git_commit": c}} for c in (written, later, written)]
+        P.file_at_commit(h, "0" * 40)
+    def ran(provenance: dict) -> dict:
+        return R.make_record("student", "k", {"alpha": 1.0, "T": 2.0, "beta": 0.9, "seed": 0},
+                             {"test_accuracy": 0.5}, provenance)
+
+    records = [ran({"git_commit": c}) for c in (written, later, written)]
     assert hypothesis_preceded(records, h) == {written: True, later: True}
-    unknown = [{"provenance": {"git_commit": "f" * 40}}, {"provenance": {}}]
+    unknown = [ran({"git_commit": "f" * 40}), ran({})]
     assert hypothesis_preceded([*records, *unknown], h) == {written: True, later: True, "f" * 40: None,
                                                             "?": None}
-    assert hypothesis_preceded([{"provenance": {"git_commit": before}}], h) == {before: False}
+    assert hypothesis_preceded([ran({"git_commit": before})], h) == {before: False}
     assert check_hypothesis_preceded(records, h).endswith("started from (2 commits)")
     partly = check_hypothesis_preceded([*records, *unknown], h)
     assert partly.endswith("(2 commits; some are not in this clone's history)")
     with pytest.raises(ValueError, match=f"without h.json as committed now: {before[:10]}"):
-        check_hypothesis_preceded([*records, {"provenance": {"git_commit": before}}], h)
+        check_hypothesis_preceded([*records, ran({"git_commit": before})], h)
     h.write_text('{"arms": 2}')  # edited after the runs: no commit held this version
     assert hypothesis_preceded(records, h) == {written: False, later: False}
 
@@ -147,7 +153,7 @@ def test_a_hypothesis_file_is_checked_against_the_commits_the_records_ran_from(t
 def test_git_state_and_environment(tmp_path):
     plain = tmp_path / "plain"
     plain.mkdir()
-    assert R.git_state(plain) == {"commit": None, "dirty": None}
+    assert P.git_state(plain) == {"commit": None, "dirty": None}
     tmp_path = tmp_path / "repo"
     tmp_path.mkdir()
 
@@ -158,24 +164,24 @@ def test_git_state_and_environment(tmp_path):
     (tmp_path / "f.txt").write_text("a")
     git("add", "f.txt")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
-    state = R.git_state(tmp_path)
+    state = P.git_state(tmp_path)
     assert len(state["commit"]) == 40 and state["dirty"] is False
     (tmp_path / "untracked.txt").write_text("b")
-    assert R.git_state(tmp_path)["dirty"] is False
+    assert P.git_state(tmp_path)["dirty"] is False
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "x.jsonl").write_text("{}\n")
     git("add", "results/x.jsonl")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "r")
     (tmp_path / "results" / "x.jsonl").write_text("{}\n{}\n")  # a run appending its records
-    assert R.git_state(tmp_path)["dirty"] is False
-    assert R.git_state(tmp_path / "results")["dirty"] is False  # from any directory of the repository
+    assert P.git_state(tmp_path)["dirty"] is False
+    assert P.git_state(tmp_path / "results")["dirty"] is False  # from any directory of the repository
     (tmp_path / "f.txt").write_text("changed")
-    assert R.git_state(tmp_path)["dirty"] is True
-    assert R.git_state(tmp_path / "results")["dirty"] is True
-    env = R.environment("cpu")
+    assert P.git_state(tmp_path)["dirty"] is True
+    assert P.git_state(tmp_path / "results")["dirty"] is True
+    env = P.environment("cpu")
     assert env["device"] == "cpu" and env["torch"] and env["python"].count(".") == 2
     assert socket.gethostname() not in json.dumps(env) and os.getcwd() not in json.dumps(env)
-    assert R.utc_now().endswith("Z") and len(R.utc_now()) == 20
+    assert P.utc_now().endswith("Z") and len(P.utc_now()) == 20
 
 
 def test_append_never_duplicates_a_key(tmp_path):
@@ -334,3 +340,64 @@ def test_a_run_into_a_dangling_symlink_stops_before_its_teacher(tmp_path, capsys
                  "--cache", str(cache)]) == 2
     assert "which does not exist" in capsys.readouterr().err
     assert not list(cache.rglob("*.pt"))  # no teacher was trained
+
+
+def _student_line(**change) -> bytes:
+    rec = {"schema": 1, "key": "k", "kind": "student",
+           "config": {"alpha": 1.0, "T": 2.0, "beta": 0.9, "seed": 0},
+           "metrics": {"test_accuracy": 0.5}, "provenance": {}}
+    for path, value in change.items():
+        *parents, last = path.split("__")
+        node = rec
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    return json.dumps(rec).encode()
+
+
+@pytest.mark.parametrize("line, problem", [
+    (_student_line(schema=99), "schema must be 1"),
+    (_student_line(schema=True), "field 'schema' missing or not a int"),
+    (_student_line(metrics__test_accuracy=float("nan")), "metrics.test_accuracy must be a number in"),
+    (_student_line(metrics__test_accuracy=float("inf")), "metrics.test_accuracy must be a number in"),
+    (_student_line(metrics__test_accuracy=True), "metrics.test_accuracy must be a number in"),
+    (_student_line(metrics__test_accuracy=7.5), "metrics.test_accuracy must be a number in"),
+    (_student_line(metrics__test_accuracy="0.5"), "metrics.test_accuracy must be a number in"),
+    (_student_line(metrics__teacher_agreement=2.0), "metrics.teacher_agreement must be a number in"),
+    (_student_line(config__alpha="abc"), "config.alpha must be a number or 'inf'"),
+    (_student_line(config__seed=1.5), "config.seed must be an integer"),
+    (_student_line(config__dtype="float16"), "config.dtype must be one of"),
+    (_student_line(key=""), "key is empty"),
+    (b"[" * 100_000 + b"]" * 100_000, "not a JSON record (RecursionError"),
+    (b"null", "not a JSON object"),
+])
+def test_a_record_is_checked_in_full_on_reading(tmp_path, capsys, line, problem):
+    """A record that breaks the schema is refused with the file, the line and what is wrong, by every
+    reader (the store, `report`, `run`): never a traceback, never a NaN row that a table then drops."""
+    from kdlib.cli import main
+
+    path = tmp_path / "hinton" / "smoke.jsonl"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(line + b"\n")
+    with pytest.raises(R.ResultsFileError, match=re.escape(f"{path}, line 1: ") + ".*" + re.escape(problem)):
+        R.load_records(path)
+    for argv in (["report", "hinton", "--profile", "smoke"], ["run", "hinton", "--profile", "smoke",
+                                                               "--cache", str(tmp_path / "cache")]):
+        assert main([*argv, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("kdlib: error:") and problem in err and len(err.splitlines()) == 1
+    assert path.read_bytes() == line + b"\n"  # left as it was
+
+
+def test_every_committed_record_passes_the_full_check():
+    from kdlib.lab.records import parse_record
+
+    files = sorted(R.results_root().glob("*/*.jsonl"))
+    assert files
+    n = 0
+    for f in files:
+        for i, raw in enumerate(f.read_bytes().splitlines(), start=1):
+            if raw.strip():
+                parse_record(json.loads(raw), f"{f}:{i}")
+                n += 1
+    assert n > 1500

@@ -14,6 +14,7 @@ import torch
 from conftest import needs_fashion_mnist
 
 from kdlib.lab.analysis import gap_closed
+from kdlib.lab.cache import CommittedTeachers
 from kdlib.lab.config import StudentSpec, TrainConfig
 from kdlib.lab.data import random_translate
 from kdlib.lab.experiments import EXPERIMENTS
@@ -22,7 +23,7 @@ from kdlib.lab.profile import Profile, student_config, teacher_config
 from kdlib.lab.results import student_frame, teacher_frame
 from kdlib.lab.run import run_experiment
 from kdlib.lab.shards import stack_groups
-from kdlib.lab.store import CommittedTeachers, ResultsFileError, load_records, run_key
+from kdlib.lab.store import ResultsFileError, load_records, make_record, run_key
 
 # ----------------------------------------------------------------------------- jitter
 
@@ -108,7 +109,8 @@ def test_committed_logits_round_trip_as_float16_and_refuse_changes(tmp_path):
     rows = {"train": 30, "val": 7, "test": 11}
     logits = _logits(rows)
     store = CommittedTeachers(tmp_path)
-    used, record = store.save("abc", logits, {"key": "abc", "provenance": {"x": 1}})
+    teacher = make_record("teacher", "abc", {"seed": 0}, {"test_accuracy": 0.9}, {"x": 1})
+    used, record = store.save("abc", logits, teacher)
     info = record["provenance"]["teacher_logits"]
     assert info["rows"] == rows and info["dtype"] == "float16" and record["provenance"]["x"] == 1
     for k in rows:
@@ -123,6 +125,10 @@ def test_committed_logits_round_trip_as_float16_and_refuse_changes(tmp_path):
     npy.write_bytes(bytes(data))
     with pytest.raises(ResultsFileError, match="SHA-256"):
         store.load("abc", rows, 10)
+    for damaged in ("null", "[]", '{"key": "abc"}'):  # a record that is not one: a clear error, no traceback
+        store.paths("abc")[1].write_text(damaged)
+        with pytest.raises(ResultsFileError, match="is not a teacher record"):
+            store.load("abc", rows, 10)
 
 
 def _two_teacher_profile() -> Profile:
@@ -247,8 +253,7 @@ def test_gap_closed_recovers_a_known_share_and_brackets_it():
 def test_student_frame_carries_the_teacher_of_each_run():
     config = {"label": "distilled", "model": {"kind": "mlp", "hidden": [8]}, "alpha": 1.0, "T": 4.0,
               "beta": 0.9, "seed": 3, "epochs": 5, "teacher_key": "tk"}
-    rec = {"kind": "student", "key": "k", "config": config,
-           "metrics": {"test_accuracy": 0.5, "test_ece": 0.1}}
+    rec = make_record("student", "k", config, {"test_accuracy": 0.5, "test_ece": 0.1}, {})
     row = student_frame([rec]).iloc[0]
     assert row["teacher_key"] == "tk" and row["test_ece"] == 0.1 and math.isnan(row["test_ce"])
     assert json.loads(json.dumps({"e": int(row["epochs"])})) == {"e": 5}
@@ -259,8 +264,9 @@ def test_a_committed_full_scale_student_reruns_exactly_from_the_committed_logits
     with it), rerun from its teacher's committed float16 logits without the teacher, reproduces its
     record exactly, on the same kind of machine (same torch, CPU kernels and instruction set)."""
     from kdlib.lab.config import default_threads
+    from kdlib.lab.provenance import environment
     from kdlib.lab.run import rerun_student
-    from kdlib.lab.store import environment, load_experiment_records, results_root
+    from kdlib.lab.store import load_experiment_records, results_root
 
     path = results_root() / "hinton" / "full.jsonl"
     if not path.exists():
@@ -292,12 +298,12 @@ def test_committed_teachers_and_model_descriptions(tmp_path):
     assert describe_model({"kind": "mlp", "hidden": [1200, 1200]}) == "MLP, hidden layers 1200-1200"
     store = CommittedTeachers(tmp_path)
     for seed, acc in ((1, 0.9), (0, 0.8)):
-        record = {"key": f"k{seed}", "kind": "teacher",
-                  "config": {"seed": seed, "model": {"kind": "cnn"}, "epochs": 3, "jitter": 2,
-                             "experiment": "hinton", "profile": "full"},
-                  "metrics": {"test_accuracy": acc, "test_errors": 10, "final_val_accuracy": acc,
+        record = make_record("teacher", f"k{seed}",
+                             {"seed": seed, "model": {"kind": "cnn"}, "epochs": 3, "jitter": 2,
+                              "experiment": "hinton", "profile": "full"},
+                             {"test_accuracy": acc, "test_errors": 10, "final_val_accuracy": acc,
                               "curves": {"val_accuracy": [acc], "train_loss": [1.0]}},
-                  "provenance": {"wall_seconds": 1.0}}
+                             {"wall_seconds": 1.0})
         store.save(f"k{seed}", _logits({"train": 4, "val": 2, "test": 2}), record)
     frame = committed_teachers(tmp_path)
     assert frame["teacher"].tolist() == [0, 1] and frame["test_accuracy"].tolist() == [0.8, 0.9]

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kdlib.lab.cache as Cache
 import kdlib.lab.config as C
 import kdlib.lab.metrics as M
 import kdlib.lab.store as St
@@ -293,7 +294,7 @@ ROWS = {"train": 5, "val": 2, "test": 3}
 
 
 def cached_teacher(tmp_path):
-    cache = St.TeacherCache(tmp_path)
+    cache = Cache.TeacherCache(tmp_path)
     model = MLP(64, (8,), 10)
     logits = {k: torch.randn(n, 10) for k, n in ROWS.items()}
     with cache.lock("k"):
@@ -302,7 +303,7 @@ def cached_teacher(tmp_path):
 
 
 def test_teacher_cache_round_trip(tmp_path):
-    assert St.TeacherCache(tmp_path).load("k", ROWS, 10) is None
+    assert Cache.TeacherCache(tmp_path).load("k", ROWS, 10) is None
     cache, model, logits, record = cached_teacher(tmp_path)
     assert set(record["provenance"]["cache"]) == {"weights_sha256", "logits_sha256"}
     got, rec = cache.load("k", ROWS, 10)

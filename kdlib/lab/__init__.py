@@ -7,7 +7,10 @@ Data flows one way through its modules::
     models      MLP (teacher), StackedMLP (S students as one model)
     train       the one training loop, fit(), with its objectives (cross-entropy, distillation)
     metrics     logits, accuracy, recorded test metrics, the bias shift
-    store       records and run keys, the results file, the teacher cache, atomic writes, the lock
+    records     typed records (StudentRecord, TeacherRecord) and the one check every reader applies
+    store       run keys, the results file, atomic writes, the lock, shards of a results file
+    provenance  what produced a run: versions, git state, device, instruction set
+    cache       the teacher cache and the committed teacher logits
     results     which results (the best committed profile), records as frames, provenance
     analysis    summaries over seeds, paired comparisons, tuned screens (kdlib.stats underneath)
     prereg      hypothesis files: the rules that derive them, their students, the confirmatory tests

@@ -33,11 +33,12 @@ import torch
 from submitit.core.utils import FailedJobError, FailedSubmissionError
 from submitit.helpers import Checkpointable
 
+from kdlib.lab.cache import CacheError, TeacherCache
 from kdlib.lab.config import PRECISIONS, check_device, check_threads, default_threads
 from kdlib.lab.experiments import get_experiment
 from kdlib.lab.run import run_experiment
 from kdlib.lab.shards import experiment_status, plan_shards
-from kdlib.lab.store import CacheError, Shard, TeacherCache, results_path
+from kdlib.lab.store import Shard, results_path
 
 CLUSTERS = ("slurm", "local")
 
@@ -182,7 +183,7 @@ def submit(name: str, profile: str, shards: int, *, cluster: str, out: str | os.
             ``precision`` or ``device``, a ``cuda`` device for jobs given no GPU (or an index beyond
             their GPUs), or (local) more GPUs per job than this machine has.
         kdlib.lab.experiments.UnknownExperimentError: unknown experiment or profile.
-        kdlib.lab.store.CacheError: the cache is not a directory.
+        kdlib.lab.cache.CacheError: the cache is not a directory.
         ClusterError: ``cluster="slurm"`` on a machine without ``sbatch``; (local) the teacher job or
             a shard job failed, the message names its log.
     """

@@ -580,7 +580,7 @@ def derive_hypotheses(root: str | None = None) -> dict[str, Hypothesis]:
         res = load_results(explore.name, "full", root)
         keys = expected_keys(explore.name, "full")
         total = len(explore.profile("full").students)
-        done = sum(r["key"] in keys for r in res.students)
+        done = sum(r.key in keys for r in res.students)
         if done < total:
             raise ValueError(f"the exploration {explore.name}/full is not complete: {done} of {total} runs")
         files.update(rule(res.frame(), load_results(hinton, "full", root).frame()))

@@ -29,7 +29,8 @@ from scipy import stats
 
 from kdlib.lab.analysis import Screen, paired_differences, runs_of, tuned_comparison, tuned_screen
 from kdlib.lab.config import ARMS, OPTIMIZERS, Arm, StudentSpec
-from kdlib.lab.store import file_at_commit
+from kdlib.lab.provenance import file_at_commit
+from kdlib.lab.records import Record, parse_record
 from kdlib.stats import detectable_effect, equivalence_test, holm, paired_test, runs_for_power
 
 #: Where the hypothesis files of confirmatory experiments live (committed before their runs).
@@ -535,15 +536,16 @@ def confirmatory_tests(df: pd.DataFrame, h: Hypothesis, metric: str | None = Non
     return out[cols]
 
 
-def hypothesis_preceded(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> dict[str, bool | None]:
+def hypothesis_preceded(records: Iterable[Record | dict[str, Any]], path: str | os.PathLike
+                        ) -> dict[str, bool | None]:
     """For each commit the ``records`` were run from, whether it already held the hypothesis file
-    ``path`` exactly as it is now (:func:`kdlib.lab.store.file_at_commit`): ``True`` yes, ``False``
+    ``path`` exactly as it is now (:func:`kdlib.lab.provenance.file_at_commit`): ``True`` yes, ``False``
     no (missing or different there: the runs did not follow the file as committed), ``None``
     unknown (no git history here, or a record without a commit, under the key ``"?"``)."""
     current = Path(path).read_bytes()
     out: dict[str, bool | None] = {}
     for r in records:
-        commit = r.get("provenance", {}).get("git_commit") or "?"
+        commit = parse_record(r).provenance.get("git_commit") or "?"
         if commit in out:
             continue
         try:
@@ -553,7 +555,7 @@ def hypothesis_preceded(records: Iterable[dict[str, Any]], path: str | os.PathLi
     return out
 
 
-def check_hypothesis_preceded(records: Iterable[dict[str, Any]], path: str | os.PathLike) -> str:
+def check_hypothesis_preceded(records: Iterable[Record | dict[str, Any]], path: str | os.PathLike) -> str:
     """:func:`hypothesis_preceded`, as a page states it: one line saying in how many commits the
     ``records`` ran from the file ``path`` was already committed as it is now (and whether some
     commits are not in this clone's history).

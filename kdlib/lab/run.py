@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from kdlib.lab.cache import CommittedTeachers, TeacherCache
 from kdlib.lab.config import (
     PRECISION_DTYPE,
     check_threads,
@@ -29,14 +30,12 @@ from kdlib.lab.experiments import expected_keys, get_experiment
 from kdlib.lab.metrics import bias_shift, evaluate_logits, predict_logits
 from kdlib.lab.models import StackedMLP, build_model
 from kdlib.lab.profile import Profile, student_config, teacher_config
+from kdlib.lab.provenance import environment, utc_now
 from kdlib.lab.shards import shard_profile, stack_groups
 from kdlib.lab.store import (
     SCRATCH,
-    CommittedTeachers,
     ResultsStore,
     Shard,
-    TeacherCache,
-    environment,
     experiment_files,
     load_experiment_records,
     make_record,
@@ -44,7 +43,6 @@ from kdlib.lab.store import (
     results_root,
     run_key,
     run_lock,
-    utc_now,
 )
 from kdlib.lab.train import (
     cross_entropy_objective,
@@ -168,7 +166,7 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
         UnknownExperimentError: unknown experiment or profile.
         kdlib.lab.store.ResultsFileError: the results file is not readable, or not writable when
             runs remain to be done (checked before any training).
-        kdlib.lab.store.CacheError: the teacher cache is not a directory, or cannot be written
+        kdlib.lab.cache.CacheError: the teacher cache is not a directory, or cannot be written
             when a teacher must be saved.
         kdlib.lab.store.RunInProgressError: another process is running into the same file.
         kdlib.lab.data.DatasetNotFoundError: the dataset is missing.

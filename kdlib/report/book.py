@@ -234,14 +234,14 @@ def smoke_run(experiment: str) -> ExperimentResults:
     with tempfile.TemporaryDirectory() as tmp:
         run_experiment(experiment, "smoke", device="cpu", out=tmp, cache_dir=tmp, log=lambda msg: None)
         res = load_results(experiment, "smoke", tmp)
-    keys = [r["key"] for r in res.records]
+    keys = [r.key for r in res.records]
     assert len(keys) == len(set(keys)) and set(keys) <= expected_keys(experiment, "smoke"), \
         "every record is a run of the smoke profile, recorded once"
     profile = get_experiment(experiment).profile("smoke")
     assert len(res.teachers) == len(profile.teacher_seeds), "every teacher is recorded"
     assert len(res.students) == len(profile.students), "every student is recorded"
     for r in res.students:
-        assert len(r["metrics"]["curves"]["val_accuracy"]) == r["config"]["epochs"], "one value per epoch"
+        assert len(r.curves["val_accuracy"]) == r.epochs, "one value per epoch"
     return res
 
 
@@ -278,13 +278,13 @@ def page_header(res: ExperimentResults, details: bool = True) -> Fields:
     :data:`WIDTH` characters, so the block reads without scrolling."""
     fields = provenance_fields(res)
     if details:
-        teachers = sorted(res.teachers, key=lambda r: r["config"].get("seed", 0))
-        info, tconf = teachers[0]["config"]["data_info"], teachers[0]["config"]
+        teachers = sorted(res.teachers, key=lambda r: r.seed)
+        info, first = teachers[0].data_info, teachers[0]
         size = res.transfer_size
-        jitter = tconf.get("jitter", 0)
-        accs = [100 * t["metrics"]["test_accuracy"] for t in teachers]
-        errs = [t["metrics"]["test_errors"] for t in teachers]
-        omitted = sorted({r["config"]["data"].get("omit_class") for r in res.students} - {None})
+        jitter = first.jitter
+        accs = [100 * t.test_accuracy for t in teachers]
+        errs = [t.test_errors for t in teachers]
+        omitted = sorted({r.omit_class for r in res.students} - {None})
         transfer = (f"the first {size} training images" if size is not None
                     else f"all {info['n_train']} training images")
         if omitted:
@@ -295,14 +295,13 @@ def page_header(res: ExperimentResults, details: bool = True) -> Fields:
                      f"{info['n_test']} test images"),
             ("transfer set", transfer + " (students)"),
         ]
-        images = (f"the first {tconf['data']['train_size']}" if tconf["data"]["train_size"] else "all") \
-            + " training images"
+        images = (f"the first {first.train_size}" if first.train_size else "all") + " training images"
         if len(teachers) == 1 and not jitter:
-            fields.append(("teacher", f"{describe_model(tconf['model'])}, on {images}"))
+            fields.append(("teacher", f"{describe_model(first.model)}, on {images}"))
         else:
             fields += [("teachers" if len(teachers) > 1 else "teacher",
                         (f"{len(teachers)} trained independently: " if len(teachers) > 1 else "")
-                        + describe_model(tconf["model"])),
+                        + describe_model(first.model)),
                        ("teacher data", images + (f", input jitter ±{jitter} px" if jitter else ""))]
         fields += [
             ("teacher, test" if len(teachers) == 1 else "teachers, test",
@@ -328,7 +327,7 @@ def results_page(experiment: str, details: bool = True) -> ExperimentResults:
     rerun_if_requested(experiment)
     res = load_results(experiment)
     assert res.profile in PROFILE_PREFERENCE, "smoke numbers are never shown as results"
-    diverged = [bool(r["metrics"].get("diverged")) for r in res.students]
+    diverged = [r.diverged for r in res.students]
     assert not diverged or not all(diverged), f"every student of {experiment} diverged"
     display(page_header(res, details))
     return res

@@ -31,6 +31,7 @@ import pandas as pd
 from kdlib.lab.analysis import summarize_frame
 from kdlib.lab.experiments import expected_keys, get_experiment
 from kdlib.lab.prereg import Hypothesis
+from kdlib.lab.records import TeacherRecord, parse_record
 from kdlib.lab.results import CELL_FIELDS, ExperimentResults, provenance, student_frame
 from kdlib.lab.store import load_experiment_records
 
@@ -55,10 +56,15 @@ def _seed_list(seeds: Sequence[int]) -> str:
     return ", ".join(map(str, seeds))
 
 
+#: A recorded precision as a page names it.
+PRECISION_WORDS = {"float32": "float32",
+                   "bf16-autocast": "bfloat16 matrix products (autocast), float32 weights and loss"}
+
+
 def provenance_fields(results: ExperimentResults) -> list[tuple[str, str]]:
     """The provenance of :func:`provenance_line` as short ``(name, value)`` pairs, for a block that
-    reads without scrolling: results, runs, device, torch, commit, date (each value well under 80 characters
-    unless the records name several devices or commits)."""
+    reads without scrolling: results, runs, device, torch, precision, commit, date (each value well under
+    80 characters unless the records name several devices or commits)."""
     p = provenance(results.records)
     day = " to ".join(sorted({p["started"][:10], p["finished"][:10]}))
     teachers = f"{p['teachers']} teacher" + ("s" if p["teachers"] != 1 else "")
@@ -67,6 +73,7 @@ def provenance_fields(results: ExperimentResults) -> list[tuple[str, str]]:
         ("runs", f"{p['students']} students and {teachers}; seeds {_seed_list(p['seeds'])}"),
         ("device", "; ".join(p["devices"])),
         ("torch", ", ".join(p["torch"])),
+        ("precision", "; ".join(PRECISION_WORDS.get(x, x) for x in p["precisions"])),
         ("commit", ", ".join(p["commits"])),
         ("run", f"{day}, {p['started'][11:16]} to {p['finished'][11:16]} UTC, "
                 f"{p['wall_seconds'] / 60:.0f} min of training"),
@@ -317,13 +324,13 @@ def report_text(experiment: str, path: str | os.PathLike, include_stale: bool = 
     """
     exp = get_experiment(experiment)
     path = Path(path)
-    records = load_experiment_records(path)
+    records = [parse_record(r, str(path)) for r in load_experiment_records(path)]
     stale = 0
     if not include_stale and path.stem in exp.profiles:
         keep = expected_keys(experiment, path.stem)
-        stale = sum(r["key"] not in keep for r in records)
-        records = [r for r in records if r["key"] in keep]
-    teachers = [r for r in records if r.get("kind") == "teacher"]
+        stale = sum(r.key not in keep for r in records)
+        records = [r for r in records if r.key in keep]
+    teachers = [r for r in records if isinstance(r, TeacherRecord)]
     df = student_frame(records)
     lines = [f"== {experiment} / {path.stem}: {len(df)} student runs, {len(teachers)} teacher(s) =="]
     if stale:
@@ -332,14 +339,14 @@ def report_text(experiment: str, path: str | os.PathLike, include_stale: bool = 
     if records:
         p = provenance(records)
         lines.append(f"commits: {', '.join(p['commits'])}; devices: {'; '.join(p['devices'])}; "
-                     f"run {p['started']} .. {p['finished']}")
+                     f"precision: {', '.join(p['precisions'])}; run {p['started']} .. {p['finished']}")
     for t in teachers:
-        m = t["metrics"]
-        lines.append(f"teacher {t['key']}: test accuracy {m['test_accuracy']:.4f}, "
-                     f"test errors {m.get('test_errors', '-')}")
+        errors = "-" if t.test_errors is None else t.test_errors
+        lines.append(f"teacher {t.key}: test accuracy {t.test_accuracy:.4f}, "
+                     f"test errors {errors}")
     if df.empty:
         return "\n".join(lines)
-    diverged = df[df["diverged"].fillna(False).astype(bool)]
+    diverged = df[df["diverged"].eq(True)]  # NaN (a record without the flag) is not diverged
     if len(diverged):
         cells = sorted({f"alpha={r.alpha:g} T={r.T:g} beta={r.beta:g}"
                         f"{' /alpha' if r.normalize_by_alpha else ''}{' reverse' if r.reverse else ''}"
@@ -359,6 +366,7 @@ def report_text(experiment: str, path: str | os.PathLike, include_stale: bool = 
            if summary["reverse"].any() else {}),
         **({"lr": [f"{v:g}" for v in summary["lr"]]} if summary["lr"].nunique() > 1 else {}),
         **({"optimizer": list(summary["optimizer"])} if summary["optimizer"].nunique() > 1 else {}),
+        **({"precision": list(summary["precision"])} if summary["precision"].nunique() > 1 else {}),
         "n": summary["n"].astype(int),
         **{m: [_cli_number(m, mean, std) for mean, std in zip(summary[m], summary[f"{m} std"], strict=True)]
            for m in metrics},
