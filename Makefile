@@ -19,14 +19,14 @@ env: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[book,cluster,test]"
 	@touch $@
 
 ## make lock: re-resolve pyproject.toml's pins in a scratch venv and rewrite constraints.txt.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade "pip>=24"
-	.lock-venv/bin/python -m pip install --quiet -e ".[book,test]"
+	.lock-venv/bin/python -m pip install --quiet -e ".[book,cluster,test]"
 	{ head -n 3 constraints.txt; .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^kdlib'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 
+import numpy as np
 import torch
 
 
@@ -201,14 +202,9 @@ def check_order(
                 )
         return alpha
     if isinstance(alpha, bool) or not isinstance(alpha, Number):
-        try:
-            import numpy as np
-
-            if isinstance(alpha, np.floating | np.integer):
-                alpha = float(alpha)
-            else:
-                raise TypeError
-        except TypeError:
+        if isinstance(alpha, np.floating | np.integer):
+            alpha = float(alpha)
+        else:
             raise ValueError(
                 f"{name} must be a number in [0, inf] (math.inf allowed) or a tensor, "
                 f"got {type(alpha).__name__}"

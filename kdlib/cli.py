@@ -43,9 +43,9 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from kdlib.lab.cache import TeacherCache
-from kdlib.lab.cluster import CLUSTERS, ClusterError, Resources, parse_time, submit
 from kdlib.lab.config import PRECISIONS, PROFILES, DeviceUnavailableError
 from kdlib.lab.data import DatasetNotFoundError
 from kdlib.lab.experiments import (
@@ -57,7 +57,7 @@ from kdlib.lab.experiments import (
 )
 from kdlib.lab.prereg import HYPOTHESES, hypotheses_dir
 from kdlib.lab.run import rerun_student, run_experiment
-from kdlib.lab.shards import experiment_status, teacher_keys
+from kdlib.lab.shards import CLUSTERS, ClusterError, experiment_status, teacher_keys
 from kdlib.lab.store import (
     SCRATCH,
     ResultsFileError,
@@ -201,6 +201,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                               log=lambda msg: print(msg, file=sys.stderr))
         print(f"{'teacher' if args.teachers_only else 'results'}: {path}")
     elif args.command == "submit":
+        Resources, parse_time, submit = _cluster()
         resources = Resources(args.partition, args.gpus_per_task, args.cpus_per_task,
                               parse_time(args.time), args.array_parallelism,
                               dict(_key_value(o) for o in args.slurm_option))
@@ -218,6 +219,21 @@ def _dispatch(args: argparse.Namespace) -> int:
               if removed else f"{target}: no shard files to merge")
         _status(exp.name, args.profile, out, 1)
     return 0
+
+
+def _cluster() -> tuple[Any, Any, Any]:
+    """``Resources``, ``parse_time`` and ``submit`` of :mod:`kdlib.lab.cluster`, imported only for
+    ``submit``: it needs submitit, the ``cluster`` extra, which the other commands do without.
+
+    Raises:
+        ClusterError: submitit is not installed (the message says how to install it).
+    """
+    try:
+        from kdlib.lab import cluster
+    except ModuleNotFoundError as e:
+        raise ClusterError(f"submit needs the cluster extra ({e.name} is not installed): "
+                           "pip install -e '.[cluster]' (make test and make book install it)") from None
+    return cluster.Resources, cluster.parse_time, cluster.submit
 
 
 def _report(exp: Experiment, profile: str | None, out: str, include_stale: bool) -> int:

@@ -308,3 +308,25 @@ def test_hypotheses_into_a_file_says_dir_must_be_a_directory(tmp_path, capsys, m
     assert main(["hypotheses", "--write", "--dir", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err
     assert "--dir must be a directory" in err and "finished runs" not in err and len(err.splitlines()) == 1
+
+
+def test_submitit_is_needed_by_submit_only(tmp_path, capsys, monkeypatch):
+    """submitit is the optional `cluster` extra: the command line imports it for `submit` alone, and
+    says how to install it when it is missing."""
+    import subprocess
+    import sys
+
+    import kdlib.lab
+
+    probe = "import sys, kdlib.cli; print('submitit' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if the extra were not installed
+    monkeypatch.delitem(sys.modules, "kdlib.lab.cluster", raising=False)
+    monkeypatch.delattr(kdlib.lab, "cluster", raising=False)
+    rc = main(["submit", "hinton", "--profile", "smoke", "--shards", "2", "--cluster", "local",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "submit needs the cluster extra (submitit is not installed)" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+    assert main(["list"]) == 0

@@ -1,5 +1,7 @@
 """Submitting an experiment as cluster jobs through submitit: the teacher, then an array of shards.
 
+Needs the ``cluster`` extra (``pip install -e '.[cluster]'``, which ``make`` installs): submitit.
+
 :func:`submit` is ``python -m kdlib submit``. It submits two things with submitit
 (https://github.com/facebookincubator/submitit), on Slurm or, with ``cluster="local"``, as
 processes on this machine (no Slurm, no network: what CI runs):
@@ -37,14 +39,8 @@ from kdlib.lab.cache import CacheError, TeacherCache
 from kdlib.lab.config import PRECISIONS, check_device, check_threads, default_threads
 from kdlib.lab.experiments import get_experiment
 from kdlib.lab.run import run_experiment
-from kdlib.lab.shards import experiment_status, plan_shards
+from kdlib.lab.shards import CLUSTERS, ClusterError, experiment_status, plan_shards
 from kdlib.lab.store import Shard, results_path
-
-CLUSTERS = ("slurm", "local")
-
-
-class ClusterError(RuntimeError):
-    """The jobs cannot be submitted (no ``sbatch`` here), or one failed (its log says why)."""
 
 
 class Task(Checkpointable):

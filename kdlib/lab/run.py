@@ -10,7 +10,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,58 +67,89 @@ def requested_device() -> str:
 Teacher = tuple[str, dict[str, torch.Tensor], dict]  # (key, logits by split (N, C) at T = 1, record)
 
 
-def _teacher_stage(experiment: str, profile: str, p: Profile, seed: int, splits: Any, device: torch.device,
-                   precision: str, cache: TeacherCache, committed: CommittedTeachers | None,
-                   env: dict[str, Any], log: Callable[[str], None], shard: Shard | None = None) -> Teacher:
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one run of an experiment shares (instead of a dozen threaded arguments).
+
+    Attributes:
+        experiment, profile: the names the records carry.
+        p: the profile being run (a shard's part of it, for a shard).
+        device: where it trains; precision: ``fp32`` or ``bf16`` (resolved).
+        cache: the teacher cache; committed: the committed teacher logits (``None``: the profile
+            does not commit them).
+        log: where progress lines go.
+        shard: the shard run (``None``: the whole profile); a shard never trains a teacher.
+        env: the provenance every record of the run shares (:func:`_run_environment`).
+    """
+
+    experiment: str
+    profile: str
+    p: Profile
+    device: torch.device
+    precision: str
+    cache: TeacherCache
+    committed: CommittedTeachers | None
+    log: Callable[[str], None]
+    shard: Shard | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """``name/profile``, with `` shard I/N`` for a shard run (for log lines and the progress bar)."""
+        return _label(self.experiment, self.profile, self.shard)
+
+
+def _teacher_stage(ctx: RunContext, seed: int, splits: Any) -> Teacher:
     """Teacher ``seed`` of the profile: from the committed logits, the cache, or trained now.
 
     With ``committed`` (profiles that commit their teachers' logits) the committed float16
     logits are used when present, so a student can be rerun without its teacher; a teacher
     trained or read from the cache is committed first and its logits rounded to float16.
     """
-    tconf = teacher_config(p, precision, seed)
+    p, cache, committed = ctx.p, ctx.cache, ctx.committed
+    tconf = teacher_config(p, ctx.precision, seed)
     key = run_key(tconf)
     rows = {"train": len(splits.y_train), "val": len(splits.y_val), "test": len(splits.y_test)}
     if committed is not None and committed.exists(key):
-        return key, *committed.load(key, rows, splits.num_classes, device)
+        return key, *committed.load(key, rows, splits.num_classes, ctx.device)
     with cache.lock(key):
-        cached = cache.load(key, rows, splits.num_classes, device, log)
+        cached = cache.load(key, rows, splits.num_classes, ctx.device, ctx.log)
         if cached is not None:
             logits, record = cached
-        elif shard is not None:
+        elif ctx.shard is not None:
             raise MissingTeacherError(
-                f"shard {shard} of {experiment}/{profile} needs teacher {key} ({precision}), which is not in "
-                f"the teacher cache {cache.dir}; shards never train their own copy: run `python -m kdlib run "
-                f"{experiment} --profile {profile} --teachers-only` with the same --cache first")
+                f"shard {ctx.shard} of {ctx.experiment}/{ctx.profile} needs teacher {key} ({ctx.precision}), "
+                f"which is not in the teacher cache {cache.dir}; shards never train their own copy: run "
+                f"`python -m kdlib run {ctx.experiment} --profile {ctx.profile} --teachers-only` with the "
+                "same --cache first")
         else:
-            logits, record = _train_teacher(experiment, profile, p, seed, tconf, key, splits, device,
-                                            precision, cache, env, rows)
+            logits, record = _train_teacher(ctx, seed, tconf, key, splits, rows)
     if committed is not None:
         logits, record = committed.save(key, logits, record)
     return key, logits, record
 
 
-def _train_teacher(experiment: str, profile: str, p: Profile, seed: int, tconf: dict[str, Any], key: str,
-                   splits: Any, device: torch.device, precision: str, cache: TeacherCache,
-                   env: dict[str, Any], rows: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
+def _train_teacher(ctx: RunContext, seed: int, tconf: dict[str, Any], key: str, splits: Any,
+                   rows: dict[str, int]) -> tuple[dict[str, torch.Tensor], dict]:
     """Train teacher ``seed`` on the first ``teacher_train_size`` training images; cache and return it."""
+    p = ctx.p
     torch.manual_seed(seed)  # the teacher's initial weights come from its seed
-    model = build_model(p.teacher_model, splits.input_shape, splits.num_classes).to(device)
+    model = build_model(p.teacher_model, splits.input_shape, splits.num_classes).to(ctx.device)
     start, t0 = utc_now(), time.perf_counter()
     n = p.teacher_train_size or len(splits.y_train)
     curves = fit(model, splits.x_train[:n], cross_entropy_objective(splits.y_train[:n]), p.teacher_train,
-                 data_seed=seed, val=(splits.x_val, splits.y_val), precision=precision,
+                 data_seed=seed, val=(splits.x_val, splits.y_val), precision=ctx.precision,
                  desc=f"teacher {seed}")
     curves = {k: v[0] for k, v in curves.items()}
     logits = {k: predict_logits(model, getattr(splits, f"x_{k}")) for k in rows}
     metrics = evaluate_logits(logits["test"], splits.y_test, splits.num_classes)[0]
     metrics.update(_curve_metrics(curves))
     record = make_record("teacher", key,
-                         {**tconf, "experiment": experiment, "profile": profile, "label": "teacher",
+                         {**tconf, "experiment": ctx.experiment, "profile": ctx.profile, "label": "teacher",
                           "data_info": splits.info}, metrics,
-                         {**env, "started": start, "finished": utc_now(),
+                         {**ctx.env, "started": start, "finished": utc_now(),
                           "wall_seconds": round(time.perf_counter() - t0, 3)})
-    return logits, cache.save(key, model.state_dict(), logits, record)
+    return logits, ctx.cache.save(key, model.state_dict(), logits, record)
 
 
 def _logits_sha256(teacher_record: dict) -> str | None:
@@ -197,10 +228,10 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
                      if p.commit_teacher_logits else None)
         if teachers_only:
             splits = _load_splits(p, dev)
-            env = _run_environment(dev, prec, log)
+            ctx = RunContext(name, profile, p, dev, prec, cache, committed, log,
+                             env=_run_environment(dev, prec, log))
             for seed in p.teacher_seeds:
-                tkey, _, trecord = _teacher_stage(name, profile, p, seed, splits, dev, prec, cache, committed,
-                                                  env, log)
+                tkey, _, trecord = _teacher_stage(ctx, seed, splits)
                 log(f"teacher {seed} ({tkey}): test accuracy {trecord['metrics']['test_accuracy']:.4f}, "
                     f"in {cache.dir}")
             return cache.paths(tkey)[2]
@@ -210,7 +241,8 @@ def run_experiment(name: str, profile: str, *, device: str | torch.device = "aut
             return store.path
         store.check_writable()
         with run_lock(store.path):
-            return _run_locked(name, profile, p, dev, prec, store, main, cache, committed, log, shard)
+            ctx = RunContext(name, profile, p, dev, prec, cache, committed, log, shard)
+            return _run_locked(ctx, store, main)
     finally:
         torch.set_num_threads(before)
 
@@ -261,22 +293,23 @@ def _load_splits(p: Profile, dev: torch.device) -> Any:
     return splits
 
 
-def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precision: str, store: ResultsStore,
-                main: Path, cache: TeacherCache, committed: CommittedTeachers | None,
-                log: Callable[[str], None], shard: Shard | None) -> Path:
+def _run_locked(ctx: RunContext, store: ResultsStore, main: Path) -> Path:
+    """The run itself, under the results file's lock: the teachers, then the pending students in stacks."""
+    name, profile, p, dev, precision, log = (ctx.experiment, ctx.profile, ctx.p, ctx.device, ctx.precision,
+                                             ctx.log)
     done = _done(store, main)
     stale = len(done - expected_keys(name, profile, p))
-    if stale and shard is None:
+    if stale and ctx.shard is None:
         log(f"{store.path}: {stale} records come from another definition of this profile; "
             "they are kept, but reports leave them out")
     splits = _load_splits(p, dev)
     env = _run_environment(dev, precision, log)
-    if shard is not None:
-        env["shard"] = str(shard)
+    if ctx.shard is not None:
+        env["shard"] = str(ctx.shard)
+    ctx = replace(ctx, env=env)
     teachers = {}
     for seed in p.teacher_seeds:
-        teachers[seed] = _teacher_stage(name, profile, p, seed, splits, dev, precision, cache, committed, env,
-                                        log, shard)
+        teachers[seed] = _teacher_stage(ctx, seed, splits)
         tkey, _, trecord = teachers[seed]
         if tkey not in done:
             store.append(trecord)
@@ -294,7 +327,7 @@ def _run_locked(name: str, profile: str, p: Profile, dev: torch.device, precisio
         if key not in done:
             pending.append((spec, conf, key))
             done.add(key)  # a duplicate spec in the profile is run once
-    label = _label(name, profile, shard)
+    label = ctx.label
     log(f"{label}: {len(p.students)} students, {len(pending)} to run, on {dev} ({precision})")
     bar = progress(total=len(pending), desc=label, unit="student", iterable=None)
     for group in ([pending[i] for i in g] for g in stack_groups([item[0] for item in pending], p.max_group)):

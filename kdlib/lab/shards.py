@@ -30,6 +30,15 @@ from kdlib.lab.store import (
     shard_files,
 )
 
+#: The schedulers ``python -m kdlib submit`` sends jobs to (:mod:`kdlib.lab.cluster`, which needs the
+#: ``cluster`` extra): Slurm, or the same jobs as processes on this machine.
+CLUSTERS = ("slurm", "local")
+
+
+class ClusterError(RuntimeError):
+    """The jobs cannot be submitted (no ``sbatch`` here, or submitit missing), or one failed (its log
+    says why)."""
+
 
 def stack_groups(specs: Sequence[StudentSpec], max_group: int) -> list[list[int]]:
     """Indices of ``specs`` in the groups that train together: one width, seed, teacher, number

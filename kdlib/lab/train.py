@@ -37,6 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from kdlib.functional import distillation_loss
 from kdlib.lab.config import StudentSpec, TrainConfig
@@ -50,8 +51,6 @@ Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def progress(iterable: Iterable[Any] | None = None, **kw: Any) -> Any:
     """A tqdm progress bar, off when ``$TQDM_DISABLE`` is set or stderr is not a terminal."""
-    from tqdm.auto import tqdm
-
     disable = os.environ.get("TQDM_DISABLE", "") not in ("", "0") or not sys.stderr.isatty()
     return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kw)
 

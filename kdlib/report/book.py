@@ -36,6 +36,7 @@ import pandas as pd
 import sympy as sp
 from IPython.display import Math, display
 from myst_nb import glue
+from sympy.printing.latex import LatexPrinter
 from tqdm import TqdmWarning
 
 from kdlib.lab.data import CLASS_NAMES
@@ -68,7 +69,6 @@ LINE_CHARS = 150
 
 def _add_terms(expr: sp.Expr) -> list[str]:
     """The terms of a sum as sympy's LaTeX printer writes them, each with its sign (`` + t``/`` - t``)."""
-    from sympy.printing.latex import LatexPrinter
 
     printer = LatexPrinter()
     pieces = []
