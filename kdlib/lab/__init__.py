@@ -5,8 +5,8 @@ Data flows one way through its modules::
     config      what a run is: TrainConfig, StudentSpec, Arm, device, precision, threads, profiles
     data        the datasets as device-resident tensors, fixed splits
     models      MLP (teacher), StackedMLP (S students as one model)
-    train       the one training loop, fit(), with its objectives (cross-entropy, distillation)
     metrics     logits, accuracy, recorded test metrics, the bias shift
+    train       the one training loop, fit(), with its objectives (cross-entropy, distillation)
     records     typed records (StudentRecord, TeacherRecord) and the one check every reader applies
     store       run keys, the results file, atomic writes, the lock, shards of a results file
     provenance  what produced a run: versions, git state, device, instruction set
@@ -20,7 +20,8 @@ Data flows one way through its modules::
     run         run_experiment(): teacher stage, then students in stacked groups, into the store
     cluster     submit(): a teacher job, then a job array over the shards, through submitit
 
-The statistics (:mod:`kdlib.stats`) sit below the lab; the report side (:mod:`kdlib.report`) only
+A module imports only those above it (``tests/test_layers.py``). The statistics (:mod:`kdlib.stats`)
+sit below the lab; the report side (:mod:`kdlib.report`) only
 formats what :mod:`kdlib.lab.results`, :mod:`kdlib.lab.analysis` and :mod:`kdlib.lab.prereg` return;
 nothing here imports it.
 """
