@@ -37,7 +37,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from kdlib.functional import distillation_loss
 from kdlib.lab.config import StudentSpec, TrainConfig
@@ -51,6 +50,10 @@ Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def progress(iterable: Iterable[Any] | None = None, **kw: Any) -> Any:
     """A tqdm progress bar, off when ``$TQDM_DISABLE`` is set or stderr is not a terminal."""
+    # imported here, not at the top: importing tqdm.auto in a notebook kernel without ipywidgets writes a
+    # TqdmWarning to stderr, before kdlib.report.book.setup_page can silence it (nbval fails on stderr)
+    from tqdm.auto import tqdm
+
     disable = os.environ.get("TQDM_DISABLE", "") not in ("", "0") or not sys.stderr.isatty()
     return tqdm(iterable, disable=disable, leave=False, dynamic_ncols=True, **kw)
 
