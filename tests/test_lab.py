@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import kdlib.lab.config as C
-from kdlib.lab.config import PROFILES
+from kdlib.lab.config import PROFILES, StudentSpec, TrainConfig
 from kdlib.lab.data import load_dataset
 from kdlib.lab.experiments import (
     BIG,
@@ -369,3 +369,21 @@ def test_run_keys_drop_a_new_fields_default_in_one_place():
     assert key_fields(TrainConfig(epochs=3, jitter=2))["jitter"] == 2
     assert set(key_fields(StudentSpec())) == {"alpha", "T", "beta", "seed", "normalize_by_alpha", "label"}
     assert key_fields(StudentSpec(reverse=True))["reverse"] is True
+
+
+@pytest.mark.parametrize("build, match", [
+    (lambda: StudentSpec(T=10**400), "T must be a finite number > 0, got 10000000000000000000..."),
+    (lambda: StudentSpec(lr=10**400), "lr must be a finite number > 0 or None"),
+    (lambda: StudentSpec(alpha=10**400), r"alpha must be in \(0, inf\]"),
+    (lambda: StudentSpec(beta=True), r"beta must be in \[0, 1\]"),
+    (lambda: TrainConfig(epochs=1, lr=10**400), "need lr > 0"),
+    (lambda: TrainConfig(epochs=1, weight_decay=10**400), "need lr > 0"),
+])
+def test_a_number_beyond_floats_range_is_a_value_error_not_an_overflow(build, match):
+    with pytest.raises(ValueError, match=match) as info:
+        build()
+    assert len(str(info.value)) < 200
+
+
+def test_the_order_infinity_is_still_accepted():
+    assert StudentSpec(alpha=math.inf).alpha == math.inf and StudentSpec(alpha=4).alpha == 4
