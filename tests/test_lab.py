@@ -387,3 +387,29 @@ def test_a_number_beyond_floats_range_is_a_value_error_not_an_overflow(build, ma
 
 def test_the_order_infinity_is_still_accepted():
     assert StudentSpec(alpha=math.inf).alpha == math.inf and StudentSpec(alpha=4).alpha == 4
+
+
+def test_a_new_data_field_of_a_profile_keeps_every_key_at_its_default():
+    """The data part of a run's config follows the same rule: a data field added later (here a seed that
+    resamples the transfer set) leaves every key as it was at its default and changes it otherwise."""
+    from dataclasses import dataclass, field, replace
+
+    from kdlib.lab.profile import Profile, data_config
+    from kdlib.lab.store import run_key
+
+    @dataclass(frozen=True)
+    class WithSubsets(Profile):
+        transfer_seed: int | None = field(default=None, metadata={"data": "student"})
+
+    p = get_experiment("renyi_grid").profile("smoke")
+    q = WithSubsets(**{f: getattr(p, f) for f in p.__dataclass_fields__})
+    s = p.students[1]
+    assert student_config("x", "smoke", q, s, "t") == student_config("x", "smoke", p, s, "t")
+    assert teacher_config(q) == teacher_config(p)
+    resampled = replace(q, transfer_seed=3)
+    assert data_config(resampled, "student")["transfer_seed"] == 3
+    assert "transfer_seed" not in data_config(resampled, "teacher")
+    keyed = run_key(student_config("x", "smoke", resampled, s, "t"))
+    assert keyed != run_key(student_config("x", "smoke", p, s, "t"))
+    assert data_config(p, "teacher") == {"dataset": p.dataset, "split_seed": 0, "val_fraction": 0.1,
+                                         "val_size": p.val_size, "train_size": p.teacher_train_size}

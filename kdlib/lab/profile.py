@@ -8,10 +8,10 @@ So a new option changes no existing key, and needs no exception here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from kdlib.lab.config import PRECISION_DTYPE, StudentSpec, TrainConfig, key_fields
+from kdlib.lab.config import ALWAYS_KEYED, PRECISION_DTYPE, StudentSpec, TrainConfig, key_fields
 
 
 @dataclass(frozen=True)
@@ -44,23 +44,24 @@ class Profile:
     lists them.
     """
 
-    dataset: str
+    dataset: str = field(metadata={**ALWAYS_KEYED, "data": "both"})
     teacher_model: dict[str, Any]
     teacher_train: TrainConfig
     student_train: TrainConfig
     students: tuple[StudentSpec, ...]
-    transfer_size: int | None = None
-    teacher_train_size: int | None = None
-    val_size: int | None = None
-    omit_class: int | None = None
+    transfer_size: int | None = field(default=None, metadata={**ALWAYS_KEYED, "data": "student"})
+    teacher_train_size: int | None = field(default=None, metadata={**ALWAYS_KEYED, "data": "teacher",
+                                                                   "as": "train_size"})
+    val_size: int | None = field(default=None, metadata={**ALWAYS_KEYED, "data": "both"})
+    omit_class: int | None = field(default=None, metadata={**ALWAYS_KEYED, "data": "student"})
     bias_shifts: tuple[float, ...] = ()
     max_group: int = 128
     threads: int | None = None
     precision: str = "fp32"
     commit_teacher_logits: bool = False
     gradient_probe: int = 0
-    split_seed: int = 0
-    val_fraction: float = 0.1
+    split_seed: int = field(default=0, metadata={**ALWAYS_KEYED, "data": "both"})
+    val_fraction: float = field(default=0.1, metadata={**ALWAYS_KEYED, "data": "both"})
 
     @property
     def teacher_seeds(self) -> tuple[int, ...]:
@@ -75,9 +76,18 @@ class Profile:
         return replace(self.student_train, **own) if own else self.student_train
 
 
-def _data_config(p: Profile) -> dict[str, Any]:
-    return {"dataset": p.dataset, "split_seed": p.split_seed, "val_fraction": p.val_fraction,
-            "val_size": p.val_size}
+def data_config(p: Profile, role: str) -> dict[str, Any]:
+    """The ``data`` part of a run's config for ``role`` (``"teacher"`` or ``"student"``): the fields of
+    :class:`Profile` whose metadata names that role (or ``"both"``), under their ``"as"`` name, by the
+    rule of :func:`~kdlib.lab.config.key_fields` (a data field added later, such as a seed that
+    resamples the transfer set, enters a key only when it is not its default)."""
+    out = {}
+    for f in fields(p):
+        if f.metadata.get("data") in (role, "both"):
+            value = getattr(p, f.name)
+            if f.metadata.get("key") == "always" or value != f.default:
+                out[f.metadata.get("as", f.name)] = value
+    return out
 
 
 def teacher_config(p: Profile, precision: str = "fp32", seed: int = 0) -> dict[str, Any]:
@@ -85,7 +95,7 @@ def teacher_config(p: Profile, precision: str = "fp32", seed: int = 0) -> dict[s
 
     ``precision`` is the resolved one (``fp32`` or ``bf16``), stored as ``"dtype"``.
     """
-    return {"role": "teacher", "data": {**_data_config(p), "train_size": p.teacher_train_size},
+    return {"role": "teacher", "data": data_config(p, "teacher"),
             "model": p.teacher_model, "seed": seed, **key_fields(p.teacher_train),
             "dtype": PRECISION_DTYPE[precision]}
 
@@ -96,7 +106,7 @@ def student_config(experiment: str, profile: str, p: Profile, spec: StudentSpec,
     experiment, profile and data, the model, the student's :func:`~kdlib.lab.config.key_fields`, its
     training config's (:meth:`Profile.student_train_of`), its teacher's key and the precision."""
     return {"experiment": experiment, "profile": profile, "dataset": p.dataset,
-            "data": {**_data_config(p), "transfer_size": p.transfer_size, "omit_class": p.omit_class},
+            "data": data_config(p, "student"),
             "model": {"kind": "mlp", "hidden": list(spec.hidden)}, **key_fields(spec),
             **key_fields(p.student_train_of(spec)), "teacher_key": teacher_key,
             "dtype": PRECISION_DTYPE[precision]}
