@@ -236,7 +236,8 @@ def test_paired_differences_match_scipy_ttest_rel():
     assert paired["p_holm"].to_numpy() == pytest.approx(expected)
     assert paired["p_bh"].to_numpy() == pytest.approx(stats.false_discovery_control(pvals))
     for _, row in paired.iterrows():
-        want = ("better" if row["mean_diff"] > 0 else "worse") if row["p_holm"] < 0.05 else "no difference"
+        shown = ("better" if row["mean_diff"] > 0 else "worse") if row["p_holm"] < 0.05 else None
+        want = shown or "no difference shown"
         assert row["verdict"] == want
 
 
@@ -822,3 +823,13 @@ def test_equivalence_test_agrees_with_the_90_percent_interval():
     assert tight["p"] < 0.05 and tight["mean_diff"] == pytest.approx(0.0)
     with pytest.raises(ValueError, match="margin > 0"):
         kstats.equivalence_test([1, 2], [1, 2], margin=0)
+
+
+def test_the_verdict_never_says_no_difference_for_a_test_that_only_did_not_reject():
+    """A non-significant result (even one whose uncorrected interval excludes 0, as on page 2.3) is
+    "no difference shown", never "no difference": that would claim equivalence, which takes TOST."""
+    assert analysis.verdict(-0.0212, 0.2) == "no difference shown"
+    assert analysis.verdict(-0.2257, 0.06) == "no difference shown"
+    assert analysis.verdict(0.004, 0.01) == "better" and analysis.verdict(-0.004, 0.049) == "worse"
+    assert analysis.verdict(0.004, math.nan) == "no difference shown"
+    assert analysis.verdict(0.004, 0.02, level=0.01) == "no difference shown"

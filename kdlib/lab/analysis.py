@@ -27,6 +27,17 @@ from kdlib.stats import benjamini_hochberg, holm, interval, paired_test, share_b
 LEVEL = 0.05
 
 
+def verdict(mean_diff: float, p_adjusted: float, level: float = LEVEL) -> str:
+    """The book's word for a two-sided comparison: ``"better"`` or ``"worse"`` (the sign of
+    ``mean_diff``) when the corrected p-value ``p_adjusted`` is below ``level``, else
+    ``"no difference shown"``. A test that does not reject has not shown the two equal (that takes an
+    equivalence test, :func:`kdlib.stats.equivalence_test`), so the word never says "no difference"
+    alone; a NaN p-value (fewer than two pairs) shows nothing either."""
+    if p_adjusted < level:
+        return "better" if mean_diff > 0 else "worse"
+    return "no difference shown"
+
+
 def runs_of(df: pd.DataFrame, arm: Arm, *, lr: float | None = None, T: float | None = None) -> pd.DataFrame:
     """The rows of ``df`` (:func:`~kdlib.lab.results.student_frame`) distilled with ``arm`` (its order,
     division and direction; students alone, ``beta = 0``, excluded), at ``lr`` and ``T`` where given
@@ -66,7 +77,7 @@ def paired_differences(df: pd.DataFrame, metric: str, cells: Sequence[str], refe
     joined on ``seed`` and the differences ``d = cell - reference`` tested with :func:`paired_test`:
     ``n, mean_diff, std_diff, ci_low, ci_high`` (95% t-interval), ``t``, the two-sided ``p``, then
     over all rows returned ``p_holm`` (:func:`holm`) and ``p_bh`` (:func:`benjamini_hochberg`).
-    ``verdict``: ``"better"`` / ``"worse"`` when ``p_holm < LEVEL`` (0.05), else ``"no difference"``.
+    ``verdict``: :func:`verdict` of the difference and ``p_holm`` at ``LEVEL`` (0.05).
 
     Raises:
         ValueError: a name in ``reference`` or ``match`` is not in ``cells``.
@@ -91,8 +102,7 @@ def paired_differences(df: pd.DataFrame, metric: str, cells: Sequence[str], refe
         return out
     out["p_holm"] = holm(out["p"].tolist())
     out["p_bh"] = benjamini_hochberg(out["p"].tolist())
-    out["verdict"] = [("better" if md > 0 else "worse") if ph < LEVEL else "no difference"
-                      for md, ph in zip(out["mean_diff"], out["p_holm"], strict=True)]
+    out["verdict"] = [verdict(md, ph) for md, ph in zip(out["mean_diff"], out["p_holm"], strict=True)]
     return out
 
 

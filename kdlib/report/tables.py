@@ -198,7 +198,7 @@ class BookTable:
 
     @property
     def note(self) -> str:
-        """``'Every row: n = 3; verdict = no difference'`` ('' when no column is constant)."""
+        """``'Every row: n = 3; verdict = no difference shown'`` ('' when no column is constant)."""
         if not self.constants:
             return ""
         return "Every row: " + "; ".join(f"{k} = {v}" for k, v in self.constants)
