@@ -833,3 +833,17 @@ def test_the_verdict_never_says_no_difference_for_a_test_that_only_did_not_rejec
     assert analysis.verdict(0.004, 0.01) == "better" and analysis.verdict(-0.004, 0.049) == "worse"
     assert analysis.verdict(0.004, math.nan) == "no difference shown"
     assert analysis.verdict(0.004, 0.02, level=0.01) == "no difference shown"
+
+
+def test_a_diverged_run_does_not_blank_a_mean_curve():
+    """Fig. 2.7 lost most of its lines to one diverged run each: the mean now leaves its NaN out."""
+    np.testing.assert_array_equal(figures.curve_mean([[1.0, 2.0, 3.0], [3.0, math.nan, 5.0], [2.0, 4.0]]),
+                                  [2.0, 3.0])
+    assert math.isnan(figures.curve_mean([[1.0, math.nan], [2.0, math.inf]])[1])
+    with pytest.raises(ValueError, match="non-empty"):
+        figures.curve_mean([])
+    df = pd.DataFrame({"alpha": [1.0, 1.0], "curve_val_accuracy": [[0.5, 0.6], [0.7, math.nan]]})
+    fig, ax = plt.subplots()
+    figures.plot_learning_curves(ax, df)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [60.0, 60.0])
+    plt.close(fig)

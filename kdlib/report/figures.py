@@ -11,9 +11,11 @@ same colour on every page. The plotting functions draw on a matplotlib ``Axes`` 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import matplotlib as mpl
+import numpy as np
 import pandas as pd
 
 from kdlib.report.tables import fmt_alpha
@@ -131,23 +133,43 @@ def plot_against_temperature(ax: Any, summary: pd.DataFrame, scale: float = 100.
     ax.set_xlabel("temperature T")
 
 
+def curve_mean(curves: Iterable[Sequence[float]]) -> np.ndarray:
+    """The per-epoch mean of several runs' curves, over the runs whose value at that epoch is finite.
+
+    A run that diverged has NaN (or infinite) values from some epoch on; a plain mean would make the
+    whole curve NaN, and a figure would lose its line (count and state the diverged runs beside the
+    figure). Curves are cut to the shortest. Returns an array of that length, NaN at an epoch where no
+    run is finite.
+
+    Raises:
+        ValueError: no curves, or a curve is empty.
+    """
+    curves = [np.asarray(c, dtype=float) for c in curves]
+    if not curves or min(len(c) for c in curves) == 0:
+        raise ValueError("curves must be one or more non-empty curves")
+    stack = np.stack([c[:min(len(c) for c in curves)] for c in curves])
+    finite = np.isfinite(stack)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(finite, stack, 0.0).sum(0) / finite.sum(0)
+
+
 def plot_learning_curves(ax: Any, df: pd.DataFrame, group: str = "alpha", curve: str = "curve_val_accuracy",
                          scale: float = 100.0, labels: dict[Any, str] | None = None) -> None:
     """Seed-mean of the per-epoch ``curve`` for each value of ``group``, in sorted order.
 
     Orders (``group == "alpha"``) get the book's colours and labels; otherwise ``labels`` maps a
-    group value to its legend label (default ``str(value)``). Curves of different lengths are cut
-    to the shortest.
+    group value to its legend label (default ``str(value)``). The mean is :func:`curve_mean`'s: curves
+    of different lengths are cut to the shortest, and a diverged run's non-finite values are left out
+    instead of blanking the whole curve.
     """
     for value, g in df.groupby(group, sort=True):
         curves = [c for c in g[curve] if len(c)]
         if not curves:
             continue
-        n = min(len(c) for c in curves)
-        mean = [math.fsum(c[e] for c in curves) / len(curves) * scale for e in range(n)]
+        mean = curve_mean(curves) * scale
         kw = ({"color": order_color(value), "label": order_label(value)} if group == "alpha"
               else {"label": (labels or {}).get(value, str(value))})
-        ax.plot(range(1, n + 1), mean, marker="o", markersize=2.5, **kw)
+        ax.plot(range(1, len(mean) + 1), mean, marker="o", markersize=2.5, **kw)
     ax.set_xlabel("epoch")
 
 
