@@ -7,6 +7,7 @@ parameter and the allowed range, so that a caller sees at once what to fix.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 
 import numpy as np
@@ -36,6 +37,14 @@ def check_temperature(T: float, name: str = "T") -> float:
     if not math.isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0 (allowed range (0, inf)), got {T!r}")
     return value
+
+
+def is_finite_number(x: object) -> bool:
+    """Whether ``x`` is a real number, not a boolean, that a float holds finitely (``10**400`` is not)."""
+    try:
+        return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+    except (OverflowError, TypeError):
+        return False
 
 
 def short_repr(x: object, limit: int = 60) -> str:

@@ -203,6 +203,14 @@ def detectable_effect(sd: float, n: int, level: float = 0.05, power: float = 0.8
     return float(optimize.brentq(lambda e: paired_power(e, sd, n, level, alternative) - power, 0.0, hi))
 
 
+def gap_share(groups: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
+    """``(mean d - mean a) / (mean t - mean a)`` over the pairs of all ``groups`` (each ``(d, a, t)``:
+    distilled runs, the students alone of the same seeds, their teacher's accuracy repeated): the share
+    of the teacher-student gap that distillation closes (:func:`share_bootstrap` gives its interval)."""
+    d, a, t = (np.concatenate(x) for x in zip(*groups, strict=True))
+    return float((d.mean() - a.mean()) / (t.mean() - a.mean()))
+
+
 def share_bootstrap(groups: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], resamples: int = 10_000,
                     confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
     """The share of a teacher-student gap that distillation closes, with a two-level bootstrap interval.
@@ -229,10 +237,6 @@ def share_bootstrap(groups: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
     if resamples < 1 or not 0 < confidence < 1:
         raise ValueError(f"need resamples >= 1 and confidence in (0, 1); got {resamples}, {confidence}")
 
-    def share(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> float:
-        d, a, t = (np.concatenate(x) for x in zip(*parts, strict=True))
-        return float((d.mean() - a.mean()) / (t.mean() - a.mean()))
-
     rng = np.random.default_rng(seed)
     draws = np.empty(resamples)
     for i in range(resamples):
@@ -242,10 +246,10 @@ def share_bootstrap(groups: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
             d, a, t = groups[j]
             k = rng.integers(len(d), size=len(d))
             parts.append((d[k], a[k], t[k]))
-        draws[i] = share(parts)
+        draws[i] = gap_share(parts)
     tail = (1 - confidence) / 2
     d, a, t = (np.concatenate(x) for x in zip(*groups, strict=True))
-    return {"share": share(groups), "ci_low": float(np.quantile(draws, tail)),
+    return {"share": gap_share(groups), "ci_low": float(np.quantile(draws, tail)),
             "ci_high": float(np.quantile(draws, 1 - tail)), "gap": float(t.mean() - a.mean()),
             "gain": float(d.mean() - a.mean()), "n": len(d)}
 

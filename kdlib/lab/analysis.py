@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from kdlib.lab.config import Arm
-from kdlib.stats import benjamini_hochberg, holm, interval, paired_test, share_bootstrap
+from kdlib.stats import benjamini_hochberg, gap_share, holm, interval, paired_test, share_bootstrap
 
 #: Significance level of the verdicts of :func:`paired_differences`.
 LEVEL = 0.05
@@ -265,4 +265,4 @@ def gap_closed(distilled: pd.DataFrame, alone: pd.DataFrame, teachers: pd.DataFr
         groups[key] = (d, a, np.full(len(d), teacher_acc[key]))
     out = share_bootstrap(list(groups.values()), resamples, confidence, seed)
     return {**out, "teachers": len(groups),
-            "per_teacher": {key: share_bootstrap([g], 1)["share"] for key, g in groups.items()}}
+            "per_teacher": {key: gap_share([g]) for key, g in groups.items()}}

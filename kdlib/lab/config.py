@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from kdlib._validation import is_finite_number, short_repr
+
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -171,20 +173,6 @@ def key_fields(obj: Any) -> dict[str, Any]:
     return out
 
 
-def _short(value: Any) -> str:
-    """``repr(value)``, cut to 24 characters (``10**400`` would fill a screen)."""
-    text = repr(value)
-    return text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"
-
-
-def _finite(value: Any) -> bool:
-    """Whether ``value`` is a number (not a bool) that a float holds finitely: ``10**400`` is not."""
-    try:
-        return not isinstance(value, bool) and math.isfinite(value)
-    except (OverflowError, TypeError):
-        return False
-
-
 def requested_profile() -> str | None:
     """The profile named by ``$KDLIB_PROFILE`` (``None`` when unset or empty): the rerun switch.
 
@@ -240,10 +228,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
-        if not (_finite(self.lr) and self.lr > 0) or not 0 <= self.momentum < 1 or not (
-                _finite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"need lr > 0, momentum in [0, 1), weight_decay >= 0, each a finite number; got "
-                             f"{_short(self.lr)}, {_short(self.momentum)}, {_short(self.weight_decay)}")
+        if not (is_finite_number(self.lr) and self.lr > 0) or not 0 <= self.momentum < 1 or not (
+                is_finite_number(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError("need lr > 0, momentum in [0, 1), weight_decay >= 0, each a finite number; got "
+                             + ", ".join(map(short_repr, (self.lr, self.momentum, self.weight_decay))))
         if self.optimizer not in OPTIMIZERS or self.schedule not in SCHEDULES:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS} and schedule one of {SCHEDULES}; "
                              f"got {self.optimizer!r}, {self.schedule!r}")
@@ -322,16 +310,16 @@ class StudentSpec:
     def __post_init__(self) -> None:
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1 or None, got {self.epochs!r}")
-        if self.lr is not None and not (_finite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0 or None, got {_short(self.lr)}")
+        if self.lr is not None and not (is_finite_number(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0 or None, got {short_repr(self.lr)}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS} or None, got {self.optimizer!r}")
-        if not ((self.alpha == math.inf or _finite(self.alpha)) and self.alpha > 0):
-            raise ValueError(f"alpha must be in (0, inf] (a float, or math.inf), got {_short(self.alpha)}")
-        if not (_finite(self.T) and self.T > 0):
-            raise ValueError(f"T must be a finite number > 0, got {_short(self.T)}")
-        if not (_finite(self.beta) and 0.0 <= self.beta <= 1.0):
-            raise ValueError(f"beta must be in [0, 1], got {_short(self.beta)}")
+        if not ((self.alpha == math.inf or is_finite_number(self.alpha)) and self.alpha > 0):
+            raise ValueError(f"alpha must be in (0, inf] (a float or math.inf), got {short_repr(self.alpha)}")
+        if not (is_finite_number(self.T) and self.T > 0):
+            raise ValueError(f"T must be a finite number > 0, got {short_repr(self.T)}")
+        if not (is_finite_number(self.beta) and 0.0 <= self.beta <= 1.0):
+            raise ValueError(f"beta must be in [0, 1], got {short_repr(self.beta)}")
         if self.normalize_by_alpha and math.isinf(self.alpha):
             raise ValueError("normalize_by_alpha needs a finite alpha (the soft term would vanish), got inf")
 

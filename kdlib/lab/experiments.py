@@ -578,8 +578,8 @@ def derive_hypotheses(root: str | None = None) -> dict[str, Hypothesis]:
     for explore in (e for e in EXPERIMENTS.values() if e.derives is not None):
         hinton, rule = explore.derives
         res = load_results(explore.name, "full", root)
-        keys = expected_keys(explore.name, "full")
-        total = len(explore.profile("full").students)
+        p = explore.profile("full")
+        keys, total = expected_keys(explore.name, "full", p), len(p.students)
         done = sum(r.key in keys for r in res.students)
         if done < total:
             raise ValueError(f"the exploration {explore.name}/full is not complete: {done} of {total} runs")

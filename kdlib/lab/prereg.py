@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from kdlib._validation import is_finite_number
 from kdlib.lab.analysis import Screen, paired_differences, runs_of, tuned_comparison, tuned_screen
 from kdlib.lab.config import ARMS, OPTIMIZERS, Arm, StudentSpec
 from kdlib.lab.provenance import file_at_commit
@@ -57,8 +58,7 @@ def _number(value: Any, where: str, *, low: float = -math.inf, high: float = mat
             low_open: bool = False, integer: bool = False) -> float:
     """``value`` as a finite number in the range given, else :class:`HypothesisFileError` naming ``where``.
     Booleans are refused (JSON's ``true`` is not 1)."""
-    kinds = (int,) if integer else (int, float)
-    ok = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and \
+    ok = is_finite_number(value) and (isinstance(value, int) or not integer) and \
         (value > low if low_open else value >= low) and value <= high
     if not ok:
         span = f"{'(' if low_open else '['}{low:g}, {high:g}]"

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kdlib._validation import is_finite_number
 from kdlib.lab.config import PRECISION_DTYPE, Arm
 
 SCHEMA_VERSION = 1  #: the ``schema`` of every record :func:`kdlib.lab.store.make_record` builds
@@ -32,16 +33,35 @@ FRACTIONS = ("test_accuracy", "final_val_accuracy", "teacher_agreement", "test_e
              "omitted_class_auroc")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def encode_float(x: float | None) -> float | str | None:
+    """``x`` for JSON: finite floats unchanged, ``inf``/``-inf``/``nan`` as strings, ``None`` kept."""
+    if x is None:
+        return None
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
+
+
+def decode_float(x: float | int | str | None) -> float | None:
+    """Inverse of :func:`encode_float`.
+
+    Raises:
+        ValueError: for a string other than ``"inf"``, ``"-inf"``, ``"nan"``.
+    """
+    if x is None:
+        return None
+    if isinstance(x, str):
+        if x not in ("inf", "-inf", "nan"):
+            raise ValueError(f"expected a number or 'inf'/'-inf'/'nan', got {x!r}")
+        return float(x)
+    return float(x)
 
 
 def _float(value: Any) -> float:
-    """A config number as a float: ``"inf"``/``"-inf"``/``"nan"`` (how records store non-finite floats)
-    decoded, ``None`` as NaN."""
-    if value is None:
-        return math.nan
-    return float(value)
+    """A stored number as a float (:func:`decode_float`), ``None`` as NaN."""
+    decoded = decode_float(value)
+    return math.nan if decoded is None else decoded
 
 
 def record_problem(rec: object) -> str | None:
@@ -74,18 +94,18 @@ def record_problem(rec: object) -> str | None:
                 return "metrics.test_accuracy missing"
             continue
         value = metrics[name]
-        if not (_is_number(value) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        if not (is_finite_number(value) and 0.0 <= value <= 1.0):
             return f"metrics.{name} must be a number in [0, 1], got {value!r}"
     if "dtype" in config and config["dtype"] not in PRECISION_DTYPE.values():
         return f"config.dtype must be one of {', '.join(PRECISION_DTYPE.values())}, got {config['dtype']!r}"
     if rec["kind"] == "student":
         alpha = config.get("alpha")
-        if not (_is_number(alpha) or alpha == "inf"):
+        if not (is_finite_number(alpha) or alpha in ("inf", math.inf)):
             return f"config.alpha must be a number or 'inf', got {alpha!r}"
         for name in ("T", "beta"):
-            if not _is_number(config.get(name)):
+            if not is_finite_number(config.get(name)):
                 return f"config.{name} must be a number, got {config.get(name)!r}"
-        if not (_is_number(config.get("seed")) and float(config["seed"]).is_integer()):
+        if not (is_finite_number(config.get("seed")) and float(config["seed"]).is_integer()):
             return f"config.seed must be an integer, got {config.get('seed')!r}"
     return None
 
@@ -155,12 +175,6 @@ class Record:
         """Its training epochs."""
         value = self.config.get("epochs")
         return None if value is None else int(value)
-
-    def to_json(self) -> dict[str, Any]:
-        """The record as stored."""
-        return {"schema": self.schema, "key": self.key, "kind": self.kind, "config": dict(self.config),
-                "metrics": dict(self.metrics), "provenance": dict(self.provenance)}
-
 
 @dataclass(frozen=True)
 class TeacherRecord(Record):
@@ -276,15 +290,16 @@ class StudentRecord(Record):
         return bool(self.metrics.get("diverged", False))
 
 
-def parse_record(rec: Any, where: str = "record") -> StudentRecord | TeacherRecord:
-    """The typed record of the JSON object ``rec`` (checked by :func:`record_problem`).
+def parse_record(rec: Any, where: str = "record", *, checked: bool = False) -> StudentRecord | TeacherRecord:
+    """The typed record of the JSON object ``rec``, checked by :func:`record_problem` unless ``checked``
+    says a reader did so already (every record the store loads).
 
     Raises:
         ValueError: ``rec`` is not a record; the message starts with ``where``.
     """
     if isinstance(rec, Record):
         return rec
-    problem = record_problem(rec)
+    problem = None if checked else record_problem(rec)
     if problem is not None:
         raise ValueError(f"{where}: not a result record ({problem})")
     cls = StudentRecord if rec["kind"] == "student" else TeacherRecord

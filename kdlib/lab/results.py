@@ -142,7 +142,7 @@ def load_results(experiment: str, profile: str | None = None,
             f"no results for experiment {experiment!r} (profile {profile or 'full/cpu'}) under {root}; "
             f"run `python -m kdlib run {experiment} --profile cpu` (or full on a GPU)")
     path = results_path(root, experiment, profile)
-    records = tuple(parse_record(r, str(path)) for r in load_experiment_records(path))
+    records = tuple(parse_record(r, checked=True) for r in load_experiment_records(path))
     return ExperimentResults(experiment, profile, path, records)
 
 

@@ -28,7 +28,6 @@ import errno
 import fcntl
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -40,7 +39,7 @@ from typing import Any
 
 import torch
 
-from kdlib.lab.records import SCHEMA_VERSION, record_problem
+from kdlib.lab.records import SCHEMA_VERSION, decode_float, encode_float, record_problem
 
 
 class ResultsFileError(ValueError):
@@ -142,31 +141,6 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------- encoding
-
-def encode_float(x: float | None) -> float | str | None:
-    """``x`` for JSON: finite floats unchanged, ``inf``/``-inf``/``nan`` as strings, ``None`` kept."""
-    if x is None:
-        return None
-    x = float(x)
-    if math.isfinite(x):
-        return x
-    return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-
-
-def decode_float(x: float | int | str | None) -> float | None:
-    """Inverse of :func:`encode_float`.
-
-    Raises:
-        ValueError: for a string other than ``"inf"``, ``"-inf"``, ``"nan"``.
-    """
-    if x is None:
-        return None
-    if isinstance(x, str):
-        if x not in ("inf", "-inf", "nan"):
-            raise ValueError(f"expected a number or 'inf'/'-inf'/'nan', got {x!r}")
-        return float(x)
-    return float(x)
-
 
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float):
@@ -299,7 +273,7 @@ class ResultsStore:
 
         Raises:
             ResultsFileError: the path is a directory or unreadable, or a line other than a
-                torn last one is not a record (:func:`check_record`).
+                torn last one is not a record (:func:`kdlib.lab.records.record_problem`).
         """
         if not self.path.exists():
             return []
@@ -417,12 +391,6 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def check_record(rec: object) -> str | None:
-    """What is wrong with ``rec`` as a record (``None`` when nothing is):
-    :func:`kdlib.lab.records.record_problem`."""
-    return record_problem(rec)
-
-
 def _parse(data: bytes, path: Path) -> list[dict[str, Any]]:
     """The records of ``data``; a repeated key keeps its first record (a merge of files may repeat lines)."""
     records: dict[str, dict[str, Any]] = {}
@@ -433,7 +401,7 @@ def _parse(data: bytes, path: Path) -> list[dict[str, Any]]:
             rec = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise ResultsFileError(f"{path}, line {n}: not a JSON record ({type(e).__name__}: {e})") from None
-        problem = check_record(rec)
+        problem = record_problem(rec)
         if problem is not None:
             raise ResultsFileError(f"{path}, line {n}: not a result record ({problem})")
         records.setdefault(rec["key"], rec)

@@ -324,7 +324,7 @@ def report_text(experiment: str, path: str | os.PathLike, include_stale: bool = 
     """
     exp = get_experiment(experiment)
     path = Path(path)
-    records = [parse_record(r, str(path)) for r in load_experiment_records(path)]
+    records = [parse_record(r, checked=True) for r in load_experiment_records(path)]
     stale = 0
     if not include_stale and path.stem in exp.profiles:
         keep = expected_keys(experiment, path.stem)
