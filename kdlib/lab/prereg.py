@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdlib._validation import is_finite_number
+from kdlib._validation import is_finite_number, short_repr
 from kdlib.lab.analysis import Screen, paired_differences, runs_of, tuned_comparison, tuned_screen
 from kdlib.lab.config import ARMS, OPTIMIZERS, Arm, StudentSpec
 from kdlib.lab.provenance import file_at_commit
@@ -63,7 +63,7 @@ def _number(value: Any, where: str, *, low: float = -math.inf, high: float = mat
     if not ok:
         span = f"{'(' if low_open else '['}{low:g}, {high:g}]"
         raise HypothesisFileError(f"{where} must be {'an integer' if integer else 'a number'} in {span}, "
-                                  f"got {value!r}")
+                                  f"got {short_repr(value)}")
     return value
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kdlib._validation import is_finite_number
+from kdlib._validation import is_finite_number, short_repr
 from kdlib.lab.config import PRECISION_DTYPE, Arm
 
 SCHEMA_VERSION = 1  #: the ``schema`` of every record :func:`kdlib.lab.store.make_record` builds
@@ -82,9 +82,9 @@ def record_problem(rec: object) -> str | None:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             return f"field {name!r} missing or not a {kind.__name__}"
     if rec["schema"] != SCHEMA_VERSION:
-        return f"schema must be {SCHEMA_VERSION}, got {rec['schema']!r}"
+        return f"schema must be {SCHEMA_VERSION}, got {short_repr(rec['schema'])}"
     if rec["kind"] not in KINDS:
-        return f"kind must be 'teacher' or 'student', got {rec['kind']!r}"
+        return f"kind must be 'teacher' or 'student', got {short_repr(rec['kind'])}"
     if not rec["key"]:
         return "key is empty"
     metrics, config = rec["metrics"], rec["config"]
@@ -95,18 +95,19 @@ def record_problem(rec: object) -> str | None:
             continue
         value = metrics[name]
         if not (is_finite_number(value) and 0.0 <= value <= 1.0):
-            return f"metrics.{name} must be a number in [0, 1], got {value!r}"
+            return f"metrics.{name} must be a number in [0, 1], got {short_repr(value)}"
     if "dtype" in config and config["dtype"] not in PRECISION_DTYPE.values():
-        return f"config.dtype must be one of {', '.join(PRECISION_DTYPE.values())}, got {config['dtype']!r}"
+        return (f"config.dtype must be one of {', '.join(PRECISION_DTYPE.values())}, "
+                f"got {short_repr(config['dtype'])}")
     if rec["kind"] == "student":
         alpha = config.get("alpha")
         if not (is_finite_number(alpha) or alpha in ("inf", math.inf)):
-            return f"config.alpha must be a number or 'inf', got {alpha!r}"
+            return f"config.alpha must be a number or 'inf', got {short_repr(alpha)}"
         for name in ("T", "beta"):
             if not is_finite_number(config.get(name)):
-                return f"config.{name} must be a number, got {config.get(name)!r}"
+                return f"config.{name} must be a number, got {short_repr(config.get(name))}"
         if not (is_finite_number(config.get("seed")) and float(config["seed"]).is_integer()):
-            return f"config.seed must be an integer, got {config.get('seed')!r}"
+            return f"config.seed must be an integer, got {short_repr(config.get('seed'))}"
     return None
 
 
