@@ -47,7 +47,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -270,6 +270,8 @@ def measure(cfg: Config, precision: str, baseline_precision: str, repeats: int, 
                        + " + ".join(f"{k} {v:.1f}" for k, v in floor_ms.items())
                        + f" = {total:.1f} ms of the engine's {1e3 * per_step['engine']:.1f} ms/step"
                        + f" | an engine at the floor: {at_floor}"]
+        if cfg.specs and mixed(cfg.specs):
+            floor_lines.append(loss_comparison(sides, max(repeats, 3)))
     return [f"RESULT {cfg.name} batch {cfg.batch} engine {gflops:.1f} GFLOP/s | vmap {vmap_x} | "
             f"naive {per_step['naive'] / per_step['engine']:.2f}x | {100 * gflops / best:.1f}% of {dtype} "
             f"GEMM peak {best:.1f} GFLOP/s",
@@ -331,6 +333,37 @@ def floor_parts(sides: Sides) -> dict[str, Callable[[], None]]:
     for fn in parts.values():
         fn()  # warm-up (the optimiser's first step allocates its momentum)
     return parts
+
+
+def kl_only(specs: Sequence[StudentSpec]) -> tuple[StudentSpec, ...]:
+    """The same students with the soft term of each replaced by forward KL (same T, beta and shape)."""
+    return tuple(replace(s, alpha=1.0, reverse=False, normalize_by_alpha=False) for s in specs)
+
+
+def mixed(specs: Sequence[StudentSpec]) -> bool:
+    """Whether a stack's losses differ in anything but T and beta from a KL-only stack's."""
+    return any((s.alpha, s.reverse, s.normalize_by_alpha) != (1.0, False, False) for s in specs)
+
+
+def loss_comparison(sides: Sides, repeats: int) -> str:
+    """The ``LOSS`` line: forward + backward of the stack's objective against a KL-only stack of the same
+    shape (:func:`kl_only`), on the same float32 logits and batch, timed in turn, fastest of ``repeats``."""
+    cfg = sides.cfg
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn((len(cfg.specs), cfg.batch, CLASSES), generator=g, requires_grad=True)
+    idx = torch.arange(cfg.batch)
+    objectives = {"mixed": sides.objective,
+                  "kl-only": distillation_objective(sides.y, sides.t, kl_only(cfg.specs))}
+    calls = {k: (lambda f=f: f(logits, idx).sum().backward()) for k, f in objectives.items()}
+    best = dict.fromkeys(calls, math.inf)
+    for fn in calls.values():
+        fn()
+    for _ in range(repeats):
+        for k, fn in calls.items():
+            block = best_time(lambda fn=fn: [fn() for _ in range(cfg.steps)], 1)  # steps in a row, as a run
+            best[k] = min(best[k], 1e3 * block / cfg.steps)
+    return (f"LOSS {cfg.name} mixed {best['mixed']:.2f} ms | kl-only {best['kl-only']:.2f} ms | "
+            f"{best['mixed'] / best['kl-only']:.2f}x")
 
 
 def header(precision: str, baseline_precision: str, malloc: bool) -> list[str]:

@@ -187,12 +187,21 @@ def check_probabilities(p: object, name: str, *, validate: bool = True) -> torch
 def check_order(
     alpha: object, row_shape: torch.Size | None = None, *, name: str = "alpha", validate: bool = True
 ):
-    """Check a Rényi order: a number in ``[0, inf]`` (``math.inf`` allowed), or a tensor of them.
+    """Check a Rényi order: a number in ``[0, inf]`` (``math.inf`` allowed), a tuple or list of them, or a
+    tensor of them.
 
     Returns a ``float`` for a number (or a one-element tensor without gradient is NOT converted;
     tensors stay tensors). A tensor must be broadcastable to ``row_shape`` (the logits' shape without
-    the class dimension), have a floating dtype and must not require grad.
+    the class dimension), have a floating dtype and must not require grad. A tuple or list (one order
+    per index of the rows' first dimension, e.g. per stacked student) is returned as a tuple of
+    floats; it needs a ``row_shape`` whose first dimension has its length.
     """
+    if isinstance(alpha, tuple | list):
+        if row_shape is None or len(row_shape) == 0 or len(alpha) != row_shape[0]:
+            rows = tuple(row_shape) if row_shape is not None else None
+            raise ValueError(f"{name} as a sequence must have one order per index of the rows' first "
+                             f"dimension (rows {rows}), got {len(alpha)} orders")
+        return tuple(check_order(a, name=name) for a in alpha)
     if isinstance(alpha, torch.Tensor):
         check_not_meta(alpha, name)
         if not alpha.is_floating_point():

@@ -52,6 +52,7 @@ its relative accuracy, in float32 as in float64, over the documented range.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -81,12 +82,15 @@ __all__ = [
 
 #: Half-width of the windows around alpha = 1 and alpha = 0 where the centred evaluations are used.
 _NEAR = 0.25
-#: |u| below which e^u - 1 - u is evaluated by its Taylor series.
-_SMALL_U = 0.1
+#: |u| below which e^u - 1 - u is evaluated by its Taylor series (above it, ``exp(u) - 1 - u`` loses at
+#: most about 11 ulps: e^u - 1 - u >= 0.106 there while exp(u) <= 1.65 at the edge).
+_SMALL_U = 0.5
 #: u above which e^u - 1 - u is evaluated as e^(log b + u) - b (1 + u) to avoid overflow.
 _BIG_U = 30.0
-#: Taylor coefficients of (e^u - 1 - u) / u^2 = sum_k u^k / (k + 2)!; 9 terms give < 1e-17 at |u| = 0.1.
-_PHI2 = [1.0 / math.factorial(k + 2) for k in range(9)]
+#: Taylor coefficients of (e^u - 1 - u) / u^2 = sum_k u^k / (k + 2)!; at |u| = 0.5, 8 terms leave
+#: 4e-8 relative (float32) and 15 terms 6e-18 (float64).
+_PHI2 = [1.0 / math.factorial(k + 2) for k in range(15)]
+_PHI2_TERMS = {torch.float32: 8, torch.float64: 15}
 
 
 def softmax_t(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
@@ -142,27 +146,33 @@ def _compute_dtype(*xs: object) -> torch.dtype:
     return torch.float32
 
 
-def _weighted_excess(lb: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _weighted_excess(lb: torch.Tensor, u: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """``sum_i b_i (e^{u_i} - 1 - u_i)`` over the last dim (keepdim), with ``b = exp(lb)``.
 
-    Accurate to a few ulps for every ``u`` (series for small ``|u|``) and free of overflow for
-    large ``u`` unless the sum itself overflows (then ``inf``). Entries with ``lb = -inf`` must
-    carry a finite ``u`` (the caller puts 0 there); they contribute 0.
+    Accurate to a few ulps for every ``u`` (series for ``|u| < 1/2``, ``exp(u) - 1 - u`` beyond) and
+    free of overflow for large ``u`` unless the sum itself overflows (then ``inf``). Entries with
+    ``lb = -inf`` must carry a finite ``u`` (the caller puts 0 there); they contribute 0. ``b``, if
+    given, is ``exp(lb)`` already computed by the caller.
+
+    Cost: float32 ``expm1`` has no vectorised kernel on the CPU (ten times ``exp``), and boolean
+    masks cost as much as an ``exp``; so the series runs on ``u`` clamped to the window, ``exp`` on
+    all of ``u``, one mask selects, and the overflow branch is evaluated only where some ``u``
+    exceeds :data:`_BIG_U` (on the CPU this is checked on the host; elsewhere it always runs).
     """
-    b = torch.exp(lb)
-    small = u.abs() < _SMALL_U
-    us = torch.where(small, u, 0.0)
-    # Horner in place; 5 terms reach float32's precision at |u| = 0.1 (2e-9 relative), 9 float64's
-    coeffs = _PHI2 if u.dtype == torch.float64 else _PHI2[:5]
-    h = torch.full_like(us, coeffs[-1])
+    if b is None:
+        b = torch.exp(lb)
+    us = u.clamp(-_SMALL_U, _SMALL_U)
+    coeffs = _PHI2[:_PHI2_TERMS.get(u.dtype, 8)]
+    h = us * coeffs[-1]  # Horner in place
     for c in reversed(coeffs[:-1]):
-        h.mul_(us).add_(c)
-    h.mul_(us).mul_(us)
+        h.add_(c).mul_(us)
+    h.mul_(us)  # u^2 phi2(u) = e^u - 1 - u on the window
     um = u.clamp(max=_BIG_U)
-    term = torch.where(small, h, torch.expm1(um).sub_(um)).mul_(b)
-    big = u > _BIG_U
-    ub = torch.where(big, u, 0.0)
-    term = torch.where(big, torch.exp(lb + ub).sub_(b * (1.0 + ub)), term)
+    term = torch.where(u.abs() < _SMALL_U, h, torch.exp(um).sub_(1.0).sub_(um)).mul_(b)
+    if u.device.type != "cpu" or float(u.max()) > _BIG_U:
+        big = u > _BIG_U
+        ub = torch.where(big, u, 0.0)
+        term = torch.where(big, torch.exp(lb + ub).sub_(b * (1.0 + ub)), term)
     return term.sum(-1, keepdim=True)
 
 
@@ -211,15 +221,18 @@ _HUGE_ORDER = 1e8
 _MAX_CANCEL = 16.0
 
 
-def _cgf(lb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _cgf(lb: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """``log sum_i b_i e^{x_i}`` over the last dim (keepdim), ``b = exp(lb)``, for ``x`` of b-mean 0.
 
     Evaluated as ``log1p(sum_i b_i (e^{x_i} - 1 - x_i))`` (the linear term, zero up to the rounding
     of the centring, is left out; its effect on the divergences is of second order): every summand
     is ``>= 0``, so a small result keeps its relative accuracy. Where that sum overflows (the result
-    is then large), the log-sum-exp of ``lb + x``.
+    is then large), the log-sum-exp of ``lb + x`` (evaluated only where needed on the CPU). ``b``:
+    ``exp(lb)`` if the caller has it.
     """
-    K = torch.log1p(_weighted_excess(lb, x))
+    K = torch.log1p(_weighted_excess(lb, x, b))
+    if K.device.type == "cpu" and bool(torch.isfinite(K).all()):
+        return K
     return torch.where(torch.isfinite(K), K, torch.logsumexp(lb + x, -1, keepdim=True))
 
 
@@ -231,69 +244,109 @@ def _zero_at_argmax(delta: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
     return delta.expand(shape) - delta.expand(shape).gather(-1, k)
 
 
-def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tensor | None = None):
+def _orders(alpha: tuple[float, ...]) -> list[tuple[float, slice | torch.Tensor]]:
+    """The distinct orders of a tuple (one per index of the rows' first dimension) with their rows: a
+    slice where the order's rows are contiguous, else a CPU index tensor; in order of first appearance."""
+    where: dict[float, list[int]] = {}
+    for i, a in enumerate(alpha):
+        where.setdefault(a, []).append(i)
+    return [(a, slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] == len(rows) - 1 else torch.tensor(rows))
+            for a, rows in where.items()]
+
+
+def _rows(x, rows, n: int, dim: int):
+    """Rows ``rows`` of the first of ``dim`` dimensions of ``x`` (length ``n``), or ``x`` itself where it
+    broadcasts along that dimension (fewer dimensions, or length 1); numbers pass through."""
+    if not isinstance(x, torch.Tensor) or x.dim() < dim or x.shape[0] != n:
+        return x
+    return x[rows] if isinstance(rows, slice) else x.index_select(0, rows.to(x.device))
+
+
+def _order_terms(lp, lq, alpha: float, delta, p, d, A, r):
+    """``(D, tilt)`` of :func:`_renyi_logprobs` for one order given as a number, from the order-free
+    terms ``p = exp(lp)``, ``d``, ``A = D_KL`` and ``r``."""
+    if alpha == 1.0:
+        return A, ("log", lp, None)
+    if math.isinf(alpha):
+        D, idx = r.max(-1, keepdim=True)
+        return D, ("onehot", idx, None)
+    if alpha == 0.0:
+        # Softmax distributions have full support, so Q(supp P) = 1 and D_0 = -log 1 = 0 (eq 1.27).
+        return torch.zeros_like(A), ("log", lq, None)
+    eps = alpha - 1.0
+    if alpha <= _HUGE_ORDER:
+        y = torch.add(lq * (1.0 - alpha), lp, alpha=alpha)  # log(p^a q^(1-a))
+        m, i = y.max(-1, keepdim=True)
+        e = torch.sub(y, m).exp_()
+        Z = e.sum(-1, keepdim=True)
+        # log-sum-exp of y, over alpha - 1; the maximal entry of e is exactly 1, and log1p of
+        # the sum of the others keeps a sum close to 1 exact
+        D = (m + torch.log1p(e.scatter(-1, i, 0.0).sum(-1, keepdim=True))) / eps
+        tilt = ("ez", e, Z)
+    else:
+        m, L, k, w = _lse_parts(lp, lq, alpha)
+        D = m * (k / eps) + L / eps
+        tilt = ("w", w, None)
+    if alpha >= 0.5:
+        Dc = A + _cgf(lp, eps * d, p) / eps
+        ok = torch.isfinite(Dc)
+        if eps < 0:
+            ok = ok & (A <= _MAX_CANCEL * Dc)
+    else:
+        q = torch.exp(lq)
+        dq = _zero_at_argmax(delta, lq)
+        e_ = dq - (q * dq).sum(-1, keepdim=True)
+        aB = alpha * _cgf(lq, e_, q)
+        Dc = (aB - _cgf(lq, alpha * e_, q)) / (1.0 - alpha)
+        ok = torch.isfinite(Dc) & (aB <= _MAX_CANCEL * (1.0 - alpha) * Dc)
+    return torch.where(ok, Dc, D), tilt
+
+
+def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tensor | None = None,
+                    zeroed: bool = False):
     """D_alpha between two full-support distributions given by finite log-probabilities.
 
-    ``alpha`` is a Python float in [0, inf] or a tensor of shape ``(..., 1)`` (broadcastable to
-    the rows) with entries in [0, inf]. ``delta`` is ``log p - log q`` up to a per-row constant,
-    computed without the normalisations (``v/T - z/T`` from :func:`_centred_logits`); without it,
-    ``lp - lq`` is used. Returns ``(D, tilt, r)``: ``D`` of shape ``(..., 1)``, ``r = log p - log q``
-    (accurate to the rounding of ``delta``, not of ``lp`` and ``lq``, which is that of numbers near
-    ``log n``) and a description of the tilted distribution ``w ∝ p^alpha q^(1-alpha)`` that
-    :func:`_tilted` turns into ``w`` (lazily, in the backward pass): ``("ez", e, Z)`` for
-    ``w = e / Z``, ``("log", y, None)`` for ``w = exp(y)``, ``("onehot", idx, None)`` for
-    alpha = inf (the first arg-max of ``r``), or ``("w", w, None)``.
+    ``alpha`` is a Python float in [0, inf], a tuple of them (one order per index of the rows' first
+    dimension, see :func:`_orders`), or a tensor of shape ``(..., 1)`` (broadcastable to the rows) with
+    entries in [0, inf]. ``delta`` is ``log p - log q`` up to a per-row constant, computed without the
+    normalisations (``v/T - z/T`` from :func:`_evaluate`); without it, ``lp - lq`` is used;
+    ``zeroed``: ``delta`` is already 0 at the arg-max of ``lp``, as :func:`_evaluate` makes it.
+    Returns ``(D, tilt, r)``: ``D`` of shape ``(..., 1)``, ``r = log p - log q`` (accurate to the
+    rounding of ``delta``, not of ``lp`` and ``lq``, which is that of numbers near ``log n``) and a
+    description of the tilted distribution ``w ∝ p^alpha q^(1-alpha)`` that :func:`_tilted` turns into
+    ``w`` (lazily, in the backward pass): ``("ez", e, Z)`` for ``w = e / Z``, ``("log", y, None)`` for
+    ``w = exp(y)``, ``("onehot", idx, None)`` for alpha = inf (the first arg-max of ``r``),
+    ``("w", w, None)``, or ``("groups", [(rows, alpha, tilt), ...], None)`` for a tuple of orders.
 
     The centred evaluation (module docstring): with ``d = delta - E_P delta``,
     ``A = log E_P e^{-d} = D_KL``, ``r = d + A`` and, for every order,
     ``D_alpha = A + log E_P[e^{(alpha-1) d}] / (alpha - 1)`` (P-centred; used from order 1/2 up)
     ``= (alpha log E_Q e^{e} - log E_Q e^{alpha e}) / (1 - alpha)`` with ``e = delta - E_Q delta``
     (Q-centred; orders below 1/2). Each log-expectation is a :func:`_cgf`, so a divergence close to
-    0 is obtained without subtracting numbers of the size of ``log n``.
+    0 is obtained without subtracting numbers of the size of ``log n``. ``d``, ``A`` and ``r`` do not
+    depend on the order: with a tuple of orders they are computed once for all rows, and only the
+    order's own terms per group of rows of one order.
     """
     if delta is None:
         delta = lp - lq
     p = torch.exp(lp)
-    d = _zero_at_argmax(delta, lp)
+    d = delta if zeroed else _zero_at_argmax(delta, lp)
     d = d - (p * d).sum(-1, keepdim=True)
-    A = _cgf(lp, -d)  # D_KL(P || Q) = E_P r
+    A = _cgf(lp, -d, p)  # D_KL(P || Q) = E_P r
     r = d + A
+    if isinstance(alpha, tuple):
+        shape = torch.broadcast_shapes(lp.shape, lq.shape)
+        D = torch.empty(shape[:-1] + (1,), dtype=A.dtype, device=A.device)
+        groups = []
+        for a, rows in _orders(alpha):
+            pick = functools.partial(_rows, rows=rows, n=len(alpha), dim=len(shape))
+            Da, tilt = _order_terms(pick(lp), pick(lq), a, pick(delta), pick(p), pick(d), pick(A), pick(r))
+            D[rows] = Da
+            groups.append((rows, a, tilt))
+        return D, ("groups", groups, None), r
     if not isinstance(alpha, torch.Tensor):
-        if alpha == 1.0:
-            return A, ("log", lp, None), r
-        if math.isinf(alpha):
-            D, idx = r.max(-1, keepdim=True)
-            return D, ("onehot", idx, None), r
-        if alpha == 0.0:
-            # Softmax distributions have full support, so Q(supp P) = 1 and D_0 = -log 1 = 0 (eq 1.27).
-            return torch.zeros_like(A), ("log", lq, None), r
-        eps = alpha - 1.0
-        if alpha <= _HUGE_ORDER:
-            y = torch.add(lq * (1.0 - alpha), lp, alpha=alpha)  # log(p^a q^(1-a))
-            m, i = y.max(-1, keepdim=True)
-            e = torch.sub(y, m).exp_()
-            Z = e.sum(-1, keepdim=True)
-            # log-sum-exp of y, over alpha - 1; the maximal entry of e is exactly 1, and log1p of
-            # the sum of the others keeps a sum close to 1 exact
-            D = (m + torch.log1p(e.scatter(-1, i, 0.0).sum(-1, keepdim=True))) / eps
-            tilt = ("ez", e, Z)
-        else:
-            m, L, k, w = _lse_parts(lp, lq, alpha)
-            D = m * (k / eps) + L / eps
-            tilt = ("w", w, None)
-        if alpha >= 0.5:
-            Dc = A + _cgf(lp, eps * d) / eps
-            ok = torch.isfinite(Dc)
-            if eps < 0:
-                ok = ok & (A <= _MAX_CANCEL * Dc)
-        else:
-            q = torch.exp(lq)
-            dq = _zero_at_argmax(delta, lq)
-            e_ = dq - (q * dq).sum(-1, keepdim=True)
-            aB = alpha * _cgf(lq, e_)
-            Dc = (aB - _cgf(lq, alpha * e_)) / (1.0 - alpha)
-            ok = torch.isfinite(Dc) & (aB <= _MAX_CANCEL * (1.0 - alpha) * Dc)
-        return torch.where(ok, Dc, D), tilt, r
+        D, tilt = _order_terms(lp, lq, alpha, delta, p, d, A, r)
+        return D, tilt, r
 
     # Tensor of orders: every evaluation, selected per row.
     a = alpha
@@ -307,7 +360,7 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tens
     # P-centred, orders >= 1/2
     hi = af >= 0.5
     eps_p = torch.where(hi, eps_safe, torch.ones_like(eps))
-    Dp = A + _cgf(lp, eps_p * d) / eps_p
+    Dp = A + _cgf(lp, eps_p * d, p) / eps_p
     ok = hi & torch.isfinite(Dp) & ((eps > 0) | (A <= _MAX_CANCEL * Dp))
     D = torch.where(ok, Dp, D)
     # Q-centred, orders < 1/2
@@ -316,8 +369,8 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tens
     q = torch.exp(lq)
     dq = _zero_at_argmax(delta, lq)
     e_ = dq - (q * dq).sum(-1, keepdim=True)
-    aB = a_q * _cgf(lq, e_)
-    Dq = (aB - _cgf(lq, a_q * e_)) / (1.0 - a_q)
+    aB = a_q * _cgf(lq, e_, q)
+    Dq = (aB - _cgf(lq, a_q * e_, q)) / (1.0 - a_q)
     ok = lo & torch.isfinite(Dq) & (aB <= _MAX_CANCEL * (1.0 - a_q) * Dq)
     D = torch.where(ok, Dq, D)
     D_inf, idx = r.max(-1, keepdim=True)
@@ -333,6 +386,12 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tens
 
 def _teacher_grad_unit(lp, r, w, D, alpha):
     """dD/d(teacher logits / T) (i.e. times T): alpha (w - p) / (alpha - 1), stable near alpha = 1."""
+    if isinstance(alpha, tuple):  # per group of rows of one order
+        out = torch.empty_like(r)
+        for a, rows in _orders(alpha):
+            pick = functools.partial(_rows, rows=rows, n=len(alpha), dim=r.dim())
+            out[rows] = _teacher_grad_unit(pick(lp), r[rows], w[rows], pick(D), a)
+        return out
     p = torch.exp(lp)
     if not isinstance(alpha, torch.Tensor):
         if alpha == 0.0:
@@ -370,6 +429,13 @@ def _tilted(kind: str, x, G, lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor
     if kind == "onehot":
         shape = torch.broadcast_shapes(lp.shape, lq.shape)
         return torch.zeros(shape, dtype=lq.dtype, device=lq.device).scatter_(-1, x, 1.0)
+    if kind == "groups":  # [(rows, order, tilt), ...] of a tuple of orders
+        shape = torch.broadcast_shapes(lp.shape, lq.shape)
+        w = torch.empty(shape, dtype=lq.dtype, device=lq.device)
+        for rows, _, (k, xk, Gk) in x:
+            pick = functools.partial(_rows, rows=rows, n=shape[0], dim=len(shape))
+            w[rows] = _tilted(k, xk, Gk, pick(lp), pick(lq))
+        return w
     return x
 
 
@@ -405,9 +471,12 @@ def _evaluate(t: torch.Tensor, s: torch.Tensor, alpha, T):
     (tensors with a trailing 1) and the centred logits.
     """
     cd = _compute_dtype(t, s, T)
-    if not isinstance(alpha, torch.Tensor) and math.isfinite(alpha) and alpha > torch.finfo(cd).max:
-        # an order beyond the computation's range (1e39 in float32) would be rounded to inf inside the
-        # kernels but taken as finite by them (NaN gradients); D_alpha equals D_inf to that precision
+    # an order beyond the computation's range (1e39 in float32) would be rounded to inf inside the
+    # kernels but taken as finite by them (NaN gradients); D_alpha equals D_inf to that precision
+    big = torch.finfo(cd).max
+    if isinstance(alpha, tuple):
+        alpha = tuple(math.inf if a > big else a for a in alpha)
+    elif not isinstance(alpha, torch.Tensor) and math.isfinite(alpha) and alpha > big:
         alpha = math.inf
     tt = t if t.dtype == cd else t.to(cd)
     ss = s if s.dtype == cd else s.to(cd)
@@ -426,9 +495,11 @@ def _evaluate(t: torch.Tensor, s: torch.Tensor, alpha, T):
     diff = _zero_at_argmax(t64 - s64, tt)
     delta = (diff / (Tc.to(torch.float64) if isinstance(Tc, torch.Tensor) else Tc)).to(cd)
     # beyond float64's range (logits near 1e308) the difference overflows: those rows use lp - lq
-    delta = torch.where(torch.isfinite(delta).all(-1, keepdim=True), delta, lp - lq)
+    # (their check costs a mask over every entry; on the CPU it runs only where some entry overflowed)
+    if delta.device.type != "cpu" or not bool(torch.isfinite(delta.sum())):
+        delta = torch.where(torch.isfinite(delta).all(-1, keepdim=True), delta, lp - lq)
     a = alpha.to(cd).unsqueeze(-1) if isinstance(alpha, torch.Tensor) else alpha
-    D, tilt, r = _renyi_logprobs(lp, lq, a, delta)
+    D, tilt, r = _renyi_logprobs(lp, lq, a, delta, zeroed=True)
     return lp, lq, D, tilt, r, a, Tc, tc, sc
 
 
@@ -445,7 +516,9 @@ class _RenyiLogits(torch.autograd.Function):
         ctx.shapes = (t.shape, s.shape, T.shape if isinstance(T, torch.Tensor) else None)
         ctx.dtypes = (t.dtype, s.dtype, T.dtype if isinstance(T, torch.Tensor) else None)
         need_T = isinstance(T, torch.Tensor) and T.requires_grad
-        ctx.save_for_backward(lp, lq, r, D, x, G, tc if need_T else None, sc if need_T else None)
+        ctx.groups = x if kind == "groups" else None  # a list of tilts, not a tensor
+        ctx.save_for_backward(lp, lq, r, D, None if kind == "groups" else x, G, tc if need_T else None,
+                              sc if need_T else None)
         out = D.squeeze(-1)
         out_dtype = torch.promote_types(t.dtype, s.dtype)
         return out if out.dtype == out_dtype else out.to(out_dtype)
@@ -460,7 +533,7 @@ class _RenyiLogits(torch.autograd.Function):
         t_dtype, s_dtype, T_dtype = ctx.dtypes
         need_t, need_s, _, need_T = ctx.needs_input_grad
         grad_t = grad_s = grad_T = None
-        w = _tilted(ctx.kind, x, G, lp, lq)
+        w = _tilted(ctx.kind, ctx.groups if ctx.kind == "groups" else x, G, lp, lq)
         gT = g / Tc  # (..., 1): the row scale, applied once to the (..., n) difference
         q_w = torch.exp(lq) - w
         if need_s:
@@ -719,12 +792,12 @@ def renyi_divergence(
             tensor or not a floating tensor, holds NaN, ``+-inf`` or negative entries, has a row off
             1 by more than the tolerance, or if the shapes do not match.
     """
-    a = check_order(alpha)
-    if isinstance(a, torch.Tensor):
+    if isinstance(alpha, tuple | list | torch.Tensor):
         raise ValueError(
-            "alpha must be a number in [0, inf] for renyi_divergence (tensors: renyi_divergence_logits)"
+            "alpha must be a number in [0, inf] for renyi_divergence (tensors and sequences of orders: "
+            "renyi_divergence_logits)"
         )
-    return _renyi_probs_entry(p, q, a, validate)
+    return _renyi_probs_entry(p, q, check_order(alpha), validate)
 
 
 def _check_flag(validate: object) -> None:
@@ -833,6 +906,8 @@ def _check_logits_args(teacher_logits, student_logits, alpha, T, validate):
 def _alpha_factor(alpha) -> float:
     """How much larger than the tempered logits the kernels' intermediates get: ``alpha`` for a number
     in ``(1, _HUGE_ORDER]`` (``alpha log p + (1 - alpha) log q`` is formed unscaled there), else 1."""
+    if isinstance(alpha, tuple):
+        return max(map(_alpha_factor, alpha))
     return alpha if not isinstance(alpha, torch.Tensor) and 1.0 < alpha <= _HUGE_ORDER else 1.0
 
 

@@ -23,6 +23,7 @@ hyperparameters of shape ``(S, 1)`` to train S stacked students at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -64,7 +65,7 @@ def distillation_loss(
     teacher_logits: torch.Tensor,
     targets: torch.Tensor,
     *,
-    alpha: float | torch.Tensor = 1.0,
+    alpha: float | Sequence[float] | torch.Tensor = 1.0,
     T: float | torch.Tensor = 4.0,
     beta: float | torch.Tensor = 0.9,
     normalize_by_alpha: bool | torch.Tensor = False,
@@ -97,7 +98,10 @@ def distillation_loss(
             the student's, ``student.shape[:-1]``. Detach it unless the teacher is to be trained.
         targets: integer class indices in ``[0, n)`` (any integer dtype; converted to int64)
             broadcastable to the row shape ``student.shape[:-1]``.
-        alpha: Rényi order in :math:`[0, \infty]` (``math.inf`` allowed; 1 is KL), or a tensor of
+        alpha: Rényi order in :math:`[0, \infty]` (``math.inf`` allowed; 1 is KL); a tuple or list of
+            them, one per index of the rows' first dimension (e.g. one per stacked student, rows
+            ``(S, B)``), which evaluates each order's terms on its own rows only (the cheap way to train a
+            stack that mixes orders); or a tensor of
             orders broadcastable to the row shape (e.g. ``(S, 1)``).
         T: temperature, finite and ``> 0``, or a tensor of them broadcastable to the row shape.
         beta: weight of the soft term in ``[0, 1]``, or a tensor of them.
@@ -159,7 +163,10 @@ def distillation_loss(
     if validate:  # finite logits, targets in range, and T**2 D that cannot overflow (one host sync)
         check_logits_values(student_logits, teacher_logits, "student_logits", "teacher_logits", targets, T=T,
                             t_squared=True, alpha_factor=_alpha_factor(alpha))
-    norm = _check_normalize(normalize_by_alpha, alpha, rows, validate, student_logits.dtype)
+    # a sequence of orders (one per stacked student) goes to the divergence as it is, which evaluates each
+    # order on its own rows only; the division by alpha takes it as a column
+    col = _order_column(alpha, rows, student_logits) if isinstance(alpha, tuple) else alpha
+    norm = _check_normalize(normalize_by_alpha, col, rows, validate, student_logits.dtype)
 
     s = student_logits if student_logits.dtype in (torch.float32, torch.float64) else student_logits.float()
     t = teacher_logits if teacher_logits.dtype in (torch.float32, torch.float64) else teacher_logits.float()
@@ -172,12 +179,19 @@ def distillation_loss(
     # T^2 D_alpha(student_T || teacher_T) when reversed (the gradient then takes the first argument's path).
     d = renyi_divergence_logits(s, t, alpha, T, validate=False) if reverse else \
         renyi_divergence_logits(t, s, alpha, T, validate=False)
-    soft = _soft_term(d, T, alpha, norm)
+    soft = _soft_term(d, T, col, norm)
     if isinstance(beta, torch.Tensor):
         beta = beta.to(d.dtype)
     total = (1.0 - beta) * ce + beta * soft
     parts = LossComponents(*(_reduce(x, reduction).to(student_logits.dtype) for x in (total, ce, soft)))
     return parts if return_components else parts.total
+
+
+def _order_column(orders: tuple[float, ...], rows: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    """One order per index of the rows' first dimension as a tensor that broadcasts to ``rows``
+    (``(S, 1)`` for rows ``(S, B)``), in float64 for float64 logits, else float32."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return torch.tensor(orders, dtype=dtype, device=like.device).view(-1, *([1] * (len(rows) - 1)))
 
 
 def _check_rows(x: torch.Tensor, rows: torch.Size, name: str) -> None:

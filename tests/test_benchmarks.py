@@ -61,10 +61,23 @@ def test_engine_efficiency_floor_line(bench, students):
     cfg = bench.Config("tiny", batch=8, hidden=(8, 8), specs=specs, steps=2, naive_models=2)
     lines = bench.measure(cfg, "fp32", "fp32", repeats=1, peak={"fp32": 1.0, "bf16": 2.0}, in_features=16,
                           floor=True)
-    assert len(lines) == 3
+    assert len(lines) == (4 if students else 3)  # a mixed stack adds its LOSS line
     floor = re.fullmatch(r"FLOOR tiny batch 8: matmuls ([\d.]+) \+ optimizer ([\d.]+) \+ loss ([\d.]+) "
                          r"= ([\d.]+) ms of the engine's [\d.]+ ms/step \| an engine at the floor: "
                          r"(vmap [\d.]+x, )?naive [\d.]+x", lines[2])
     assert floor, lines[2]
     parts = [float(v) for v in floor.groups()[:4]]
     assert abs(sum(parts[:3]) - parts[3]) <= 0.15 and (floor.group(5) is None) == (students == 0)
+    if students:
+        loss = re.fullmatch(r"LOSS tiny mixed ([\d.]+) ms \| kl-only ([\d.]+) ms \| ([\d.]+)x", lines[3])
+        assert loss, lines[3]
+        mixed, kl, ratio = (float(v) for v in loss.groups())
+        assert mixed > 0 and kl > 0 and abs(ratio - mixed / kl) <= 0.01 + 0.005 * ratio
+
+
+def test_kl_only_keeps_everything_but_the_soft_term(bench):
+    specs = bench.student_specs(12, (8, 8))
+    same = bench.kl_only(specs)
+    assert bench.mixed(specs) and not bench.mixed(same)
+    assert [(s.T, s.beta, s.seed) for s in same] == [(s.T, s.beta, s.seed) for s in specs]
+    assert {(s.alpha, s.reverse, s.normalize_by_alpha) for s in same} == {(1.0, False, False)}

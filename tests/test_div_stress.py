@@ -191,3 +191,41 @@ def test_float32_relative_accuracy_over_the_documented_range():
                     if not abs(x - y) <= rtol * y + F32_ATOL:
                         failures.append((path, T, a, row, x, y, abs(x - y) / max(y, 1e-300)))
     assert not failures, (len(failures), failures[:8])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_a_tuple_of_orders_equals_one_call_per_order(dtype):
+    """One order per stacked row as a tuple (the engine's form: order-free terms once, each order's own
+    terms on its rows only) gives each row the value and the gradients (student, teacher and T) of a
+    call with its order as a number; orders repeat in non-contiguous rows, and span 0 ... 1e30 and inf."""
+    orders = (2.0, 0.25, 1.0, INF, 2.0, 0.0, 1e4, 0.5, 1 - 1e-7, 1e30, 0.25, 1.0)
+    S, names = len(orders), list(PATTERNS)
+    g = torch.Generator().manual_seed(3)
+    v = (torch.randn(len(names), 5, generator=g, dtype=torch.float64) * 4).to(dtype).requires_grad_()
+    z = torch.tensor([PATTERNS[n][1] for n in names], dtype=torch.float64).clamp(-50, 50)
+    z = (z + torch.randn(S, len(names), 5, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+    T = torch.linspace(0.5, 8.0, S, dtype=dtype).view(S, 1).requires_grad_()
+    d = renyi_divergence_logits(v, z, orders, T)
+    gv, gz, gT = torch.autograd.grad(d.sum(), (v, z, T))
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    for s, a in enumerate(orders):
+        Ts = T[s].detach().clone().requires_grad_()
+        zs = z[s].detach().clone().requires_grad_()
+        vs = v.detach().clone().requires_grad_()
+        ds = renyi_divergence_logits(vs, zs, a, Ts)
+        gvs, gzs, gTs = torch.autograd.grad(ds.sum(), (vs, zs, Ts))
+        torch.testing.assert_close(d[s], ds, **tol)
+        torch.testing.assert_close(gz[s], gzs, **tol)
+        torch.testing.assert_close(gT[s], gTs, **tol)
+        gv = gv - gvs  # the teacher's gradient is the sum over the rows
+    atol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(gv, torch.zeros_like(gv), rtol=0, atol=atol)
+
+
+def test_a_tuple_of_orders_is_checked():
+    v, z = torch.zeros(4, 3), torch.zeros(2, 4, 3)
+    with pytest.raises(ValueError, match="one order per index of the rows' first dimension"):
+        renyi_divergence_logits(v, z, (1.0, 2.0, 3.0))
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, inf\]"):
+        renyi_divergence_logits(v, z, (1.0, -2.0))
+    assert renyi_divergence_logits(v, z, [1.0, INF]).shape == (2, 4)  # a list is a sequence too

@@ -186,3 +186,27 @@ def test_a_temperature_that_requires_grad_receives_its_gradient():
     T = torch.full((S, 1), 3.0, dtype=torch.float64, requires_grad=True)
     distillation_loss(Z, V, Y, alpha=2.0, T=T, reduction="none").sum().backward()
     assert T.grad is not None and torch.isfinite(T.grad).all() and (T.grad != 0).all()
+
+
+def test_a_tuple_of_orders_equals_the_tensor_of_orders():
+    """The engine's form (one order per stacked student as a tuple) against the tensor form, which
+    evaluates every order's formula on every row: the same loss and gradient, with the division by
+    alpha per student."""
+    g = torch.Generator().manual_seed(5)
+    orders = (1.0, 0.25, math.inf, 2.0, 0.25, 4.0)
+    S, B, n = len(orders), 9, 7
+    z = (torch.randn(S, B, n, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    v, y = torch.randn(B, n, generator=g, dtype=torch.float64) * 3, torch.randint(0, n, (B,), generator=g)
+    hyper = {"T": torch.tensor([[1.0], [2.0], [4.0], [8.0], [2.0], [3.0]], dtype=torch.float64),
+             "beta": torch.full((S, 1), 0.7, dtype=torch.float64),
+             "normalize_by_alpha": torch.tensor([[False], [True], [False], [True], [False], [False]]),
+             "reduction": "none"}
+    as_tuple = distillation_loss(z, v, y, alpha=orders, **hyper)
+    column = torch.tensor(orders, dtype=torch.float64).view(S, 1)
+    as_tensor = distillation_loss(z, v, y, alpha=column, **hyper)
+    torch.testing.assert_close(as_tuple, as_tensor, rtol=1e-12, atol=1e-14)
+    (g1,) = torch.autograd.grad(as_tuple.sum(), z)
+    (g2,) = torch.autograd.grad(as_tensor.sum(), z)
+    torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="normalize_by_alpha"):
+        distillation_loss(z, v, y, alpha=orders, T=2.0, normalize_by_alpha=True)  # inf cannot be divided by

@@ -75,29 +75,32 @@ def distillation_objective(y: torch.Tensor, teacher_logits: torch.Tensor, specs:
     Student ``s`` minimises :func:`kdlib.functional.distillation_loss` with the ``alpha``, ``T``,
     ``beta``, ``normalize_by_alpha`` and ``reverse`` of ``specs[s]`` against ``teacher_logits[idx]`` (the
     teacher's logits at temperature 1 of the training set, ``(N, C)``) and labels ``y[idx]``.
-    The students of each order (and direction) share one call, with that order as a number and ``(S_a, 1)``
-    tensors of the other hyperparameters: a call with a tensor of several orders would
-    evaluate every order's formula for every student. 16-bit logits (bf16 autocast) are cast to
-    float32 first, so the loss is never computed in 16 bits.
+    The students of each direction (forward or reverse) share one call, with their orders as a tuple
+    (which evaluates the order-free terms once for all of them and each order's own terms on its rows
+    only: a mixed stack costs little more than a KL-only one) and ``(S_d, 1)`` tensors of the other
+    hyperparameters; their rows are arranged so that each order's students are contiguous. 16-bit
+    logits (bf16 autocast) are cast to float32 first, so the loss is never computed in 16 bits.
     """
     teacher = _full(teacher_logits)
     dev, dtype = teacher.device, teacher.dtype
 
     def column(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=dev).unsqueeze(1)  # (S_a, 1)
+        return torch.tensor(values, dtype=dtype, device=dev).unsqueeze(1)  # (S_d, 1)
 
-    by_order: dict[tuple[float, bool], list[int]] = {}
+    by_direction: dict[bool, dict[float, list[int]]] = {}
     for i, spec in enumerate(specs):
-        by_order.setdefault((spec.alpha, spec.reverse), []).append(i)
-    groups = []  # (the rows of one order's students: a slice or an index tensor, their hyperparameters)
-    for (alpha, reverse), rows in by_order.items():
+        by_direction.setdefault(spec.reverse, {}).setdefault(spec.alpha, []).append(i)
+    groups = []  # (the rows of one direction's students: a slice or an index tensor, their hyperparameters)
+    order: list[int] = []
+    for reverse, by_order in by_direction.items():
+        rows = [i for same in by_order.values() for i in same]  # each order's students contiguous
         members = [specs[i] for i in rows]
-        hyper = {"alpha": alpha, "reverse": reverse, "T": column([s.T for s in members], dtype),
-                 "beta": column([s.beta for s in members], dtype),
+        hyper = {"alpha": tuple(s.alpha for s in members), "reverse": reverse,
+                 "T": column([s.T for s in members], dtype), "beta": column([s.beta for s in members], dtype),
                  "normalize_by_alpha": column([s.normalize_by_alpha for s in members], torch.bool)}
         contiguous = rows == list(range(rows[0], rows[-1] + 1))
         groups.append((slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows, device=dev), hyper))
-    order = [i for rows in by_order.values() for i in rows]
+        order += rows
     unsort = None if order == sorted(order) else torch.argsort(torch.tensor(order, device=dev))
 
     def objective(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
