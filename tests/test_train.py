@@ -518,3 +518,44 @@ def test_the_tuned_exploration_runs_at_smoke_scale_and_records_the_gradient_rati
             assert ratio == pytest.approx([1.0] * len(ratio))
         else:
             assert all(x > 0 for x in ratio)
+
+
+@pytest.mark.parametrize("dtype,tol,cfg", [
+    (torch.float64, 1e-10, C.TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9)),
+    (torch.float32, 2e-5, C.TrainConfig(epochs=2, batch_size=32, lr=0.05, momentum=0.9, warmup_steps=3)),
+    (torch.float64, 1e-9, C.TrainConfig(epochs=1, batch_size=32, lr=0.2, clip_norm=0.5)),
+])
+def test_a_learning_rate_per_stacked_student_equals_training_alone_at_that_rate(digits, dtype, tol, cfg):
+    """fit(lr_scale=...) trains student s as if alone at lr_scale[s] x the learning rate (SGD)."""
+    from dataclasses import replace
+
+    x, y, teacher = (t.to(dtype) if t.is_floating_point() else t for t in digits)
+    specs, scale = SPECS[:4], [1.0, 0.3, 2.5, 0.5]
+    model = StackedMLP(64, (16, 16), 10, [s.seed for s in specs], dtype=dtype)
+    curves = E.fit(model, x, E.distillation_objective(y, teacher, specs), cfg, data_seed=7, lr_scale=scale)
+    plain = StackedMLP(64, (16, 16), 10, [s.seed for s in specs], dtype=dtype)
+    unscaled = E.fit(plain, x, E.distillation_objective(y, teacher, specs), cfg, data_seed=7)
+    for s, (spec, c) in enumerate(zip(specs, scale, strict=True)):
+        alone = train_alone(spec, x, y, teacher, replace(cfg, lr=cfg.lr * c), 7, dtype)
+        for (w_ref, b_ref), (w, b) in zip(alone, model.student_params(s), strict=True):
+            torch.testing.assert_close(w, w_ref, rtol=0, atol=tol)
+            torch.testing.assert_close(b, b_ref, rtol=0, atol=tol)
+    # the recorded losses are the students' own, not scaled: equal at the first epoch's start only for
+    # the unscaled student, and the scaled students moved differently from the unscaled stack
+    assert curves["train_loss"][0] == pytest.approx(unscaled["train_loss"][0], rel=1e-9)
+    assert curves["train_loss"][1][-1] != pytest.approx(unscaled["train_loss"][1][-1], rel=1e-6)
+
+
+def test_a_learning_rate_per_stacked_student_is_refused_where_it_is_not_exact(digits):
+    x, y, teacher = digits
+    model = StackedMLP(64, (16, 16), 10, [0, 1])
+    objective = E.distillation_objective(y, teacher, SPECS[:2])
+    for cfg, match in ((C.TrainConfig(epochs=1, optimizer="adam", schedule="constant"), "needs SGD"),
+                       (C.TrainConfig(epochs=1, weight_decay=1e-3), "without weight decay")):
+        with pytest.raises(ValueError, match=match):
+            E.fit(model, x, objective, cfg, data_seed=0, lr_scale=[1.0, 2.0])
+    for bad in ([1.0, 0.0], [1.0, math.nan], []):
+        with pytest.raises(ValueError, match="lr_scale must be one finite factor > 0"):
+            E.fit(model, x, objective, C.TrainConfig(epochs=1), data_seed=0, lr_scale=bad)
+    with pytest.raises(ValueError, match="one factor per model"):
+        E.fit(model, x, objective, C.TrainConfig(epochs=1), data_seed=0, lr_scale=[1.0, 2.0, 3.0])

@@ -177,20 +177,38 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.
                            fused=fused)
 
 
-def clip_per_model(params: Sequence[torch.Tensor], max_norm: float, num_models: int) -> None:
+def _lr_scale(lr_scale: Sequence[float] | None, cfg: TrainConfig, device: torch.device
+              ) -> torch.Tensor | None:
+    """:func:`fit`'s ``lr_scale`` as a float64 tensor ``(S,)`` on ``device``, checked (``None`` stays)."""
+    if lr_scale is None:
+        return None
+    values = [float(c) for c in lr_scale]
+    if not values or not all(math.isfinite(c) and c > 0 for c in values):
+        raise ValueError(f"lr_scale must be one finite factor > 0 per model, got {list(lr_scale)!r}")
+    if cfg.optimizer != "sgd" or cfg.weight_decay != 0:
+        raise ValueError("lr_scale (a learning rate per stacked model) needs SGD without weight decay, where "
+                         f"scaling a model's loss equals scaling its learning rate; got optimizer "
+                         f"{cfg.optimizer!r}, weight_decay {cfg.weight_decay!r}")
+    return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def clip_per_model(params: Sequence[torch.Tensor], max_norm: float, num_models: int,
+                   grad_scale: torch.Tensor | None = None) -> None:
     """Scale each model's gradient to L2 norm at most ``max_norm``, in place.
 
     With ``num_models = S > 1`` every tensor has the students on its first dimension and
     student ``s``'s norm is taken over slice ``s`` of all of them; with 1 the norm is over
     everything. The factor is ``min(1, max_norm / (norm + 1e-6))``, as in
-    ``torch.nn.utils.clip_grad_norm_``.
+    ``torch.nn.utils.clip_grad_norm_``. With ``grad_scale`` ``(S,)`` the gradients are model ``s``'s own
+    times ``grad_scale[s]`` (:func:`fit`'s ``lr_scale``), and the norm is taken of the unscaled ones.
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return
     S = num_models
     sq = sum(g.detach().pow(2).reshape(S, -1).sum(1) for g in grads)
-    factor = (max_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    norm = sq.sqrt() if grad_scale is None else sq.sqrt() / grad_scale.to(sq.dtype)
+    factor = (max_norm / (norm + 1e-6)).clamp(max=1.0)
     for g in grads:
         g.mul_(factor.view(S, *([1] * (g.dim() - 1))) if S > 1 else factor)
 
@@ -234,8 +252,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfig, *, data_seed: int,
         val: tuple[torch.Tensor, torch.Tensor] | None = None, precision: str = "fp32",
-        desc: str = "training", monitor: Callable[[nn.Module], torch.Tensor] | None = None
-        ) -> dict[str, list[list[float]]]:
+        desc: str = "training", monitor: Callable[[nn.Module], torch.Tensor] | None = None,
+        lr_scale: Sequence[float] | None = None) -> dict[str, list[list[float]]]:
     """Train ``model`` on the inputs ``x`` ``(N, ...)`` (device-resident) by minimising ``objective``.
 
     Each step draws one minibatch of indices ``idx`` (order from ``data_seed``), evaluates
@@ -257,12 +275,19 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
         desc: progress-bar label.
         monitor: optional ``monitor(model) -> (S,)`` evaluated after every epoch (for example
             :func:`gradient_ratio_monitor`); it must leave the model's parameters unchanged.
+        lr_scale: one factor per model, ``> 0``: model ``s`` trains at the learning rate
+            ``lr_scale[s] * cfg.lr_at(step, steps)``, so students of one stack can differ in their
+            learning rate. Its loss is multiplied by the factor before the backward pass, which for SGD
+            with momentum and no weight decay is the same update as its own learning rate (the momentum
+            buffer is linear in the gradients; clipping measures the unscaled gradient); so only SGD
+            without weight decay takes it. The recorded losses are the unscaled ones.
 
     Returns:
         ``{"train_loss": [[...] per model], "val_accuracy": [[...] per model]}``, one value per
         epoch (nats; fractions); the validation lists are empty without ``val``; with ``monitor``
         also ``"monitor"``, its values after each epoch.
     """
+    scale = _lr_scale(lr_scale, cfg, x.device)
     if x.device.type == "cpu":
         retain_freed_memory()
     torch.manual_seed(data_seed)
@@ -287,10 +312,13 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
             with autocast(x.device, precision):
                 logits = model(xb)
             losses = objective(logits, idx)
+            if scale is not None and scale.shape != losses.shape:
+                raise ValueError(f"lr_scale must have one factor per model: {scale.shape[0]} factors, "
+                                 f"{losses.shape[0]} models")
             opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            (losses.sum() if scale is None else (losses * scale).sum()).backward()
             if cfg.clip_norm is not None:
-                clip_per_model(params, cfg.clip_norm, losses.shape[0])
+                clip_per_model(params, cfg.clip_norm, losses.shape[0], grad_scale=scale)
             opt.step()
             if total is None:  # no host sync: the sum stays on the device until the epoch ends
                 total = torch.zeros(losses.shape, dtype=torch.float64, device=losses.device)
