@@ -82,6 +82,8 @@ class Config:
     specs: tuple[StudentSpec, ...] = ()
     steps: int = 10
     naive_models: int | None = None  # time the naive loop on this many models and scale (None: all)
+    in_features: int = IN
+    lr_scale: tuple[float, ...] | None = None  # the engine's learning rate per student (fit's lr_scale)
 
     @property
     def teacher(self) -> bool:
@@ -95,19 +97,46 @@ def student_specs(n: int, hidden: tuple[int, ...]) -> tuple[StudentSpec, ...]:
                  for i in range(n))
 
 
+#: The arms of the tuned comparisons (chapter 2): (order, reverse, divided by the order).
+ARMS = ((1.0, False, False), (1.0, True, False), (0.25, False, False), (0.25, False, True),
+        (0.5, False, False), (0.5, False, True), (2.0, False, False), (2.0, False, True), (4.0, False, False),
+        (4.0, False, True), (math.inf, False, False))
+
+
+def arm_specs(n: int, hidden: tuple[int, ...]) -> tuple[StudentSpec, ...]:
+    """``n`` students of a tuning stack: the 11 arms of :data:`ARMS` in turn, T 2, 4, 8 in turn and beta
+    0.5, 0.9, 1 every third student (a period of 9, prime to 11: over 99 students every arm meets every
+    T and beta), seed 0 (one data order per stack)."""
+    Ts, betas = (2.0, 4.0, 8.0), (0.5, 0.9, 1.0)
+    return tuple(StudentSpec(alpha=ARMS[i % 11][0], reverse=ARMS[i % 11][1],
+                             normalize_by_alpha=ARMS[i % 11][2], T=Ts[i % 3], beta=betas[(i // 3) % 3],
+                             seed=0, hidden=hidden) for i in range(n))
+
+
+def lr_cycle(n: int) -> tuple[float, ...]:
+    """Learning-rate factors of ``n`` stacked students: 0.5, 1, 2 in turn (a x2-step grid)."""
+    return tuple((0.5, 1.0, 2.0)[(i // 9) % 3] for i in range(n))
+
+
 def configs(quick: bool) -> list[Config]:
-    """The four configurations of the issue (fewer steps and naive models with ``quick``)."""
+    """The configurations of the speed issues (fewer steps and naive models with ``quick``).
+
+    ``poor-2x800x60``: a data-poor tuning stack (the order-or-weight study: 2x800 students, every arm,
+    T, beta and learning rate varying in one stack); ``mnist1d-mlp-x360``: MNIST-1D's published MLP
+    (40-100-100-10), 360 students of every arm, T, beta and rate in one stack (a tuning grid of 11
+    arms x 3 T x 3 beta x 3 rates is 297 students, plus the student alone and seeds).
+    """
     grid = get_experiment("renyi_grid").profile("cpu").students  # 303 students 2x100, orders 0.25 ... inf
     students = student_specs(60, (800, 800))
-    if quick:
-        return [Config("students-2x800x60", 128, (800, 800), students, 2, 4),
-                Config("students-2x800x60", 512, (800, 800), students, 1, 4),
-                Config("grid-2x100x303", 128, (100, 100), grid, 4, 8),
-                Config("teacher-2x1200", 128, (1200, 1200), (), 10)]
-    return [Config("students-2x800x60", 128, (800, 800), students, 10, None),
-            Config("students-2x800x60", 512, (800, 800), students, 4, 15),
-            Config("grid-2x100x303", 128, (100, 100), grid, 20, 101),
-            Config("teacher-2x1200", 128, (1200, 1200), (), 50)]
+    poor, mlp1d = arm_specs(60, (800, 800)), arm_specs(360, (100, 100))
+    steps = (lambda full, short: short) if quick else (lambda full, short: full)
+    return [Config("students-2x800x60", 128, (800, 800), students, steps(10, 2), steps(None, 4)),
+            Config("students-2x800x60", 512, (800, 800), students, steps(4, 1), steps(15, 4)),
+            Config("grid-2x100x303", 128, (100, 100), grid, steps(20, 4), steps(101, 8)),
+            Config("poor-2x800x60", 128, (800, 800), poor, steps(10, 2), steps(15, 4), lr_scale=lr_cycle(60)),
+            Config("mnist1d-mlp-x360", 128, (100, 100), mlp1d, steps(40, 4), steps(60, 8), in_features=40,
+                   lr_scale=lr_cycle(360)),
+            Config("teacher-2x1200", 128, (1200, 1200), (), steps(50, 10))]
 
 
 def useful_flop(model: nn.Module, samples: int) -> float:
@@ -180,7 +209,7 @@ class Sides:
     def engine(self, steps: int) -> None:
         train = TrainConfig(epochs=1, batch_size=self.cfg.batch, lr=LR)
         fit(self.model, self.x[: steps * self.cfg.batch], self.objective, train, data_seed=0,
-            precision=self.precision)
+            precision=self.precision, lr_scale=self.cfg.lr_scale)
 
     def _baseline_autocast(self):
         prec = self.precision if self.baseline_precision == "same" else "fp32"
@@ -238,11 +267,11 @@ class Sides:
 
 
 def measure(cfg: Config, precision: str, baseline_precision: str, repeats: int, peak: dict[str, float],
-            in_features: int = IN, floor: bool = False) -> list[str]:
+            in_features: int | None = None, floor: bool = False) -> list[str]:
     """Time the three sides of ``cfg``; return its ``RESULT`` line and a line with the step times
     (and with ``floor`` a ``FLOOR`` line: the fastest time of each of :func:`floor_parts`, timed
     in turn with the sides, their sum, and the ratios of an engine that took exactly that long)."""
-    sides = Sides(cfg, precision, baseline_precision, in_features)
+    sides = Sides(cfg, precision, baseline_precision, in_features or cfg.in_features)
     names = ["engine", "naive"] + ([] if cfg.teacher else ["vmap"])
     per_step = dict.fromkeys(names, math.inf)
     for name in names:  # warm-up: kernels, allocator, first touch of the weights

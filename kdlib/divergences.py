@@ -146,13 +146,36 @@ def _compute_dtype(*xs: object) -> torch.dtype:
     return torch.float32
 
 
-def _weighted_excess(lb: torch.Tensor, u: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+def _broadcast(a: torch.Size, b: torch.Size) -> torch.Size:
+    """The broadcast of two shapes that are known to broadcast (checked by the callers' arguments);
+    ``torch.broadcast_shapes`` costs tens of microseconds a call, which add up in a training step."""
+    if a == b:
+        return a
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    return torch.Size(x if y == 1 else y for x, y in zip(a, b, strict=True))
+
+
+@functools.cache
+def _cached_scalar(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)
+
+
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """``value`` as a 0-dim tensor of ``like``'s dtype and device (cached: the series' coefficients are
+    the same every call)."""
+    return _cached_scalar(value, like.dtype, like.device)
+
+
+def _weighted_excess(lb: torch.Tensor, u: torch.Tensor, b: torch.Tensor | None = None,
+                     keep: list | None = None) -> torch.Tensor:
     """``sum_i b_i (e^{u_i} - 1 - u_i)`` over the last dim (keepdim), with ``b = exp(lb)``.
 
     Accurate to a few ulps for every ``u`` (series for ``|u| < 1/2``, ``exp(u) - 1 - u`` beyond) and
     free of overflow for large ``u`` unless the sum itself overflows (then ``inf``). Entries with
     ``lb = -inf`` must carry a finite ``u`` (the caller puts 0 there); they contribute 0. ``b``, if
-    given, is ``exp(lb)`` already computed by the caller.
+    given, is ``exp(lb)`` already computed by the caller. ``keep``, if given, receives ``exp(u)`` where every
+    ``u`` is at most :data:`_BIG_U` on the CPU (a by-product; see :func:`_order_terms`).
 
     Cost: float32 ``expm1`` has no vectorised kernel on the CPU (ten times ``exp``), and boolean
     masks cost as much as an ``exp``; so the series runs on ``u`` clamped to the window, ``exp`` on
@@ -163,16 +186,19 @@ def _weighted_excess(lb: torch.Tensor, u: torch.Tensor, b: torch.Tensor | None =
         b = torch.exp(lb)
     us = u.clamp(-_SMALL_U, _SMALL_U)
     coeffs = _PHI2[:_PHI2_TERMS.get(u.dtype, 8)]
-    h = us * coeffs[-1]  # Horner in place
-    for c in reversed(coeffs[:-1]):
-        h.add_(c).mul_(us)
-    h.mul_(us)  # u^2 phi2(u) = e^u - 1 - u on the window
+    h = torch.full_like(us, coeffs[-1])
+    for c in reversed(coeffs[:-1]):  # Horner, one fused multiply-add a term: h = c + h u
+        torch.addcmul(_scalar(c, h), h, us, out=h)
+    h.mul_(us).mul_(us)  # u^2 phi2(u) = e^u - 1 - u on the window
     um = u.clamp(max=_BIG_U)
-    term = torch.where(u.abs() < _SMALL_U, h, torch.exp(um).sub_(1.0).sub_(um)).mul_(b)
-    if u.device.type != "cpu" or float(u.max()) > _BIG_U:
+    eu = torch.exp(um)
+    term = torch.where(us == u, h, (eu - 1.0).sub_(um)).mul_(b)  # us == u: inside the window
+    if u.device.type != "cpu" or bool((u > _BIG_U).any()):  # element-wise: a NaN row changes nothing
         big = u > _BIG_U
         ub = torch.where(big, u, 0.0)
         term = torch.where(big, torch.exp(lb + ub).sub_(b * (1.0 + ub)), term)
+    elif keep is not None:
+        keep.append(eu)
     return term.sum(-1, keepdim=True)
 
 
@@ -221,16 +247,18 @@ _HUGE_ORDER = 1e8
 _MAX_CANCEL = 16.0
 
 
-def _cgf(lb: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+def _cgf(lb: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None = None, keep: list | None = None
+         ) -> torch.Tensor:
     """``log sum_i b_i e^{x_i}`` over the last dim (keepdim), ``b = exp(lb)``, for ``x`` of b-mean 0.
 
     Evaluated as ``log1p(sum_i b_i (e^{x_i} - 1 - x_i))`` (the linear term, zero up to the rounding
     of the centring, is left out; its effect on the divergences is of second order): every summand
     is ``>= 0``, so a small result keeps its relative accuracy. Where that sum overflows (the result
     is then large), the log-sum-exp of ``lb + x`` (evaluated only where needed on the CPU). ``b``:
-    ``exp(lb)`` if the caller has it.
+    ``exp(lb)`` if the caller has it; ``keep``: see :func:`_weighted_excess` (left empty where the
+    fallback runs only).
     """
-    K = torch.log1p(_weighted_excess(lb, x, b))
+    K = torch.log1p(_weighted_excess(lb, x, b, keep))
     if K.device.type == "cpu" and bool(torch.isfinite(K).all()):
         return K
     return torch.where(torch.isfinite(K), K, torch.logsumexp(lb + x, -1, keepdim=True))
@@ -239,7 +267,7 @@ def _cgf(lb: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None = None) -> to
 def _zero_at_argmax(delta: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
     """``delta - delta_k`` with ``k`` the arg-max of ``lb``: exactly 0 there, so that the mean of
     ``delta`` under a nearly one-hot ``b = exp(lb)`` is a sum of small terms (no cancellation)."""
-    shape = torch.broadcast_shapes(delta.shape, lb.shape)
+    shape = _broadcast(delta.shape, lb.shape)
     k = lb.expand(shape).argmax(-1, keepdim=True)
     return delta.expand(shape) - delta.expand(shape).gather(-1, k)
 
@@ -274,6 +302,31 @@ def _order_terms(lp, lq, alpha: float, delta, p, d, A, r):
         # Softmax distributions have full support, so Q(supp P) = 1 and D_0 = -log 1 = 0 (eq 1.27).
         return torch.zeros_like(A), ("log", lq, None)
     eps = alpha - 1.0
+    # the centred value, and exp(u) of its exponent u as a by-product: w = b e^u / sum(b e^u), with b = p and
+    # u = (alpha - 1) d (orders from 1/2) or b = q and u = alpha e (below), is the tilted distribution
+    keep: list[torch.Tensor] = []
+    if alpha >= 0.5:
+        base = p
+        Dc = A + _cgf(lp, eps * d, p, keep) / eps
+        ok = torch.isfinite(Dc)
+        if eps < 0:
+            ok = ok & (A <= _MAX_CANCEL * Dc)
+    else:
+        base = q = torch.exp(lq)
+        dq = _zero_at_argmax(delta, lq)
+        e_ = dq - (q * dq).sum(-1, keepdim=True)
+        aB = alpha * _cgf(lq, e_, q)
+        Dc = (aB - _cgf(lq, alpha * e_, q, keep)) / (1.0 - alpha)
+        ok = torch.isfinite(Dc) & (aB <= _MAX_CANCEL * (1.0 - alpha) * Dc)
+    centred = None
+    if keep and alpha <= _HUGE_ORDER:
+        # no exponent exceeded _BIG_U (checked on the host, on the CPU only; elsewhere the log-sum-exp
+        # always runs): where every row takes the centred value, the log-sum-exp is not needed at all
+        e = base * keep[0]
+        Z = e.sum(-1, keepdim=True)
+        if bool(ok.all()):
+            return Dc, ("ez", e, Z)
+        centred = e / Z  # the rows that take the centred value keep its tilt (a diverged row changes nothing)
     if alpha <= _HUGE_ORDER:
         y = torch.add(lq * (1.0 - alpha), lp, alpha=alpha)  # log(p^a q^(1-a))
         m, i = y.max(-1, keepdim=True)
@@ -287,18 +340,8 @@ def _order_terms(lp, lq, alpha: float, delta, p, d, A, r):
         m, L, k, w = _lse_parts(lp, lq, alpha)
         D = m * (k / eps) + L / eps
         tilt = ("w", w, None)
-    if alpha >= 0.5:
-        Dc = A + _cgf(lp, eps * d, p) / eps
-        ok = torch.isfinite(Dc)
-        if eps < 0:
-            ok = ok & (A <= _MAX_CANCEL * Dc)
-    else:
-        q = torch.exp(lq)
-        dq = _zero_at_argmax(delta, lq)
-        e_ = dq - (q * dq).sum(-1, keepdim=True)
-        aB = alpha * _cgf(lq, e_, q)
-        Dc = (aB - _cgf(lq, alpha * e_, q)) / (1.0 - alpha)
-        ok = torch.isfinite(Dc) & (aB <= _MAX_CANCEL * (1.0 - alpha) * Dc)
+    if centred is not None:
+        tilt = ("w", torch.where(ok, centred, _tilted(*tilt, lp, lq)), None)
     return torch.where(ok, Dc, D), tilt
 
 
@@ -335,7 +378,7 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tens
     A = _cgf(lp, -d, p)  # D_KL(P || Q) = E_P r
     r = d + A
     if isinstance(alpha, tuple):
-        shape = torch.broadcast_shapes(lp.shape, lq.shape)
+        shape = _broadcast(lp.shape, lq.shape)
         D = torch.empty(shape[:-1] + (1,), dtype=A.dtype, device=A.device)
         groups = []
         for a, rows in _orders(alpha):
@@ -427,10 +470,10 @@ def _tilted(kind: str, x, G, lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor
         # exponent would carry the rounding of |y|)
         return x / G
     if kind == "onehot":
-        shape = torch.broadcast_shapes(lp.shape, lq.shape)
+        shape = _broadcast(lp.shape, lq.shape)
         return torch.zeros(shape, dtype=lq.dtype, device=lq.device).scatter_(-1, x, 1.0)
     if kind == "groups":  # [(rows, order, tilt), ...] of a tuple of orders
-        shape = torch.broadcast_shapes(lp.shape, lq.shape)
+        shape = _broadcast(lp.shape, lq.shape)
         w = torch.empty(shape, dtype=lq.dtype, device=lq.device)
         for rows, _, (k, xk, Gk) in x:
             pick = functools.partial(_rows, rows=rows, n=shape[0], dim=len(shape))
@@ -504,12 +547,19 @@ def _evaluate(t: torch.Tensor, s: torch.Tensor, alpha, T):
 
 
 class _RenyiLogits(torch.autograd.Function):
-    """D_alpha(softmax(t/T) || softmax(s/T)) per row, with the analytic backward (q - w)/T."""
+    """D_alpha(softmax(t/T) || softmax(s/T)) per row, with the analytic backward (q - w)/T.
+
+    ``sides``: ``None``, or one bool per index of the rows' first dimension: ``True`` where only the
+    gradient with respect to ``t`` is wanted, ``False`` where only the one with respect to ``s`` is (a
+    stack mixing forward and reverse distillation puts each student's logits on its own side; the
+    unwanted gradient is returned as zeros, not computed).
+    """
 
     @staticmethod
-    def forward(ctx, t, s, alpha, T):  # type: ignore[override]
+    def forward(ctx, t, s, alpha, T, sides=None):  # type: ignore[override]
         lp, lq, D, (kind, x, G), r, a, Tc, tc, sc = _evaluate(t, s, alpha, T)
         D = D.clamp_min(0.0)
+        ctx.sides = sides
         ctx.alpha = a
         ctx.Tc = Tc
         ctx.kind = kind
@@ -531,10 +581,12 @@ class _RenyiLogits(torch.autograd.Function):
         Tc = ctx.Tc
         t_shape, s_shape, T_shape = ctx.shapes
         t_dtype, s_dtype, T_dtype = ctx.dtypes
-        need_t, need_s, _, need_T = ctx.needs_input_grad
+        need_t, need_s, _, need_T = ctx.needs_input_grad[:4]
         grad_t = grad_s = grad_T = None
         w = _tilted(ctx.kind, ctx.groups if ctx.kind == "groups" else x, G, lp, lq)
         gT = g / Tc  # (..., 1): the row scale, applied once to the (..., n) difference
+        if ctx.sides is not None and not need_T:
+            return (*_sided_grads(ctx, lp, lq, r, D, w, gT), None, None, None)
         q_w = torch.exp(lq) - w
         if need_s:
             grad_s = _fit(q_w * gT, s_shape, s_dtype)
@@ -547,7 +599,37 @@ class _RenyiLogits(torch.autograd.Function):
                 # (the rows of both gradients sum to 0, so the centred logits give the same value)
                 dT = -((q_w * ss).sum(-1, keepdim=True) + (ut * tt).sum(-1, keepdim=True)) * (gT / Tc)
                 grad_T = dT.squeeze(-1).sum_to_size(T_shape).to(T_dtype)
-        return grad_t, grad_s, None, grad_T
+        return grad_t, grad_s, None, grad_T, None
+
+
+def _sided_grads(ctx, lp, lq, r, D, w, gT) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of :class:`_RenyiLogits` with ``sides``: each row's for the side it names only."""
+    sides, alpha = ctx.sides, ctx.alpha
+    (t_shape, s_shape, _), (t_dtype, s_dtype, _) = ctx.shapes, ctx.dtypes
+    shape = _broadcast(lp.shape, lq.shape)
+    need_t, need_s = ctx.needs_input_grad[:2]
+    grad_t = grad_s = None
+    for side, rows in _orders(tuple(sides)):
+        pick = functools.partial(_rows, rows=rows, n=shape[0], dim=len(shape))
+        if side and need_t:
+            if isinstance(alpha, tuple):
+                a = alpha[rows] if isinstance(rows, slice) else tuple(alpha[i] for i in rows.tolist())
+            else:
+                a = pick(alpha)
+            if grad_t is None:
+                grad_t = torch.zeros(shape, dtype=gT.dtype, device=gT.device)
+            grad_t[rows] = _teacher_grad_unit(pick(lp), pick(r), pick(w), pick(D), a) * pick(gT)
+        elif not side and need_s:
+            if grad_s is None:
+                grad_s = torch.zeros(shape, dtype=gT.dtype, device=gT.device)
+            grad_s[rows] = (torch.exp(pick(lq)) - pick(w)) * pick(gT)
+    zeros = functools.partial(torch.zeros, dtype=gT.dtype, device=gT.device)
+    if need_t and grad_t is None:
+        grad_t = zeros(shape)
+    if need_s and grad_s is None:
+        grad_s = zeros(shape)
+    return (_fit(grad_t, t_shape, t_dtype) if need_t else None,
+            _fit(grad_s, s_shape, s_dtype) if need_s else None)
 
 
 # ---------------------------------------------------------------------------
@@ -888,6 +970,13 @@ def renyi_divergence_logits(
     """
     alpha, T = _check_logits_args(teacher_logits, student_logits, alpha, T, validate)
     return _RenyiLogits.apply(teacher_logits, student_logits, alpha, T)
+
+
+def _renyi_logits_sided(first: torch.Tensor, second: torch.Tensor, alpha, T, sides: tuple[bool, ...]
+                        ) -> torch.Tensor:
+    """:func:`renyi_divergence_logits` of arguments already checked, with :class:`_RenyiLogits`'s
+    ``sides`` (for :func:`kdlib.functional.distillation_loss` with forward and reverse rows)."""
+    return _RenyiLogits.apply(first, second, alpha, T, sides)
 
 
 def _check_logits_args(teacher_logits, student_logits, alpha, T, validate):

@@ -36,7 +36,7 @@ from kdlib._validation import (
     check_order,
     check_temperature_arg,
 )
-from kdlib.divergences import _alpha_factor, renyi_divergence_logits
+from kdlib.divergences import _alpha_factor, _renyi_logits_sided, renyi_divergence_logits
 
 __all__ = ["distillation_loss", "LossComponents", "REDUCTIONS"]
 
@@ -69,7 +69,7 @@ def distillation_loss(
     T: float | torch.Tensor = 4.0,
     beta: float | torch.Tensor = 0.9,
     normalize_by_alpha: bool | torch.Tensor = False,
-    reverse: bool = False,
+    reverse: bool | Sequence[bool] = False,
     reduction: str = "mean",
     validate: bool = True,
     return_components: bool = False,
@@ -107,7 +107,8 @@ def distillation_loss(
         beta: weight of the soft term in ``[0, 1]``, or a tensor of them.
         normalize_by_alpha: divide the soft term by :math:`\alpha`; a bool, or a bool tensor
             broadcastable to the row shape (per stacked student).
-        reverse: a bool; ``True`` computes the soft term as
+        reverse: a bool, or one per index of the rows' first dimension (stacked students that mix
+            both directions share one evaluation); ``True`` computes the soft term as
             :math:`T^2 D_\alpha(\text{student}_T \| \text{teacher}_T)` (reverse KL at
             ``alpha = 1``). Its gradient with respect to the student logits is the analytic
             teacher-side gradient of :func:`~kdlib.divergences.renyi_divergence_logits`,
@@ -141,9 +142,13 @@ def distillation_loss(
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    for name, flag in (("reverse", reverse), ("validate", validate)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name} must be a bool, got {type(flag).__name__}")
+    if not isinstance(validate, bool):
+        raise ValueError(f"validate must be a bool, got {type(validate).__name__}")
+    if isinstance(reverse, tuple | list):
+        if not all(isinstance(f, bool) for f in reverse):
+            raise ValueError("reverse as a sequence must hold bools, one per stacked row")
+    elif not isinstance(reverse, bool):
+        raise ValueError(f"reverse must be a bool or a sequence of bools, got {type(reverse).__name__}")
     rows = check_logits_pair(student_logits, teacher_logits, "student_logits", "teacher_logits", targets,
                              validate=False)
     if rows != student_logits.shape[:-1]:
@@ -152,6 +157,9 @@ def distillation_loss(
             f"teacher_logits of shape {tuple(teacher_logits.shape)} must broadcast to the student's rows, "
             f"not enlarge them: student_logits has shape {tuple(student_logits.shape)}, and the pair would "
             f"give rows {tuple(rows)} (a teacher (B, n) against students (S, B, n) is the supported stack)")
+    if isinstance(reverse, tuple | list) and (len(rows) == 0 or len(reverse) != rows[0]):
+        raise ValueError(f"reverse as a sequence must have one flag per index of the rows' first dimension "
+                         f"(rows {tuple(rows)}), got {len(reverse)}")
     alpha = check_order(alpha, rows, validate=validate)
     T = check_temperature_arg(T, rows, validate=validate)
     beta = check_beta(beta, validate=validate)
@@ -177,14 +185,29 @@ def distillation_loss(
     ce = torch.logsumexp(s, -1) - s.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     # Soft term: T^2 D_alpha(teacher_T || student_T) per row (eq 1.11-1.12 with D_alpha, 1.16), or
     # T^2 D_alpha(student_T || teacher_T) when reversed (the gradient then takes the first argument's path).
-    d = renyi_divergence_logits(s, t, alpha, T, validate=False) if reverse else \
-        renyi_divergence_logits(t, s, alpha, T, validate=False)
+    if isinstance(reverse, tuple | list) and len(set(reverse)) > 1:
+        d = _mixed_directions(s, t, alpha, T, tuple(reverse), rows)
+    else:
+        flip = bool(reverse[0]) if isinstance(reverse, tuple | list) else reverse
+        d = renyi_divergence_logits(s, t, alpha, T, validate=False) if flip else \
+            renyi_divergence_logits(t, s, alpha, T, validate=False)
     soft = _soft_term(d, T, col, norm)
     if isinstance(beta, torch.Tensor):
         beta = beta.to(d.dtype)
     total = (1.0 - beta) * ce + beta * soft
     parts = LossComponents(*(_reduce(x, reduction).to(student_logits.dtype) for x in (total, ce, soft)))
     return parts if return_components else parts.total
+
+
+def _mixed_directions(s: torch.Tensor, t: torch.Tensor, alpha, T, reverse: tuple[bool, ...],
+                      rows: torch.Size) -> torch.Tensor:
+    """The soft term's divergence per row with forward rows ``D(teacher || student)`` and reverse rows
+    ``D(student || teacher)``, in one evaluation: the first argument holds the teacher's logits in the
+    forward rows and the student's in the reverse ones, the second the other way round, and the backward
+    pass computes each row's gradient for its student's side only."""
+    flip = torch.tensor(reverse, device=s.device).view(-1, *([1] * len(rows)))
+    first, second = torch.where(flip, s, t), torch.where(flip, t, s)
+    return _renyi_logits_sided(first, second, alpha, T, reverse)
 
 
 def _order_column(orders: tuple[float, ...], rows: torch.Size, like: torch.Tensor) -> torch.Tensor:

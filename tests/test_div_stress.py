@@ -97,7 +97,9 @@ def test_grid_tensor_orders_and_temperatures_match_scalar_calls():
     for s, (a, t) in enumerate(pairs):
         ds = renyi_divergence_logits(v, z[s].detach(), a, t)
         torch.testing.assert_close(d[s], ds, rtol=1e-12, atol=1e-15)
-        torch.testing.assert_close(g[s], renyi_gradient(v, z[s].detach(), a, t), rtol=1e-9, atol=1e-15)
+        # the number path takes the tilted distribution from the centred evaluation where every row can, the
+        # tensor path from the log-sum-exp: equal up to rounding (4e-15 here, on entries near 1)
+        torch.testing.assert_close(g[s], renyi_gradient(v, z[s].detach(), a, t), rtol=1e-9, atol=2e-14)
 
 
 def test_grid_bfloat16_sanity():

@@ -210,3 +210,26 @@ def test_a_tuple_of_orders_equals_the_tensor_of_orders():
     torch.testing.assert_close(g1, g2, rtol=1e-10, atol=1e-13)
     with pytest.raises(ValueError, match="normalize_by_alpha"):
         distillation_loss(z, v, y, alpha=orders, T=2.0, normalize_by_alpha=True)  # inf cannot be divided by
+
+
+def test_a_stack_mixing_directions_equals_one_call_per_direction():
+    """reverse as one flag per stacked student (one evaluation for forward and reverse rows, each row's
+    gradient on its student's side only) against separate forward and reverse calls."""
+    g = torch.Generator().manual_seed(6)
+    orders, reverse = (1.0, 2.0, 1.0, 0.5, math.inf), (False, False, True, True, False)
+    S, B, n = len(orders), 8, 6
+    z = (torch.randn(S, B, n, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    v, y = torch.randn(B, n, generator=g, dtype=torch.float64) * 3, torch.randint(0, n, (B,), generator=g)
+    T = torch.tensor([[1.0], [2.0], [4.0], [3.0], [2.0]], dtype=torch.float64)
+    mixed = distillation_loss(z, v, y, alpha=orders, reverse=reverse, T=T, beta=0.8, reduction="none")
+    (grad,) = torch.autograd.grad(mixed.sum(), z)
+    for s, (a, rev) in enumerate(zip(orders, reverse, strict=True)):
+        zs = z[s].detach().clone().requires_grad_()
+        alone = distillation_loss(zs, v, y, alpha=a, reverse=rev, T=float(T[s]), beta=0.8, reduction="none")
+        (gs,) = torch.autograd.grad(alone.sum(), zs)
+        torch.testing.assert_close(mixed[s], alone, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(grad[s], gs, rtol=1e-10, atol=1e-13)
+    with pytest.raises(ValueError, match="one flag per index"):
+        distillation_loss(z, v, y, alpha=orders, reverse=reverse[:2], T=T)
+    with pytest.raises(ValueError, match="must hold bools"):
+        distillation_loss(z, v, y, alpha=orders, reverse=(0, 1, 0, 1, 0), T=T)

@@ -75,42 +75,41 @@ def distillation_objective(y: torch.Tensor, teacher_logits: torch.Tensor, specs:
     Student ``s`` minimises :func:`kdlib.functional.distillation_loss` with the ``alpha``, ``T``,
     ``beta``, ``normalize_by_alpha`` and ``reverse`` of ``specs[s]`` against ``teacher_logits[idx]`` (the
     teacher's logits at temperature 1 of the training set, ``(N, C)``) and labels ``y[idx]``.
-    The students of each direction (forward or reverse) share one call, with their orders as a tuple
-    (which evaluates the order-free terms once for all of them and each order's own terms on its rows
-    only: a mixed stack costs little more than a KL-only one) and ``(S_d, 1)`` tensors of the other
-    hyperparameters; their rows are arranged so that each order's students are contiguous. 16-bit
+    All students share one call, with their orders and directions as tuples (which evaluates the
+    order-free terms once for all of them, each order's own terms on its rows only and each student's
+    gradient on its own side only: a mixed stack costs little more than a KL-only one) and ``(S, 1)``
+    tensors of the other hyperparameters; their rows are arranged so that each order's students are
+    contiguous and the reverse ones come last. 16-bit
     logits (bf16 autocast) are cast to float32 first, so the loss is never computed in 16 bits.
     """
     teacher = _full(teacher_logits)
     dev, dtype = teacher.device, teacher.dtype
 
     def column(values: list[Any], dtype: torch.dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=dev).unsqueeze(1)  # (S_d, 1)
+        return torch.tensor(values, dtype=dtype, device=dev).unsqueeze(1)  # (S, 1)
 
-    by_direction: dict[bool, dict[float, list[int]]] = {}
+    by_kind: dict[tuple[float, bool], list[int]] = {}
     for i, spec in enumerate(specs):
-        by_direction.setdefault(spec.reverse, {}).setdefault(spec.alpha, []).append(i)
-    groups = []  # (the rows of one direction's students: a slice or an index tensor, their hyperparameters)
-    order: list[int] = []
-    for reverse, by_order in by_direction.items():
-        rows = [i for same in by_order.values() for i in same]  # each order's students contiguous
-        members = [specs[i] for i in rows]
-        hyper = {"alpha": tuple(s.alpha for s in members), "reverse": reverse,
-                 "T": column([s.T for s in members], dtype), "beta": column([s.beta for s in members], dtype),
-                 "normalize_by_alpha": column([s.normalize_by_alpha for s in members], torch.bool)}
-        contiguous = rows == list(range(rows[0], rows[-1] + 1))
-        groups.append((slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows, device=dev), hyper))
-        order += rows
+        by_kind.setdefault((spec.alpha, spec.reverse), []).append(i)
+    # each order's students contiguous, forward before reverse; orders with reverse students last, so
+    # that the reverse students (usually of one order, reverse KL) end the stack
+    has_reverse = {a for a, rev in by_kind if rev}
+    first_seen = {a: n for n, (a, _) in reversed(list(enumerate(by_kind)))}
+    kinds = sorted(by_kind, key=lambda k: (k[0] in has_reverse, first_seen[k[0]], k[1]))
+    order = [i for kind in kinds for i in by_kind[kind]]
+    members = [specs[i] for i in order]
+    hyper = {"alpha": tuple(s.alpha for s in members), "reverse": tuple(s.reverse for s in members),
+             "T": column([s.T for s in members], dtype), "beta": column([s.beta for s in members], dtype),
+             "normalize_by_alpha": column([s.normalize_by_alpha for s in members], torch.bool)}
+    rows = None if order == list(range(len(specs))) else torch.tensor(order, device=dev)
     unsort = None if order == sorted(order) else torch.argsort(torch.tensor(order, device=dev))
 
     def objective(logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         if logits.shape[0] != len(specs):
             raise ValueError(f"specs must have one entry per student: {len(specs)} != {logits.shape[0]}")
         z, t, labels = _full(logits), teacher[idx], y[idx]
-        losses = [distillation_loss(z[rows] if isinstance(rows, slice) else z.index_select(0, rows), t,
-                                    labels, **hyper, reduction="none", validate=False).mean(-1)
-                  for rows, hyper in groups]
-        out = losses[0] if len(losses) == 1 else torch.cat(losses)
+        out = distillation_loss(z if rows is None else z.index_select(0, rows), t, labels, **hyper,
+                                reduction="none", validate=False).mean(-1)
         return out if unsort is None else out[unsort]
 
     return objective
