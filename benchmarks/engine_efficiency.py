@@ -70,6 +70,9 @@ from kdlib.losses import DistillationLoss
 
 LR = 0.01
 IN, CLASSES = 784, 10
+#: The engine's teacher draws its dropout masks as new teachers do (kdlib.lab.models.Dropout; the committed
+#: teachers keep "bits32", which their keys record)
+TEACHER_MASK = "bits8"
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,8 @@ class Sides:
         self.sizes = [in_features, *cfg.hidden, CLASSES]
         if cfg.teacher:
             torch.manual_seed(0)
-            self.model: nn.Module = hinton_teacher(in_features, CLASSES, hidden=cfg.hidden[0])
+            self.model: nn.Module = hinton_teacher(in_features, CLASSES, hidden=cfg.hidden[0],
+                                                   dropout_mask=TEACHER_MASK)
             self.objective = cross_entropy_objective(self.y)
         else:
             self.model = StackedMLP(in_features, cfg.hidden, CLASSES, [s.seed for s in cfg.specs])

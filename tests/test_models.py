@@ -110,3 +110,35 @@ def test_stacked_gradients_are_per_student():
         assert w.grad[0].abs().max() == 0 and w.grad[2].abs().max() == 0 and w.grad[1].abs().max() > 0
     with pytest.raises(ValueError, match="seeds"):
         StackedMLP(64, (8,), 10, [])
+
+
+@pytest.mark.parametrize("mask", ["bits32", "bits8"])
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_dropout_masks_keep_each_element_with_the_documented_probability(mask, p):
+    """Both mask methods: an element is kept with probability 1 - p (bits32) or 1 - round(256 p)/256
+    (bits8), and a kept element is scaled by one over that, so the layer is unbiased."""
+    from kdlib.lab.models import Dropout
+
+    torch.manual_seed(0)
+    layer = Dropout(p, mask).train()
+    x = torch.ones(1000, 2000)
+    y = layer(x)
+    dropped = round(p * 256) / 256 if mask == "bits8" else p
+    kept = (y != 0).double().mean().item()
+    sigma = (dropped * (1 - dropped) / x.numel()) ** 0.5
+    assert abs(kept - (1 - dropped)) < 5 * sigma
+    assert torch.equal(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - dropped)))
+    assert abs(y.double().mean().item() - 1.0) < 5 * sigma / (1 - dropped)
+    assert torch.equal(layer.eval()(x), x)
+
+
+def test_dropout_mask_is_part_of_the_model_spec():
+    from kdlib.lab.models import Dropout
+
+    spec = {"kind": "mlp", "hidden": [8], "dropout": 0.5, "dropout_mask": "bits8"}
+    masks = {m.mask for m in build_model(spec, (1, 4, 4), 3).modules() if isinstance(m, Dropout)}
+    assert masks == {"bits8"}
+    cnn = build_model({"kind": "cnn", "width": 2, "hidden": 4, "dropout": 0.1}, (1, 8, 8), 3)
+    assert {m.mask for m in cnn.modules() if isinstance(m, Dropout)} == {"bits32"}  # the default
+    with pytest.raises(ValueError, match="dropout_mask must be one of bits32, bits8"):
+        build_model({**spec, "dropout_mask": "bits4"}, (1, 4, 4), 3)
