@@ -40,9 +40,18 @@ def test_engine_efficiency_runs_every_side_on_tiny_sizes(bench, students):
 def test_engine_efficiency_configurations_are_the_issues(bench):
     names = [(c.name, c.batch, len(c.specs)) for c in bench.configs(quick=False)]
     assert names == [("students-2x800x60", 128, 60), ("students-2x800x60", 512, 60),
-                     ("grid-2x100x303", 128, 303), ("teacher-2x1200", 128, 0)]
-    grid = bench.configs(quick=True)[2].specs
+                     ("grid-2x100x303", 128, 303), ("poor-2x800x60", 128, 60), ("mnist1d-mlp-x360", 128, 360),
+                     ("teacher-2x1200", 128, 0)]
+    configs = bench.configs(quick=True)
+    grid = configs[2].specs
     assert sorted({s.alpha for s in grid}) == [0.25, 0.5, 1.0, 2.0, 4.0, float("inf")]
+    # the tuning stacks vary every arm, T, beta and the learning rate inside one stack
+    for cfg in configs[3:5]:
+        arms = {(s.alpha, s.reverse, s.normalize_by_alpha) for s in cfg.specs}
+        assert arms == set(bench.ARMS) and len(cfg.lr_scale) == len(cfg.specs)
+        assert {s.T for s in cfg.specs} == {2.0, 4.0, 8.0} and {s.beta for s in cfg.specs} == {0.5, 0.9, 1.0}
+        assert set(cfg.lr_scale) == {0.5, 1.0, 2.0}
+    assert configs[4].in_features == 40 and configs[4].hidden == (100, 100)
 
 
 @pytest.mark.parametrize(("sizes", "students"), [((784, 800, 800, 10), 60), ((784, 1200, 1200, 10), 1),
