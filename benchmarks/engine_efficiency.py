@@ -164,12 +164,24 @@ def sequential(sizes: Sequence[int], params: Sequence[tuple[torch.Tensor, torch.
     return net
 
 
+#: The device the benchmark runs on (``--device``); CUDA work is asynchronous, so every timing waits for it.
+DEVICE = torch.device("cpu")
+
+
+def sync() -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def best_time(fn: Callable[[], None], repeats: int) -> float:
-    """Fastest wall time of ``repeats`` calls of ``fn``."""
+    """Fastest wall time of ``repeats`` calls of ``fn`` (each waiting for the device)."""
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - t0)
     return min(times)
 
@@ -178,7 +190,7 @@ def gemm_peak(n: int = 2048, repeats: int = 3) -> dict[str, float]:
     """GFLOP/s of an ``n x n`` by ``n x n`` product in float32 and bfloat16 (fastest of ``repeats``)."""
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        a, b = torch.randn(n, n, device=DEVICE).to(dtype), torch.randn(n, n, device=DEVICE).to(dtype)
         a @ b  # warm-up
         out[name] = 2 * n**3 / best_time(lambda a=a, b=b: a @ b, repeats) / 1e9
     return out
@@ -192,23 +204,24 @@ class Sides:
         B = cfg.batch
         n = B * (cfg.steps + 2)
         g = torch.Generator().manual_seed(0)
-        self.x = torch.rand(n, in_features, generator=g)
-        self.y = torch.randint(0, CLASSES, (n,), generator=g)
-        self.t = torch.randn(n, CLASSES, generator=g) * 3
+        self.x = torch.rand(n, in_features, generator=g).to(DEVICE)
+        self.y = torch.randint(0, CLASSES, (n,), generator=g).to(DEVICE)
+        self.t = (torch.randn(n, CLASSES, generator=g) * 3).to(DEVICE)
         self.sizes = [in_features, *cfg.hidden, CLASSES]
         if cfg.teacher:
             torch.manual_seed(0)
             self.model: nn.Module = hinton_teacher(in_features, CLASSES, hidden=cfg.hidden[0],
-                                                   dropout_mask=TEACHER_MASK)
+                                                   dropout_mask=TEACHER_MASK).to(DEVICE)
             self.objective = cross_entropy_objective(self.y)
         else:
-            self.model = StackedMLP(in_features, cfg.hidden, CLASSES, [s.seed for s in cfg.specs])
+            self.model = StackedMLP(in_features, cfg.hidden, CLASSES, [s.seed for s in cfg.specs]).to(DEVICE)
             self.objective = distillation_objective(self.y, self.t, cfg.specs)
         self.flop_per_step = useful_flop(self.model, B)
 
     def batches(self, steps: int) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(1)
-        return list(torch.randperm(len(self.y), generator=g)[: steps * self.cfg.batch].split(self.cfg.batch))
+        order = torch.randperm(len(self.y), generator=g)[: steps * self.cfg.batch].to(DEVICE)
+        return list(order.split(self.cfg.batch))
 
     def engine(self, steps: int) -> None:
         train = TrainConfig(epochs=1, batch_size=self.cfg.batch, lr=LR)
@@ -217,12 +230,13 @@ class Sides:
 
     def _baseline_autocast(self):
         prec = self.precision if self.baseline_precision == "same" else "fp32"
-        return autocast(torch.device("cpu"), prec)
+        return autocast(DEVICE, prec)
 
     def vmap(self, steps: int) -> None:
         """torch.func ensembling: stacked nn.Sequential parameters, vmap(functional_call) forward."""
         if not hasattr(self, "_vmap"):  # set up once, outside the timed steps
-            models = [sequential(self.sizes, init_mlp_params(self.sizes, s.seed)) for s in self.cfg.specs]
+            models = [sequential(self.sizes, init_mlp_params(self.sizes, s.seed)).to(DEVICE)
+                      for s in self.cfg.specs]
             params, buffers = stack_module_state(models)
             base = copy.deepcopy(models[0]).to("meta")
 
@@ -247,10 +261,10 @@ class Sides:
             for spec in (self.cfg.specs or (None,))[: self.cfg.naive_models]:
                 if spec is None:
                     torch.manual_seed(0)
-                    model = sequential(self.sizes, dropout=0.5, input_dropout=0.2)
+                    model = sequential(self.sizes, dropout=0.5, input_dropout=0.2).to(DEVICE)
                     loss_fn: Callable = lambda z, idx: F.cross_entropy(z, self.y[idx])  # noqa: E731
                 else:
-                    model = sequential(self.sizes, init_mlp_params(self.sizes, spec.seed))
+                    model = sequential(self.sizes, init_mlp_params(self.sizes, spec.seed)).to(DEVICE)
                     kd = DistillationLoss(spec.alpha, spec.T, spec.beta)
                     loss_fn = lambda z, idx, kd=kd: kd(z, self.t[idx], self.y[idx])  # noqa: E731
                 self._naive.append((model, loss_fn, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)))
@@ -345,8 +359,8 @@ def floor_parts(sides: Sides) -> dict[str, Callable[[], None]]:
     products = []
     for count, m, k, n in step_matmuls(sides.sizes, S, B):
         shape = (count,) if count > 1 else ()
-        products.append((torch.randn(*shape, m, k, generator=g).to(dtype),
-                         torch.randn(*shape, k, n, generator=g).to(dtype)))
+        products.append((torch.randn(*shape, m, k, generator=g).to(DEVICE, dtype),
+                         torch.randn(*shape, k, n, generator=g).to(DEVICE, dtype)))
 
     def matmuls() -> None:
         for a, b in products:
@@ -354,10 +368,11 @@ def floor_parts(sides: Sides) -> dict[str, Callable[[], None]]:
 
     params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
     for p in params:
-        p.grad = torch.randn(p.shape, generator=g) * 1e-3
+        p.grad = torch.randn(p.shape, generator=g).to(DEVICE) * 1e-3
     opt = make_optimizer(TrainConfig(epochs=1, batch_size=B, lr=LR), params)
-    idx = torch.arange(B)
-    logits = torch.randn((S, B, CLASSES) if cfg.specs else (B, CLASSES), generator=g, requires_grad=True)
+    idx = torch.arange(B, device=DEVICE)
+    shape = (S, B, CLASSES) if cfg.specs else (B, CLASSES)
+    logits = torch.randn(shape, generator=g).to(DEVICE).requires_grad_()
 
     def loss() -> None:
         sides.objective(logits, idx).sum().backward()
@@ -383,8 +398,8 @@ def loss_comparison(sides: Sides, repeats: int) -> str:
     shape (:func:`kl_only`), on the same float32 logits and batch, timed in turn, fastest of ``repeats``."""
     cfg = sides.cfg
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn((len(cfg.specs), cfg.batch, CLASSES), generator=g, requires_grad=True)
-    idx = torch.arange(cfg.batch)
+    logits = torch.randn((len(cfg.specs), cfg.batch, CLASSES), generator=g).to(DEVICE).requires_grad_()
+    idx = torch.arange(cfg.batch, device=DEVICE)
     objectives = {"mixed": sides.objective,
                   "kl-only": distillation_objective(sides.y, sides.t, kl_only(cfg.specs))}
     calls = {k: (lambda f=f: f(logits, idx).sum().backward()) for k, f in objectives.items()}
@@ -402,7 +417,9 @@ def loss_comparison(sides: Sides, repeats: int) -> str:
 def header(precision: str, baseline_precision: str, malloc: bool) -> list[str]:
     flags = cpu_flags()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (math.nan,) * 3
-    return [f"machine: {device_name('cpu')}; ISA: {' '.join(f for f in ISA_FLAGS if f in flags) or 'unknown'}"
+    gpu = [f"device: {device_name(DEVICE)}"] if DEVICE.type != "cpu" else []
+    isa = " ".join(f for f in ISA_FLAGS if f in flags) or "unknown"
+    return gpu + [f"machine: {device_name('cpu')}; ISA: {isa}"
             f" (amx: {'yes' if 'amx_bf16' in flags else 'no'}); torch {torch.__version__}, "
             f"python {platform.python_version()}, cpu capability {torch.backends.cpu.get_cpu_capability()}",
             f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
@@ -421,14 +438,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-precision", choices=("fp32", "same"), default="fp32",
                         help="precision of the vmap and naive sides: fp32 (default) or the engine's")
     parser.add_argument("--only", default=None, help="run only configurations whose name contains this")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: every side runs there")
     parser.add_argument("--floor", action="store_true",
                         help="also time what no engine can avoid (the step's matrix products, the optimiser "
                              "step, the loss) and the ratios an engine taking only that long would reach")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    global DEVICE
+    try:
+        DEVICE = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
+    if DEVICE.type not in ("cpu", "cuda") or (DEVICE.type == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device {args.device}: not available here (cpu or an available cuda[:N])")
     repeats = args.repeats or (1 if args.quick else 2)
-    precision = resolve_precision("auto", torch.device("cpu"))
+    precision = resolve_precision("auto", DEVICE)
     malloc = retain_freed_memory()
     for line in header(precision, args.baseline_precision, malloc):
         print(line, flush=True)

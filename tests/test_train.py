@@ -559,3 +559,27 @@ def test_a_learning_rate_per_stacked_student_is_refused_where_it_is_not_exact(di
             E.fit(model, x, objective, C.TrainConfig(epochs=1), data_seed=0, lr_scale=bad)
     with pytest.raises(ValueError, match="one factor per model"):
         E.fit(model, x, objective, C.TrainConfig(epochs=1), data_seed=0, lr_scale=[1.0, 2.0, 3.0])
+
+
+def test_validation_every_few_epochs_keeps_the_last_and_the_key(digits):
+    """val_every = 3 over 7 epochs measures after epochs 3, 6 and 7 (NaN for the others), trains the
+    same weights as measuring every epoch, and enters a run's key only when it is not 1."""
+    x, y, teacher = digits
+    curves, models = [], []
+    for every in (1, 3):
+        cfg = C.TrainConfig(epochs=7, batch_size=64, lr=0.05, val_every=every)
+        model = StackedMLP(64, (16, 16), 10, [0, 1])
+        curves.append(E.fit(model, x, E.distillation_objective(y, teacher, SPECS[:2]), cfg, data_seed=1,
+                            val=(x[:60], y[:60]))["val_accuracy"])
+        models.append(model)
+    for s in range(2):
+        every, sparse = curves[0][s], curves[1][s]
+        assert [i for i, v in enumerate(sparse) if not math.isnan(v)] == [2, 5, 6]
+        assert [sparse[i] for i in (2, 5, 6)] == [every[i] for i in (2, 5, 6)]
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert "val_every" not in C.TrainConfig(epochs=2).to_dict()
+    assert C.TrainConfig(epochs=2, val_every=5).to_dict()["val_every"] == 5
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="val_every must be an integer >= 1"):
+            C.TrainConfig(epochs=2, val_every=bad)

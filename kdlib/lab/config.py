@@ -208,6 +208,11 @@ class TrainConfig:
         jitter: input jitter, ``>= 0`` pixels: each training image of each step is translated
             by a random whole number of pixels in ``[-jitter, jitter]`` in each direction
             (:func:`kdlib.lab.data.random_translate`; Hinton et al.'s teacher). 0: none.
+        val_every: the validation accuracy is measured after every ``val_every``-th epoch and after
+            the last (``>= 1``; the other epochs' entries of the curve are NaN). Where the validation
+            set is much larger than the transfer set (the data-poor students: 6,000 images against
+            1,620) measuring it every epoch costs as much as the training; the final value, which
+            tuning selects on, is always measured.
 
     Raises:
         ValueError: a field outside the range given above.
@@ -224,6 +229,7 @@ class TrainConfig:
     clip_norm: float | None = None
     jitter: int = 0
     warmup_epochs: float = 0.0
+    val_every: int = 1
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -245,6 +251,8 @@ class TrainConfig:
                              f"{self.warmup_steps!r}")
         if not isinstance(self.jitter, int) or self.jitter < 0:
             raise ValueError(f"jitter must be an integer >= 0 (pixels), got {self.jitter!r}")
+        if not isinstance(self.val_every, int) or isinstance(self.val_every, bool) or self.val_every < 1:
+            raise ValueError(f"val_every must be an integer >= 1 (epochs), got {self.val_every!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as they enter a run's config and key (:func:`key_fields`)."""

@@ -384,15 +384,17 @@ def rerun_if_requested(experiment: str, root: str | os.PathLike | None = None,
 
 
 def rerun_student(key: str, out: str | os.PathLike, *, root: str | os.PathLike | None = None,
-                  cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print
-                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+                  cache_dir: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+                  device: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Rerun the committed student ``key`` into ``out`` from its teacher's committed logits.
 
     The student is found in the results under ``root`` (default :func:`results_root`); its stack
     group (the students of its experiment's profile that trained beside it: same width, seed,
     teacher and epochs) is rerun with the precision the record names, so the student sees exactly
     the computation it saw. The teacher comes from ``<root>/teachers`` when the profile commits its
-    teachers' logits (no teacher is trained), else from the cache or trained afresh.
+    teachers' logits (no teacher is trained), else from the cache or trained afresh. ``device``: where
+    to train (default: the record's device); on another kind of device the rerun matches the record
+    only to within the cross-hardware tolerance.
 
     Returns:
         ``(committed record, rerun record)``.
@@ -422,7 +424,7 @@ def rerun_student(key: str, out: str | os.PathLike, *, root: str | os.PathLike |
         if p.commit_teacher_logits and not committed_teachers.exists(tkeys[t]):
             log(f"warning: teacher {tkeys[t]} is not committed under {root}; "
                 "it comes from the cache or is trained")
-    path = run_experiment(name, profile, device=record["provenance"].get("device", "cpu"), out=out,
+    path = run_experiment(name, profile, device=device or record["provenance"].get("device", "cpu"), out=out,
                           cache_dir=cache_dir, profile_override=sub, precision=precision, log=log,
                           teachers_root=root)
     again = next(r for r in load_experiment_records(path, kind="student") if r["key"] == key)

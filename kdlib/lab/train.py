@@ -269,7 +269,8 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
         objective: see :data:`Objective`.
         cfg: optimiser, schedule, epochs, batch size.
         data_seed: seed of the minibatch order and of ``torch.manual_seed`` (dropout).
-        val: optional ``(x_val, y_val)`` for a per-epoch validation accuracy.
+        val: optional ``(x_val, y_val)`` for a validation accuracy after every epoch (every
+            ``cfg.val_every``-th and the last; NaN for the others).
         precision: ``"fp32"`` or ``"bf16"`` (autocast; see :mod:`kdlib.lab.config`).
         desc: progress-bar label.
         monitor: optional ``monitor(model) -> (S,)`` evaluated after every epoch (for example
@@ -302,7 +303,7 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
     monitor_curve: list[torch.Tensor] = []
     fill = float(x.amin()) if cfg.jitter else 0.0
     model.train()
-    for _ in progress(range(cfg.epochs), desc=desc, unit="epoch"):
+    for epoch in progress(range(cfg.epochs), desc=desc, unit="epoch"):
         total: torch.Tensor | None = None  # sum over the epoch's examples of each model's loss, float64
         for idx in batch_indices(n, cfg.batch_size, gen, device=x.device):
             for group in opt.param_groups:
@@ -326,11 +327,13 @@ def fit(model: nn.Module, x: torch.Tensor, objective: Objective, cfg: TrainConfi
         assert total is not None  # an epoch has at least one batch
         num_models = total.shape[0]
         loss_curve.append(total / n)
-        if val is not None:
+        if val is not None and ((epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1):
             with autocast(x.device, precision):
                 logits = predict_logits(model, val[0])
             val_curve.append(accuracy(logits.float(), val[1]).reshape(-1))
             model.train()
+        elif val is not None:  # not measured this epoch (cfg.val_every)
+            val_curve.append(torch.full((num_models,), math.nan, dtype=torch.float64, device=x.device))
         if monitor is not None:
             monitor_curve.append(monitor(model).reshape(-1))  # predict_logits restores train mode
     model.eval()
