@@ -87,6 +87,7 @@ class Config:
     naive_models: int | None = None  # time the naive loop on this many models and scale (None: all)
     in_features: int = IN
     lr_scale: tuple[float, ...] | None = None  # the engine's learning rate per student (fit's lr_scale)
+    dispatch: bool = False  # print a DISPATCH line (tiny models: the per-step cost that is not arithmetic)
 
     @property
     def teacher(self) -> bool:
@@ -138,7 +139,7 @@ def configs(quick: bool) -> list[Config]:
             Config("grid-2x100x303", 128, (100, 100), grid, steps(20, 4), steps(101, 8)),
             Config("poor-2x800x60", 128, (800, 800), poor, steps(10, 2), steps(15, 4), lr_scale=lr_cycle(60)),
             Config("mnist1d-mlp-x360", 128, (100, 100), mlp1d, steps(40, 4), steps(60, 8), in_features=40,
-                   lr_scale=lr_cycle(360)),
+                   lr_scale=lr_cycle(360), dispatch=True),
             Config("teacher-2x1200", 128, (1200, 1200), (), steps(50, 10))]
 
 
@@ -319,6 +320,8 @@ def measure(cfg: Config, precision: str, baseline_precision: str, repeats: int, 
                        + f" | an engine at the floor: {at_floor}"]
         if cfg.specs and mixed(cfg.specs):
             floor_lines.append(loss_comparison(sides, max(repeats, 3)))
+        if cfg.dispatch:
+            floor_lines.append(dispatch_share(cfg, precision, per_step["engine"], repeats))
     return [f"RESULT {cfg.name} batch {cfg.batch} engine {gflops:.1f} GFLOP/s | vmap {vmap_x} | "
             f"naive {per_step['naive'] / per_step['engine']:.2f}x | {100 * gflops / best:.1f}% of {dtype} "
             f"GEMM peak {best:.1f} GFLOP/s",
@@ -381,6 +384,20 @@ def floor_parts(sides: Sides) -> dict[str, Callable[[], None]]:
     for fn in parts.values():
         fn()  # warm-up (the optimiser's first step allocates its momentum)
     return parts
+
+
+def dispatch_share(cfg: Config, precision: str, step_seconds: float, repeats: int) -> str:
+    """The ``DISPATCH`` line: the engine's step with one student of the stack (whose arithmetic is
+    ``1/S`` of the stack's: what remains is Python, dispatch and the fixed cost of the step's ops) as a
+    share of the whole stack's step, which bounds the part of a step that stacking cannot amortise."""
+    first = cfg.lr_scale[:1] if cfg.lr_scale else None
+    one = replace(cfg, specs=cfg.specs[:1], lr_scale=first, dispatch=False)
+    sides = Sides(one, precision, "fp32", cfg.in_features)
+    sides.engine(1)
+    alone = min(best_time(lambda: sides.engine(cfg.steps), 1) for _ in range(max(repeats, 3))) / cfg.steps
+    share = 100 * alone / step_seconds
+    return (f"DISPATCH {cfg.name}: one student's step {1e3 * alone:.2f} ms = {share:.1f}% "
+            f"of the {len(cfg.specs)}-student step ({1e3 * step_seconds:.1f} ms)")
 
 
 def kl_only(specs: Sequence[StudentSpec]) -> tuple[StudentSpec, ...]:

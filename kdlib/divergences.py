@@ -44,8 +44,10 @@ is exact in float64), centred, :math:`d = \delta - \mathbb{E}_P\delta`, and then
 
 with :math:`e = \delta - \mathbb{E}_Q\delta`, each :math:`\log\mathbb{E}\,e^{x}` (with
 :math:`\mathbb{E}x = 0`) evaluated as :math:`\log(1 + \mathbb{E}[e^{x} - 1 - x])`, a sum of
-non-negative terms. The P-centred form serves the orders from 1/2 up, the Q-centred one the orders
-below; for orders below 1 they are differences of two non-negative terms, used where the
+non-negative terms. The P-centred form serves the orders from :data:`_P_CENTRED` = 1/4 up, the
+Q-centred one the orders below (for close distributions the P-centred value of an order below 1 is
+about :math:`1/\alpha` times smaller than its terms, at most 4 from 1/4 up; the Q-centred form needs two
+log-expectations); for orders below 1 they are differences of two non-negative terms, used where the
 cancellation costs less than a factor 16, else log-sum-exp (then accurate). So every value keeps
 its relative accuracy, in float32 as in float64, over the documented range.
 """
@@ -239,6 +241,8 @@ def _phi1(y: torch.Tensor) -> torch.Tensor:
     return torch.where(nz, torch.expm1(ys) / ys, torch.ones_like(y))
 
 
+#: Orders from this one up take the P-centred evaluation, those below the Q-centred one (module docstring).
+_P_CENTRED = 0.25
 #: Orders above this are evaluated in the scaled form (alpha * log p must not overflow).
 _HUGE_ORDER = 1e8
 #: For orders below 1 the centred value is a difference of two non-negative terms; it is used
@@ -303,9 +307,9 @@ def _order_terms(lp, lq, alpha: float, delta, p, d, A, r):
         return torch.zeros_like(A), ("log", lq, None)
     eps = alpha - 1.0
     # the centred value, and exp(u) of its exponent u as a by-product: w = b e^u / sum(b e^u), with b = p and
-    # u = (alpha - 1) d (orders from 1/2) or b = q and u = alpha e (below), is the tilted distribution
+    # u = (alpha - 1) d (orders from 1/4) or b = q and u = alpha e (below), is the tilted distribution
     keep: list[torch.Tensor] = []
-    if alpha >= 0.5:
+    if alpha >= _P_CENTRED:
         base = p
         Dc = A + _cgf(lp, eps * d, p, keep) / eps
         ok = torch.isfinite(Dc)
@@ -363,9 +367,9 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tens
 
     The centred evaluation (module docstring): with ``d = delta - E_P delta``,
     ``A = log E_P e^{-d} = D_KL``, ``r = d + A`` and, for every order,
-    ``D_alpha = A + log E_P[e^{(alpha-1) d}] / (alpha - 1)`` (P-centred; used from order 1/2 up)
+    ``D_alpha = A + log E_P[e^{(alpha-1) d}] / (alpha - 1)`` (P-centred; used from order 1/4 up)
     ``= (alpha log E_Q e^{e} - log E_Q e^{alpha e}) / (1 - alpha)`` with ``e = delta - E_Q delta``
-    (Q-centred; orders below 1/2). Each log-expectation is a :func:`_cgf`, so a divergence close to
+    (Q-centred; orders below 1/4). Each log-expectation is a :func:`_cgf`, so a divergence close to
     0 is obtained without subtracting numbers of the size of ``log n``. ``d``, ``A`` and ``r`` do not
     depend on the order: with a tuple of orders they are computed once for all rows, and only the
     order's own terms per group of rows of one order.
@@ -400,13 +404,13 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tens
     eps_safe = torch.where(is_one, torch.ones_like(eps), eps)
     m, L, k, w = _lse_parts(lp, lq, af)
     D = m * (k / eps_safe) + L / eps_safe
-    # P-centred, orders >= 1/2
-    hi = af >= 0.5
+    # P-centred, orders >= 1/4
+    hi = af >= _P_CENTRED
     eps_p = torch.where(hi, eps_safe, torch.ones_like(eps))
     Dp = A + _cgf(lp, eps_p * d, p) / eps_p
     ok = hi & torch.isfinite(Dp) & ((eps > 0) | (A <= _MAX_CANCEL * Dp))
     D = torch.where(ok, Dp, D)
-    # Q-centred, orders < 1/2
+    # Q-centred, orders < 1/4
     lo = ~hi
     a_q = torch.where(lo, af, torch.zeros_like(af))
     q = torch.exp(lq)

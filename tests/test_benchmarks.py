@@ -90,3 +90,14 @@ def test_kl_only_keeps_everything_but_the_soft_term(bench):
     assert bench.mixed(specs) and not bench.mixed(same)
     assert [(s.T, s.beta, s.seed) for s in same] == [(s.T, s.beta, s.seed) for s in specs]
     assert {(s.alpha, s.reverse, s.normalize_by_alpha) for s in same} == {(1.0, False, False)}
+
+
+def test_dispatch_line_times_one_student_of_the_stack(bench):
+    specs = bench.arm_specs(6, (8, 8))
+    cfg = bench.Config("tiny", batch=8, hidden=(8, 8), specs=specs, steps=2, in_features=5,
+                       lr_scale=bench.lr_cycle(6), dispatch=True)
+    line = bench.dispatch_share(cfg, "fp32", 0.5, repeats=1)
+    m = re.fullmatch(r"DISPATCH tiny: one student's step ([\d.]+) ms = ([\d.]+)% of the 6-student step "
+                     r"\(500\.0 ms\)", line)
+    assert m, line
+    assert abs(float(m.group(2)) - float(m.group(1)) / 5) <= 0.06  # ms of 500 ms, in percent
