@@ -6,6 +6,7 @@ parameter and the allowed range, so that a caller sees at once what to fix.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import sys
@@ -201,7 +202,7 @@ def check_order(
             rows = tuple(row_shape) if row_shape is not None else None
             raise ValueError(f"{name} as a sequence must have one order per index of the rows' first "
                              f"dimension (rows {rows}), got {len(alpha)} orders")
-        return tuple(check_order(a, name=name) for a in alpha)
+        return _checked_orders(tuple(alpha), name)
     if isinstance(alpha, torch.Tensor):
         check_not_meta(alpha, name)
         if not alpha.is_floating_point():
@@ -235,6 +236,12 @@ def check_order(
     if math.isnan(value) or value < 0.0:
         raise ValueError(f"{name} must be in [0, inf] (math.inf allowed), got {alpha!r}")
     return value
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_orders(alpha: tuple, name: str) -> tuple[float, ...]:
+    """:func:`check_order` of each entry (cached: a training run passes the same tuple every step)."""
+    return tuple(check_order(a, name=name) for a in alpha)
 
 
 def check_temperature_arg(T: object, row_shape: torch.Size, *, name: str = "T", validate: bool = True):

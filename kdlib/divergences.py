@@ -184,6 +184,8 @@ def _weighted_excess(lb: torch.Tensor, u: torch.Tensor, b: torch.Tensor | None =
     all of ``u``, one mask selects, and the overflow branch is evaluated only where some ``u``
     exceeds :data:`_BIG_U` (on the CPU this is checked on the host; elsewhere it always runs).
     """
+    if u.dtype == torch.float32:
+        return _weighted_excess_f32(lb, u, b, keep)
     if b is None:
         b = torch.exp(lb)
     us = u.clamp(-_SMALL_U, _SMALL_U)
@@ -202,6 +204,29 @@ def _weighted_excess(lb: torch.Tensor, u: torch.Tensor, b: torch.Tensor | None =
     elif keep is not None:
         keep.append(eu)
     return term.sum(-1, keepdim=True)
+
+
+#: Below this log-weight a float32 weight exp(lb) is no longer a normal number (kept in float64 then).
+_TINY_LOG_WEIGHT = -80.0
+
+
+def _weighted_excess_f32(lb: torch.Tensor, u: torch.Tensor, b: torch.Tensor | None, keep: list | None
+                         ) -> torch.Tensor:
+    """:func:`_weighted_excess` for float32: ``e^u - 1 - u`` as ``expm1(u) - u`` in float64 (a vectorised
+    kernel, where float32's is not), four operations instead of the series' twenty; its relative error,
+    about ``2e-16 / |u|``, is below float32's rounding wherever ``|u| > 1e-8`` (and about ``2e-6`` at
+    ``|u| = 1e-10``, rows some ``1e-20`` apart). Nothing overflows below ``u = 709``; beyond, the sum is
+    ``inf`` or NaN and :func:`_cgf` takes the log-sum-exp. The weights are taken in float64 where
+    some is below ``e^-80`` (not a normal float32). ``keep`` receives ``exp(u)`` in float32 where every
+    ``u`` is at most :data:`_BIG_U` (checked on the host)."""
+    u64 = u.double()
+    if b is None or float(lb.amin()) < _TINY_LOG_WEIGHT:
+        b = torch.exp(lb.double())
+    em1 = torch.expm1(u64)
+    total = (em1 - u64).mul_(b).sum(-1, keepdim=True).float()
+    if keep is not None and not bool((u > _BIG_U).any()):
+        keep.append(em1.add_(1.0).float())
+    return total
 
 
 def _lse_parts(lp: torch.Tensor, lq: torch.Tensor, alpha, mask: torch.Tensor | None = None):
@@ -276,9 +301,11 @@ def _zero_at_argmax(delta: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
     return delta.expand(shape) - delta.expand(shape).gather(-1, k)
 
 
-def _orders(alpha: tuple[float, ...]) -> list[tuple[float, slice | torch.Tensor]]:
+@functools.lru_cache(maxsize=256)
+def _orders(alpha: tuple) -> list[tuple[float, slice | torch.Tensor]]:
     """The distinct orders of a tuple (one per index of the rows' first dimension) with their rows: a
-    slice where the order's rows are contiguous, else a CPU index tensor; in order of first appearance."""
+    slice where the order's rows are contiguous, else a CPU index tensor; in order of first appearance.
+    Cached (a training run passes the same tuple every step; the result is never modified)."""
     where: dict[float, list[int]] = {}
     for i, a in enumerate(alpha):
         where.setdefault(a, []).append(i)
