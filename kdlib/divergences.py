@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -929,7 +930,7 @@ def _renyi_probs_entry(p, q, alpha: float, validate: bool) -> torch.Tensor:
 def renyi_divergence_logits(
     teacher_logits: torch.Tensor,
     student_logits: torch.Tensor,
-    alpha: float | torch.Tensor,
+    alpha: float | Sequence[float] | torch.Tensor,
     T: float | torch.Tensor = 1.0,
     *,
     validate: bool = True,
@@ -957,10 +958,13 @@ def renyi_divergence_logits(
             if it requires grad.
         student_logits: :math:`z`, shape ``(..., n)``, finite. The leading dimensions of the two
             logits broadcast (e.g. a teacher of shape ``(B, n)`` against stacked students ``(S, B, n)``).
-        alpha: the order. A number in :math:`[0, \infty]` (``math.inf`` allowed), or a floating
+        alpha: the order. A number in :math:`[0, \infty]` (``math.inf`` allowed); a tuple or list of
+            them, one per index of the rows' first dimension (e.g. one per stacked student of rows
+            ``(S, B)``): the order-free terms are then computed once for all rows and each order's
+            own terms on its rows only, the cheap form for a stack that mixes orders; or a floating
             tensor broadcastable to the row shape ``broadcast(teacher.shape[:-1], student.shape[:-1])``
-            (e.g. shape ``(S, 1)``: one order per stacked student), entries in :math:`[0, \infty]`
-            (``inf`` allowed), not requiring grad.
+            (e.g. shape ``(S, 1)``), entries in :math:`[0, \infty]` (``inf`` allowed), not requiring
+            grad, which evaluates every order's formula on every row.
         T: temperature. A finite number ``> 0``, or a floating tensor broadcastable to the row shape
             with finite entries ``> 0`` (e.g. shape ``(S, 1)``). A tensor ``T`` that requires grad
             receives its gradient.
@@ -1050,7 +1054,7 @@ def renyi_gradient(teacher_logits: torch.Tensor, student_logits: torch.Tensor, a
         teacher_logits: :math:`v`, shape ``(..., n)``, finite.
         student_logits: :math:`z`, shape ``(..., n)``, finite; leading dimensions broadcast with
             the teacher's.
-        alpha: the order, as in :func:`renyi_divergence_logits` (number or tensor, ``[0, inf]``).
+        alpha: the order, as in :func:`renyi_divergence_logits` (number, sequence or tensor, ``[0, inf]``).
         T: temperature, as in :func:`renyi_divergence_logits` (number or tensor, finite ``> 0``).
         validate: check the arguments (host syncs); see :func:`renyi_divergence_logits`.
 
