@@ -226,7 +226,7 @@ def _weighted_excess_f32(lb: torch.Tensor, u: torch.Tensor, b: torch.Tensor | No
     em1 = torch.expm1(u64)
     total = (em1 - u64).mul_(b).sum(-1, keepdim=True).float()
     if keep is not None and not bool((u > _BIG_U).any()):
-        keep.append(em1.add_(1.0).float())
+        keep.append(torch.exp(u))
     return total
 
 
