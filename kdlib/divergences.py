@@ -322,9 +322,32 @@ def _rows(x, rows, n: int, dim: int):
     return x[rows] if isinstance(rows, slice) else x.index_select(0, rows.to(x.device))
 
 
-def _order_terms(lp, lq, alpha: float, delta, p, d, A, r):
-    """``(D, tilt)`` of :func:`_renyi_logprobs` for one order given as a number, from the order-free
-    terms ``p = exp(lp)``, ``d``, ``A = D_KL`` and ``r``."""
+def _centred(alpha: float) -> bool:
+    """Whether order ``alpha`` takes the P-centred evaluation with its log-sum-exp fallback in the
+    unscaled form: ``_P_CENTRED <= alpha <= _HUGE_ORDER``, ``alpha != 1``. Such orders differ only by
+    the number ``alpha``, so several of them evaluate as one group with an ``(n, 1, ...)`` column."""
+    return _P_CENTRED <= alpha <= _HUGE_ORDER and alpha != 1.0
+
+
+@functools.lru_cache(maxsize=256)
+def _order_groups(alpha: tuple) -> list[tuple[float | tuple, slice | torch.Tensor]]:
+    """:func:`_orders` with every order of :func:`_centred` in one group, keyed by their tuple (one
+    order per row of the group); the other orders (0, 1, inf, below 1/4, above 1e8) one group each."""
+    rows = [i for i, a in enumerate(alpha) if _centred(a)]
+    rest = [(a, r) for a, r in _orders(alpha) if not _centred(a)]
+    if not rows:
+        return rest
+    contiguous = rows[-1] - rows[0] == len(rows) - 1
+    group = slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows)
+    return [(tuple(alpha[i] for i in rows), group), *rest]
+
+
+def _order_terms(lp, lq, alpha: float | torch.Tensor, delta, p, d, A, r):
+    """``(D, tilt)`` of :func:`_renyi_logprobs` for one order given as a number, or for orders that are
+    all :func:`_centred` given as a column tensor (one per row), from the order-free terms
+    ``p = exp(lp)``, ``d``, ``A = D_KL`` and ``r``."""
+    if isinstance(alpha, torch.Tensor):
+        return _centred_terms(lp, lq, alpha, p, d, A)
     if alpha == 1.0:
         return A, ("log", lp, None)
     if math.isinf(alpha):
@@ -333,6 +356,8 @@ def _order_terms(lp, lq, alpha: float, delta, p, d, A, r):
     if alpha == 0.0:
         # Softmax distributions have full support, so Q(supp P) = 1 and D_0 = -log 1 = 0 (eq 1.27).
         return torch.zeros_like(A), ("log", lq, None)
+    if _centred(alpha):
+        return _centred_terms(lp, lq, alpha, p, d, A)
     eps = alpha - 1.0
     # the centred value, and exp(u) of its exponent u as a by-product: w = b e^u / sum(b e^u), with b = p and
     # u = (alpha - 1) d (orders from 1/4) or b = q and u = alpha e (below), is the tilted distribution
@@ -377,6 +402,38 @@ def _order_terms(lp, lq, alpha: float, delta, p, d, A, r):
     return torch.where(ok, Dc, D), tilt
 
 
+def _centred_terms(lp, lq, alpha: float | torch.Tensor, p, d, A):
+    """:func:`_order_terms` of :func:`_centred` orders: a number, or a column of them (one per row)."""
+    eps = alpha - 1.0
+    keep: list[torch.Tensor] = []
+    Dc = A + _cgf(lp, eps * d, p, keep) / eps
+    ok = torch.isfinite(Dc)
+    if isinstance(eps, torch.Tensor):
+        ok = ok & ((eps > 0) | (A <= _MAX_CANCEL * Dc))
+    elif eps < 0:
+        ok = ok & (A <= _MAX_CANCEL * Dc)
+    centred = None
+    if keep:
+        # no exponent exceeded _BIG_U (checked on the host, on the CPU only; elsewhere the log-sum-exp
+        # always runs): where every row takes the centred value, the log-sum-exp is not needed at all
+        e = p * keep[0]
+        Z = e.sum(-1, keepdim=True)
+        if bool(ok.all()):
+            return Dc, ("ez", e, Z)
+        centred = e / Z  # the rows that take the centred value keep its tilt (a diverged row changes nothing)
+    y = lq * (1.0 - alpha) + lp * alpha  # log(p^a q^(1-a))
+    m, i = y.max(-1, keepdim=True)
+    e = torch.sub(y, m).exp_()
+    Z = e.sum(-1, keepdim=True)
+    # log-sum-exp of y, over alpha - 1; the maximal entry of e is exactly 1, and log1p of the sum of the
+    # others keeps a sum close to 1 exact
+    D = (m + torch.log1p(e.scatter(-1, i, 0.0).sum(-1, keepdim=True))) / eps
+    tilt = ("ez", e, Z)
+    if centred is not None:
+        tilt = ("w", torch.where(ok, centred, e / Z), None)
+    return torch.where(ok, Dc, D), tilt
+
+
 def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tensor | None = None,
                     zeroed: bool = False):
     """D_alpha between two full-support distributions given by finite log-probabilities.
@@ -413,8 +470,10 @@ def _renyi_logprobs(lp: torch.Tensor, lq: torch.Tensor, alpha, delta: torch.Tens
         shape = _broadcast(lp.shape, lq.shape)
         D = torch.empty(shape[:-1] + (1,), dtype=A.dtype, device=A.device)
         groups = []
-        for a, rows in _orders(alpha):
+        for a, rows in _order_groups(alpha):
             pick = functools.partial(_rows, rows=rows, n=len(alpha), dim=len(shape))
+            if isinstance(a, tuple):  # the centred orders of several rows, as a column
+                a = torch.tensor(a, dtype=A.dtype, device=A.device).view(-1, *([1] * (len(shape) - 1)))
             Da, tilt = _order_terms(pick(lp), pick(lq), a, pick(delta), pick(p), pick(d), pick(A), pick(r))
             D[rows] = Da
             groups.append((rows, a, tilt))

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdlib.divergences import _centred
 from kdlib.functional import distillation_loss
 from kdlib.lab.config import StudentSpec, TrainConfig
 from kdlib.lab.data import batch_indices, random_translate
@@ -91,11 +92,12 @@ def distillation_objective(y: torch.Tensor, teacher_logits: torch.Tensor, specs:
     by_kind: dict[tuple[float, bool], list[int]] = {}
     for i, spec in enumerate(specs):
         by_kind.setdefault((spec.alpha, spec.reverse), []).append(i)
-    # each order's students contiguous, forward before reverse; orders with reverse students last, so
-    # that the reverse students (usually of one order, reverse KL) end the stack
+    # each order's students contiguous, forward before reverse, the orders that evaluate as one group
+    # (kdlib.divergences._centred: 1/4 ... 1e8 but 1) next to each other; orders with reverse students
+    # last, so that the reverse students (usually of one order, reverse KL) end the stack
     has_reverse = {a for a, rev in by_kind if rev}
     first_seen = {a: n for n, (a, _) in reversed(list(enumerate(by_kind)))}
-    kinds = sorted(by_kind, key=lambda k: (k[0] in has_reverse, first_seen[k[0]], k[1]))
+    kinds = sorted(by_kind, key=lambda k: (k[0] in has_reverse, not _centred(k[0]), first_seen[k[0]], k[1]))
     order = [i for kind in kinds for i in by_kind[kind]]
     members = [specs[i] for i in order]
     hyper = {"alpha": tuple(s.alpha for s in members), "reverse": tuple(s.reverse for s in members),
