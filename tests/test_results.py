@@ -142,6 +142,7 @@ def test_a_hypothesis_file_is_checked_against_the_commits_the_records_ran_from(t
                                                             "?": None}
     assert hypothesis_preceded([ran({"git_commit": before})], h) == {before: False}
     assert check_hypothesis_preceded(records, h).endswith("started from (2 commits)")
+    assert check_hypothesis_preceded(records[:1], h).endswith("started from (1 commit)")  # one, singular
     partly = check_hypothesis_preceded([*records, *unknown], h)
     assert partly.endswith("(2 commits; some are not in this clone's history)")
     with pytest.raises(ValueError, match=f"without h.json as committed now: {before[:10]}"):

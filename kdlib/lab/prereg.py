@@ -572,4 +572,4 @@ def check_hypothesis_preceded(records: Iterable[Record | dict[str, Any]], path: 
     known = sum(ok is True for ok in preceded.values())
     unknown = "; some are not in this clone's history" if None in preceded.values() else ""
     return ("the hypothesis file, as committed now, is in every commit\n"
-            f"the runs started from ({known} commits{unknown})")
+            f"the runs started from ({known} commit{'' if known == 1 else 's'}{unknown})")
