@@ -285,8 +285,7 @@ def _cgf(lb: torch.Tensor, x: torch.Tensor, b: torch.Tensor | None = None, keep:
     of the centring, is left out; its effect on the divergences is of second order): every summand
     is ``>= 0``, so a small result keeps its relative accuracy. Where that sum overflows (the result
     is then large), the log-sum-exp of ``lb + x`` (evaluated only where needed on the CPU). ``b``:
-    ``exp(lb)`` if the caller has it; ``keep``: see :func:`_weighted_excess` (left empty where the
-    fallback runs only).
+    ``exp(lb)`` if the caller has it; ``keep``: see :func:`_weighted_excess`.
     """
     K = torch.log1p(_weighted_excess(lb, x, b, keep))
     if K.device.type == "cpu" and bool(torch.isfinite(K).all()):
@@ -310,8 +309,12 @@ def _orders(alpha: tuple) -> list[tuple[float, slice | torch.Tensor]]:
     where: dict[float, list[int]] = {}
     for i, a in enumerate(alpha):
         where.setdefault(a, []).append(i)
-    return [(a, slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] == len(rows) - 1 else torch.tensor(rows))
-            for a, rows in where.items()]
+    return [(a, _row_index(rows)) for a, rows in where.items()]
+
+
+def _row_index(rows: list[int]) -> slice | torch.Tensor:
+    """Increasing row numbers as a slice where they are contiguous, else a CPU index tensor."""
+    return slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] == len(rows) - 1 else torch.tensor(rows)
 
 
 def _rows(x, rows, n: int, dim: int):
@@ -337,9 +340,7 @@ def _order_groups(alpha: tuple) -> list[tuple[float | tuple, slice | torch.Tenso
     rest = [(a, r) for a, r in _orders(alpha) if not _centred(a)]
     if not rows:
         return rest
-    contiguous = rows[-1] - rows[0] == len(rows) - 1
-    group = slice(rows[0], rows[-1] + 1) if contiguous else torch.tensor(rows)
-    return [(tuple(alpha[i] for i in rows), group), *rest]
+    return [(tuple(alpha[i] for i in rows), _row_index(rows)), *rest]
 
 
 def _order_terms(lp, lq, alpha: float | torch.Tensor, delta, p, d, A, r):
@@ -356,54 +357,36 @@ def _order_terms(lp, lq, alpha: float | torch.Tensor, delta, p, d, A, r):
     if alpha == 0.0:
         # Softmax distributions have full support, so Q(supp P) = 1 and D_0 = -log 1 = 0 (eq 1.27).
         return torch.zeros_like(A), ("log", lq, None)
+    if alpha > _HUGE_ORDER:
+        # P-centred, the log-sum-exp scaled so that alpha log p cannot overflow
+        eps = alpha - 1.0
+        Dc = A + _cgf(lp, eps * d, p) / eps
+
+        def scaled_lse():
+            m, L, k, w = _lse_parts(lp, lq, alpha)
+            return m * (k / eps) + L / eps, ("w", w, None)
+
+        return _centred_or_lse(Dc, torch.isfinite(Dc), p, [], scaled_lse, lp, lq)
     if _centred(alpha):
         return _centred_terms(lp, lq, alpha, p, d, A)
-    eps = alpha - 1.0
-    # the centred value, and exp(u) of its exponent u as a by-product: w = b e^u / sum(b e^u), with b = p and
-    # u = (alpha - 1) d (orders from 1/4) or b = q and u = alpha e (below), is the tilted distribution
+    # below 1/4: Q-centred, w proportional to q e^(alpha e)
+    q = torch.exp(lq)
+    dq = _zero_at_argmax(delta, lq)
+    e_ = dq - (q * dq).sum(-1, keepdim=True)
     keep: list[torch.Tensor] = []
-    if alpha >= _P_CENTRED:
-        base = p
-        Dc = A + _cgf(lp, eps * d, p, keep) / eps
-        ok = torch.isfinite(Dc)
-        if eps < 0:
-            ok = ok & (A <= _MAX_CANCEL * Dc)
-    else:
-        base = q = torch.exp(lq)
-        dq = _zero_at_argmax(delta, lq)
-        e_ = dq - (q * dq).sum(-1, keepdim=True)
-        aB = alpha * _cgf(lq, e_, q)
-        Dc = (aB - _cgf(lq, alpha * e_, q, keep)) / (1.0 - alpha)
-        ok = torch.isfinite(Dc) & (aB <= _MAX_CANCEL * (1.0 - alpha) * Dc)
-    centred = None
-    if keep and alpha <= _HUGE_ORDER:
-        # no exponent exceeded _BIG_U (checked on the host, on the CPU only; elsewhere the log-sum-exp
-        # always runs): where every row takes the centred value, the log-sum-exp is not needed at all
-        e = base * keep[0]
-        Z = e.sum(-1, keepdim=True)
-        if bool(ok.all()):
-            return Dc, ("ez", e, Z)
-        centred = e / Z  # the rows that take the centred value keep its tilt (a diverged row changes nothing)
-    if alpha <= _HUGE_ORDER:
-        y = torch.add(lq * (1.0 - alpha), lp, alpha=alpha)  # log(p^a q^(1-a))
-        m, i = y.max(-1, keepdim=True)
-        e = torch.sub(y, m).exp_()
-        Z = e.sum(-1, keepdim=True)
-        # log-sum-exp of y, over alpha - 1; the maximal entry of e is exactly 1, and log1p of
-        # the sum of the others keeps a sum close to 1 exact
-        D = (m + torch.log1p(e.scatter(-1, i, 0.0).sum(-1, keepdim=True))) / eps
-        tilt = ("ez", e, Z)
-    else:
-        m, L, k, w = _lse_parts(lp, lq, alpha)
-        D = m * (k / eps) + L / eps
-        tilt = ("w", w, None)
-    if centred is not None:
-        tilt = ("w", torch.where(ok, centred, _tilted(*tilt, lp, lq)), None)
-    return torch.where(ok, Dc, D), tilt
+    aB = alpha * _cgf(lq, e_, q)
+    Dc = (aB - _cgf(lq, alpha * e_, q, keep)) / (1.0 - alpha)
+    ok = torch.isfinite(Dc) & (aB <= _MAX_CANCEL * (1.0 - alpha) * Dc)
+
+    def lse():
+        return _lse(torch.add(lq * (1.0 - alpha), lp, alpha=alpha), alpha)  # y = log(p^a q^(1-a))
+
+    return _centred_or_lse(Dc, ok, q, keep, lse, lp, lq)
 
 
 def _centred_terms(lp, lq, alpha: float | torch.Tensor, p, d, A):
-    """:func:`_order_terms` of :func:`_centred` orders: a number, or a column of them (one per row)."""
+    """:func:`_order_terms` of :func:`_centred` orders: a number, or a column of them (one per row);
+    w is proportional to p e^((alpha - 1) d)."""
     eps = alpha - 1.0
     keep: list[torch.Tensor] = []
     Dc = A + _cgf(lp, eps * d, p, keep) / eps
@@ -412,25 +395,36 @@ def _centred_terms(lp, lq, alpha: float | torch.Tensor, p, d, A):
         ok = ok & ((eps > 0) | (A <= _MAX_CANCEL * Dc))
     elif eps < 0:
         ok = ok & (A <= _MAX_CANCEL * Dc)
+    return _centred_or_lse(Dc, ok, p, keep, lambda: _lse(lq * (1.0 - alpha) + lp * alpha, alpha), lp, lq)
+
+
+def _lse(y: torch.Tensor, alpha: float | torch.Tensor):
+    """``(D, tilt)`` by the log-sum-exp of ``y = log(p^alpha q^(1-alpha))``, over ``alpha - 1``."""
+    m, i = y.max(-1, keepdim=True)
+    e = torch.sub(y, m).exp_()
+    # the maximal entry of e is exactly 1, and log1p of the sum of the others keeps a sum close to 1 exact
+    D = (m + torch.log1p(e.scatter(-1, i, 0.0).sum(-1, keepdim=True))) / (alpha - 1.0)
+    return D, ("ez", e, e.sum(-1, keepdim=True))
+
+
+def _centred_or_lse(Dc, ok, base, keep, lse, lp, lq):
+    """``(D, tilt)``: the centred value ``Dc`` where a row takes it (``ok``), else ``lse() -> (D, tilt)``.
+
+    The tilted distribution of the rows that take the centred value is ``base e^u`` normalised, from the
+    centred evaluation's ``exp(u)`` (``keep``: :func:`_weighted_excess` leaves it empty where some ``u``
+    exceeded :data:`_BIG_U`, and elsewhere than on the CPU); where every row takes it, the log-sum-exp
+    is not evaluated at all. A row that does not (a diverged student, say) changes nothing for the others.
+    """
     centred = None
     if keep:
-        # no exponent exceeded _BIG_U (checked on the host, on the CPU only; elsewhere the log-sum-exp
-        # always runs): where every row takes the centred value, the log-sum-exp is not needed at all
-        e = p * keep[0]
+        e = base * keep[0]
         Z = e.sum(-1, keepdim=True)
         if bool(ok.all()):
             return Dc, ("ez", e, Z)
-        centred = e / Z  # the rows that take the centred value keep its tilt (a diverged row changes nothing)
-    y = lq * (1.0 - alpha) + lp * alpha  # log(p^a q^(1-a))
-    m, i = y.max(-1, keepdim=True)
-    e = torch.sub(y, m).exp_()
-    Z = e.sum(-1, keepdim=True)
-    # log-sum-exp of y, over alpha - 1; the maximal entry of e is exactly 1, and log1p of the sum of the
-    # others keeps a sum close to 1 exact
-    D = (m + torch.log1p(e.scatter(-1, i, 0.0).sum(-1, keepdim=True))) / eps
-    tilt = ("ez", e, Z)
+        centred = e / Z
+    D, tilt = lse()
     if centred is not None:
-        tilt = ("w", torch.where(ok, centred, e / Z), None)
+        tilt = ("w", torch.where(ok, centred, _tilted(*tilt, lp, lq)), None)
     return torch.where(ok, Dc, D), tilt
 
 

@@ -157,9 +157,12 @@ def distillation_loss(
             f"teacher_logits of shape {tuple(teacher_logits.shape)} must broadcast to the student's rows, "
             f"not enlarge them: student_logits has shape {tuple(student_logits.shape)}, and the pair would "
             f"give rows {tuple(rows)} (a teacher (B, n) against students (S, B, n) is the supported stack)")
-    if isinstance(reverse, tuple | list) and (len(rows) == 0 or len(reverse) != rows[0]):
-        raise ValueError(f"reverse as a sequence must have one flag per index of the rows' first dimension "
-                         f"(rows {tuple(rows)}), got {len(reverse)}")
+    if isinstance(reverse, tuple | list):
+        if len(rows) == 0 or len(reverse) != rows[0]:
+            raise ValueError(f"reverse as a sequence must have one flag per index of the rows' first "
+                             f"dimension (rows {tuple(rows)}), got {len(reverse)}")
+        # one direction for every row is the plain bool; only a mix needs the per-row evaluation
+        reverse = tuple(reverse) if len(set(reverse)) > 1 else bool(reverse and reverse[0])
     alpha = check_order(alpha, rows, validate=validate)
     T = check_temperature_arg(T, rows, validate=validate)
     beta = check_beta(beta, validate=validate)
@@ -185,11 +188,10 @@ def distillation_loss(
     ce = torch.logsumexp(s, -1) - s.gather(-1, y.unsqueeze(-1)).squeeze(-1)
     # Soft term: T^2 D_alpha(teacher_T || student_T) per row (eq 1.11-1.12 with D_alpha, 1.16), or
     # T^2 D_alpha(student_T || teacher_T) when reversed (the gradient then takes the first argument's path).
-    if isinstance(reverse, tuple | list) and len(set(reverse)) > 1:
-        d = _mixed_directions(s, t, alpha, T, tuple(reverse), rows)
+    if isinstance(reverse, tuple):
+        d = _mixed_directions(s, t, alpha, T, reverse, rows)
     else:
-        flip = bool(reverse[0]) if isinstance(reverse, tuple | list) else reverse
-        d = renyi_divergence_logits(s, t, alpha, T, validate=False) if flip else \
+        d = renyi_divergence_logits(s, t, alpha, T, validate=False) if reverse else \
             renyi_divergence_logits(t, s, alpha, T, validate=False)
     soft = _soft_term(d, T, col, norm)
     if isinstance(beta, torch.Tensor):
